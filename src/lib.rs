@@ -1,0 +1,9 @@
+//! qlstm: quantized LSTMs trained on CPU, reproducing Hou et al., "Normalization Helps
+//! Training of Quantized LSTM" (NeurIPS 2019). See README.md and ../shared/SPEC.md.
+
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod nn;
+pub mod spec;
+pub mod tensor;

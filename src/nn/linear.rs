@@ -1,0 +1,75 @@
+//! The softmax layer: logits = X·Wᵀ + b over all T·B rows of a window in one GEMM, and the
+//! cross-entropy whose gradient is computed in place of the logits.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+
+use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
+
+pub struct Linear<T> {
+    /// (out, in), PyTorch layout.
+    pub weight: Param<T>,
+    /// (1, out)
+    pub bias: Param<T>,
+}
+
+impl<T: Real> Linear<T> {
+    pub fn new(prefix: &str, input: usize, output: usize) -> Self {
+        Linear {
+            weight: Param::new(format!("{prefix}.weight"), Array2::zeros((output, input)), Group::Other),
+            bias: Param::new(format!("{prefix}.bias"), Array2::zeros((1, output)), Group::Other),
+        }
+    }
+
+    pub fn forward(&self, x: ArrayView2<T>, out: &mut Array2<T>) {
+        ensure_shape(out, x.nrows(), self.weight.value.nrows());
+        let dim = out.dim();
+        out.assign(&self.bias.value.broadcast(dim).unwrap());
+        gemm(out.view_mut(), true, x, self.weight.value.t(), T::one());
+    }
+
+    /// Accumulate dW = dYᵀ·X, db = Σ dY; write dX = dY·W if asked.
+    pub fn backward(&mut self, x: ArrayView2<T>, dy: ArrayView2<T>, dx: Option<ArrayViewMut2<T>>) {
+        gemm(self.weight.grad.view_mut(), true, dy.t(), x, T::one());
+        let db = dy.sum_axis(Axis(0));
+        self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
+        if let Some(dx) = dx {
+            gemm(dx, false, dy, self.weight.value.view(), T::one());
+        }
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        vec![&mut self.weight, &mut self.bias]
+    }
+}
+
+/// Summed cross-entropy (nats) of `logits` (N, V) against `targets`, and the number of rows
+/// whose arg-max is the target. Replaces the logits by `grad_scale`·(softmax − onehot), the
+/// gradient of `grad_scale` × the summed loss. Sums run in f64.
+pub fn softmax_cross_entropy<T: Real>(logits: &mut Array2<T>, targets: &[u32], grad_scale: T) -> (f64, usize) {
+    assert_eq!(logits.nrows(), targets.len());
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for (mut row, &y) in logits.outer_iter_mut().zip(targets) {
+        let row = row.as_slice_mut().unwrap();
+        let (mut best, mut max) = (0, row[0]);
+        for (j, &v) in row.iter().enumerate() {
+            if v > max {
+                (best, max) = (j, v);
+            }
+        }
+        correct += (best == y as usize) as usize;
+        let mut sum = T::zero();
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let p_y = row[y as usize] / sum;
+        loss -= p_y.f64().ln().max(-1e30);
+        let inv = grad_scale / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+        row[y as usize] -= grad_scale;
+    }
+    (loss, correct)
+}

@@ -1,0 +1,365 @@
+//! One LSTM layer over a BPTT window: forward, backward, and the cache between them.
+//!
+//! Gate blocks are stacked i, f, a, o (a = candidate; PyTorch's "g"), H rows each:
+//!   [i f a o] = W_x x_t + W_h h_{t-1} + b
+//!   c_t = σ(i) ⊙ tanh(a) + σ(f) ⊙ c_{t-1};   h_t = σ(o) ⊙ tanh(c_t)
+//!
+//! Rows of every window buffer are time-major, n = t·B + b. What can be batched over the
+//! window is one GEMM: the input projection X·W_xᵀ, the weight gradients dGᵀ·X and dGᵀ·H_prev,
+//! and dX = dG·W_x. Only h_{t-1}·W_hᵀ and its backward run per step, into buffers allocated
+//! before the time loop. Weights enter the window through `prepare_weights` (quantize, then
+//! weight-normalize), once per window, in the transposed layout (in, 4H) the GEMMs want.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use crate::nn::{quant, weight_norm};
+use crate::spec::{Normalization, Quantizer};
+use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
+
+/// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
+#[derive(Clone, Copy)]
+pub enum LayerInput<'a, T> {
+    OneHot(&'a [u32]),
+    Dense(ArrayView2<'a, T>),
+}
+
+impl<T> LayerInput<'_, T> {
+    pub fn rows(&self) -> usize {
+        match self {
+            LayerInput::OneHot(ids) => ids.len(),
+            LayerInput::Dense(x) => x.nrows(),
+        }
+    }
+}
+
+pub struct LstmLayer<T> {
+    pub input_size: usize,
+    pub hidden: usize,
+    /// Latent full-precision weights, PyTorch layout (4H, in) and (4H, H).
+    pub w_x: Param<T>,
+    pub w_h: Param<T>,
+    /// One bias per layer, (1, 4H).
+    pub bias: Param<T>,
+    pub quantizer: Quantizer,
+    /// Quantize W_x too (false for sequential MNIST, whose 4H×1 input weights stay fp).
+    pub quantize_input: bool,
+    pub normalization: Normalization,
+    /// Weight-normalization gains g, one per row: (1, 4H) each for W_x and W_h.
+    pub wn_gain_x: Option<Param<T>>,
+    pub wn_gain_h: Option<Param<T>>,
+    /// lab/lat only: d = sqrt(v) + 1e-8 from the optimizer's raw second moment of each latent
+    /// weight, (4H, in) and (4H, H); None before the first Adam step (d = 1).
+    pub curvature_x: Option<Array2<T>>,
+    pub curvature_h: Option<Array2<T>>,
+}
+
+/// Everything forward leaves for backward, plus the window's effective weights.
+#[derive(Default)]
+pub struct LstmCache<T> {
+    pub steps: usize,
+    pub batch: usize,
+    /// Effective weights used by this window (after quantization and weight norm), (in, 4H).
+    pub wx_t: Array2<T>,
+    pub wh_t: Array2<T>,
+    /// Quantized (before weight norm) weights, (in, 4H); kept for the WN backward.
+    pub qx_t: Array2<T>,
+    pub qh_t: Array2<T>,
+    /// Gate activations σ(i), σ(f), tanh(a), σ(o): (T·B, 4H).
+    pub gates: Array2<T>,
+    /// h_{-1}, h_0 … h_{T-1}: ((T+1)·B, H); likewise c.
+    pub hs: Array2<T>,
+    pub cs: Array2<T>,
+    pub tanh_c: Array2<T>,
+}
+
+/// Backward scratch, reused across windows.
+#[derive(Default)]
+pub struct LstmGrads<T> {
+    /// ∂L/∂(gate pre-activations), (T·B, 4H).
+    pub dgates: Array2<T>,
+    /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.
+    pub dh: Array2<T>,
+    pub dc: Array2<T>,
+    /// ∂L/∂(effective weights), (in, 4H) and (H, 4H).
+    pub dwx_t: Array2<T>,
+    pub dwh_t: Array2<T>,
+}
+
+#[inline]
+fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+impl<T: Real> LstmLayer<T> {
+    pub fn new(prefix: &str, input_size: usize, hidden: usize, quantizer: Quantizer, normalization: Normalization) -> Self {
+        let g = 4 * hidden;
+        let wn = normalization == Normalization::Weight;
+        let gain = |name: &str| Some(Param::new(format!("{prefix}.{name}"), Array2::zeros((1, g)), Group::Other));
+        LstmLayer {
+            input_size,
+            hidden,
+            w_x: Param::new(format!("{prefix}.w_x"), Array2::zeros((g, input_size)), Group::LatentWeight),
+            w_h: Param::new(format!("{prefix}.w_h"), Array2::zeros((g, hidden)), Group::LatentWeight),
+            bias: Param::new(format!("{prefix}.bias"), Array2::zeros((1, g)), Group::Other),
+            quantizer,
+            quantize_input: true,
+            normalization,
+            wn_gain_x: if wn { gain("wn_gain_x") } else { None },
+            wn_gain_h: if wn { gain("wn_gain_h") } else { None },
+            curvature_x: None,
+            curvature_h: None,
+        }
+    }
+
+    /// Weight-norm gains start at the row norms of the initial full-precision weights (SPEC §1).
+    pub fn init_weight_norm_gains(&mut self) {
+        if let Some(g) = &mut self.wn_gain_x {
+            g.value.row_mut(0).assign(&weight_norm::row_norms(self.w_x.value.view()));
+        }
+        if let Some(g) = &mut self.wn_gain_h {
+            g.value.row_mut(0).assign(&weight_norm::row_norms(self.w_h.value.view()));
+        }
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        let mut v = vec![&mut self.w_x, &mut self.w_h, &mut self.bias];
+        v.extend(self.wn_gain_x.as_mut());
+        v.extend(self.wn_gain_h.as_mut());
+        v
+    }
+
+    /// Q(W) per gate block, then weight norm, into the cache's transposed effective weights.
+    pub fn prepare_weights(&self, cache: &mut LstmCache<T>) {
+        let qz = if self.quantize_input { self.quantizer } else { Quantizer::Fp };
+        let (cx, ch) = (self.curvature_x.as_ref(), self.curvature_h.as_ref());
+        prepare_one(self.w_x.value.view(), qz, cx, self.wn_gain_x.as_ref(), &mut cache.qx_t, &mut cache.wx_t);
+        prepare_one(self.w_h.value.view(), self.quantizer, ch, self.wn_gain_h.as_ref(), &mut cache.qh_t, &mut cache.wh_t);
+    }
+
+    /// Run the window. `h0`, `c0` are (B, H); weights must have been prepared.
+    pub fn forward(&self, cache: &mut LstmCache<T>, input: LayerInput<T>, h0: ArrayView2<T>, c0: ArrayView2<T>) {
+        let batch = h0.nrows();
+        let rows = input.rows();
+        let steps = rows / batch;
+        let (h, g) = (self.hidden, 4 * self.hidden);
+        assert_eq!(steps * batch, rows, "window rows must be a multiple of the batch");
+        cache.steps = steps;
+        cache.batch = batch;
+        ensure_shape(&mut cache.gates, rows, g);
+        ensure_shape(&mut cache.hs, rows + batch, h);
+        ensure_shape(&mut cache.cs, rows + batch, h);
+        ensure_shape(&mut cache.tanh_c, rows, h);
+        cache.hs.slice_mut(s![..batch, ..]).assign(&h0);
+        cache.cs.slice_mut(s![..batch, ..]).assign(&c0);
+
+        // Input projection for the whole window, with the bias: G = X·W_xᵀ + b.
+        let bias = self.bias.value.row(0);
+        match input {
+            LayerInput::OneHot(ids) => {
+                for (mut row, &id) in cache.gates.outer_iter_mut().zip(ids) {
+                    let w = cache.wx_t.row(id as usize);
+                    for ((r, &w), &b) in row.iter_mut().zip(w.iter()).zip(bias.iter()) {
+                        *r = w + b;
+                    }
+                }
+            }
+            LayerInput::Dense(x) => {
+                cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
+                gemm(cache.gates.view_mut(), true, x, cache.wx_t.view(), T::one());
+            }
+        }
+
+        let LstmCache { wh_t, gates, hs, cs, tanh_c, .. } = cache;
+        for t in 0..steps {
+            let (r0, r1) = (t * batch, (t + 1) * batch);
+            // G_t += h_{t-1}·W_hᵀ: the only per-step GEMM.
+            gemm(gates.slice_mut(s![r0..r1, ..]), true, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one());
+            let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
+            let gt = gates.slice_mut(s![r0..r1, ..]);
+            let tc = tanh_c.slice_mut(s![r0..r1, ..]);
+            let ht = hs.slice_mut(s![r1..r1 + batch, ..]);
+            cell_forward(gt, c_prev.slice(s![r0.., ..]), c_next.slice_move(s![..batch, ..]), tc, ht, h);
+        }
+    }
+
+    /// The window's outputs h_0 … h_{T-1}, (T·B, H).
+    pub fn output<'a>(&self, cache: &'a LstmCache<T>) -> ArrayView2<'a, T> {
+        cache.hs.slice(s![cache.batch.., ..])
+    }
+
+    /// Final state (h_{T-1}, c_{T-1}), (B, H) each: carried into the next window.
+    pub fn final_state<'a>(&self, cache: &'a LstmCache<T>) -> (ArrayView2<'a, T>, ArrayView2<'a, T>) {
+        let n = cache.steps * cache.batch;
+        (cache.hs.slice(s![n.., ..]), cache.cs.slice(s![n.., ..]))
+    }
+
+    /// Backward through the window. `d_out` is ∂L/∂h_t for every step (T·B, H); the state
+    /// handed to the next window is detached, so no gradient enters at the end. Accumulates
+    /// into the parameters' grads, writes ∂L/∂x into `d_input` if given (dense input), and
+    /// leaves ∂L/∂h_{-1}, ∂L/∂c_{-1} in `grads.dh`, `grads.dc`.
+    pub fn backward(
+        &mut self,
+        cache: &LstmCache<T>,
+        grads: &mut LstmGrads<T>,
+        input: LayerInput<T>,
+        d_out: ArrayView2<T>,
+        d_input: Option<ArrayViewMut2<T>>,
+    ) {
+        let (steps, batch, h, g) = (cache.steps, cache.batch, self.hidden, 4 * self.hidden);
+        let rows = steps * batch;
+        ensure_shape(&mut grads.dgates, rows, g);
+        ensure_shape(&mut grads.dh, batch, h);
+        ensure_shape(&mut grads.dc, batch, h);
+        grads.dh.fill(T::zero());
+        grads.dc.fill(T::zero());
+        let LstmGrads { dgates, dh, dc, .. } = grads;
+        for t in (0..steps).rev() {
+            let (r0, r1) = (t * batch, (t + 1) * batch);
+            cell_backward(
+                cache.gates.slice(s![r0..r1, ..]),
+                cache.cs.slice(s![r0..r1, ..]),
+                cache.tanh_c.slice(s![r0..r1, ..]),
+                d_out.slice(s![r0..r1, ..]),
+                dh.view_mut(),
+                dc.view_mut(),
+                dgates.slice_mut(s![r0..r1, ..]),
+                h,
+            );
+            // ∂L/∂h_{t-1} = dG_t · W_h (the recurrent half of the next step back).
+            gemm(dh.view_mut(), false, dgates.slice(s![r0..r1, ..]), cache.wh_t.t(), T::one());
+        }
+
+        // Window-batched weight gradients w.r.t. the effective (transposed) weights.
+        ensure_shape(&mut grads.dwh_t, h, g);
+        gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), grads.dgates.view(), T::one());
+        ensure_shape(&mut grads.dwx_t, self.input_size, g);
+        match input {
+            LayerInput::OneHot(ids) => {
+                grads.dwx_t.fill(T::zero());
+                for (row, &id) in grads.dgates.outer_iter().zip(ids) {
+                    let mut d = grads.dwx_t.row_mut(id as usize);
+                    d.zip_mut_with(&row, |d, &v| *d += v);
+                }
+            }
+            LayerInput::Dense(x) => {
+                gemm(grads.dwx_t.view_mut(), false, x.t(), grads.dgates.view(), T::one());
+                if let Some(dx) = d_input {
+                    gemm(dx, false, grads.dgates.view(), cache.wx_t.t(), T::one());
+                }
+            }
+        }
+        let db = grads.dgates.sum_axis(Axis(0));
+        self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
+
+        // Back through weight norm, then straight through the quantizer to the latent weights.
+        backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);
+        backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh_t);
+    }
+}
+
+/// W (4H, in) latent → Q(W) per gate block → weight norm → effective, all transposed (in, 4H).
+fn prepare_one<T: Real>(
+    w: ArrayView2<T>,
+    quantizer: Quantizer,
+    curvature: Option<&Array2<T>>,
+    gain: Option<&Param<T>>,
+    q_t: &mut Array2<T>,
+    eff_t: &mut Array2<T>,
+) {
+    let (g, inp) = w.dim();
+    ensure_shape(q_t, inp, g);
+    ensure_shape(eff_t, inp, g);
+    let hidden = g / 4;
+    for k in 0..4 {
+        let block = w.slice(s![k * hidden..(k + 1) * hidden, ..]);
+        let rows = s![k * hidden..(k + 1) * hidden, ..];
+        let d = curvature.map(|c| c.slice(rows));
+        quant::quantize_block(quantizer, block, d, q_t.slice_mut(s![.., k * hidden..(k + 1) * hidden]).reversed_axes());
+    }
+    match gain {
+        Some(g) => weight_norm::forward(q_t.view(), g.value.row(0), eff_t.view_mut()),
+        None => eff_t.assign(q_t),
+    }
+}
+
+/// ∂L/∂effective (in, 4H) → gains' grads (weight norm) and latent grads (4H, in) via the STE.
+fn backward_one<T: Real>(w: &mut Param<T>, gain: Option<&mut Param<T>>, q_t: &Array2<T>, d_eff_t: &Array2<T>) {
+    match gain {
+        Some(g) => {
+            let mut dg = g.grad.row_mut(0);
+            weight_norm::backward(q_t.view(), g.value.row(0), d_eff_t.view(), dg.view_mut(), w.grad.view_mut().reversed_axes());
+        }
+        None => w.grad.zip_mut_with(&d_eff_t.t(), |a, &b| *a += b),
+    }
+}
+
+/// One step of the fused cell: pre-activations in `g` (B, 4H) become activations; writes c_t,
+/// tanh(c_t), h_t.
+fn cell_forward<T: Real>(
+    mut g: ArrayViewMut2<T>,
+    c_prev: ArrayView2<T>,
+    mut c: ArrayViewMut2<T>,
+    mut tanh_c: ArrayViewMut2<T>,
+    mut h_out: ArrayViewMut2<T>,
+    hidden: usize,
+) {
+    for b in 0..g.nrows() {
+        let gr = g.row_mut(b).into_slice().unwrap();
+        let cp = c_prev.row(b).to_slice().unwrap();
+        let cr = c.row_mut(b).into_slice().unwrap();
+        let tr = tanh_c.row_mut(b).into_slice().unwrap();
+        let hr = h_out.row_mut(b).into_slice().unwrap();
+        let (gi, rest) = gr.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (ga, go) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let i = sigmoid(gi[j]);
+            let f = sigmoid(gf[j]);
+            let a = ga[j].tanh();
+            let o = sigmoid(go[j]);
+            let cj = i * a + f * cp[j];
+            let tc = cj.tanh();
+            (gi[j], gf[j], ga[j], go[j]) = (i, f, a, o);
+            cr[j] = cj;
+            tr[j] = tc;
+            hr[j] = o * tc;
+        }
+    }
+}
+
+/// One step back through the cell. On entry `dh` holds ∂L/∂h_t from the future (recurrent
+/// path) and `dc` ∂L/∂c_t from the future; `d_out` adds the gradient from above. Writes the
+/// pre-activation gradients into `dg` and leaves ∂L/∂c_{t-1} in `dc`.
+#[allow(clippy::too_many_arguments)]
+fn cell_backward<T: Real>(
+    gates: ArrayView2<T>,
+    c_prev: ArrayView2<T>,
+    tanh_c: ArrayView2<T>,
+    d_out: ArrayView2<T>,
+    mut dh: ArrayViewMut2<T>,
+    mut dc: ArrayViewMut2<T>,
+    mut dg: ArrayViewMut2<T>,
+    hidden: usize,
+) {
+    let one = T::one();
+    for b in 0..gates.nrows() {
+        let gr = gates.row(b).to_slice().unwrap();
+        let cp = c_prev.row(b).to_slice().unwrap();
+        let tr = tanh_c.row(b).to_slice().unwrap();
+        let dor = d_out.row(b);
+        let dhr = dh.row_mut(b).into_slice().unwrap();
+        let dcr = dc.row_mut(b).into_slice().unwrap();
+        let dgr = dg.row_mut(b).into_slice().unwrap();
+        for j in 0..hidden {
+            let (i, f, a, o) = (gr[j], gr[hidden + j], gr[2 * hidden + j], gr[3 * hidden + j]);
+            let tc = tr[j];
+            let dht = dhr[j] + dor[j];
+            let dct = dcr[j] + dht * o * (one - tc * tc);
+            dgr[j] = dct * a * i * (one - i);
+            dgr[hidden + j] = dct * cp[j] * f * (one - f);
+            dgr[2 * hidden + j] = dct * i * (one - a * a);
+            dgr[3 * hidden + j] = dht * tc * o * (one - o);
+            dcr[j] = dct * f;
+        }
+    }
+}
+
