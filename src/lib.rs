@@ -5,5 +5,8 @@ pub mod data;
 pub mod error;
 pub mod model;
 pub mod nn;
+pub mod report;
+pub mod size;
 pub mod spec;
 pub mod tensor;
+pub mod train;

@@ -110,7 +110,14 @@ impl<T: Real> Model<T> {
         let input = spec.input_size(vocab);
         let layers: Vec<LstmLayer<T>> = (0..m.layers)
             .map(|l| {
-                let mut layer = LstmLayer::new(&format!("lstm.{l}"), if l == 0 { input } else { h }, h, m.quantizer, m.normalization);
+                let mut layer = LstmLayer::new(
+                    &format!("lstm.{l}"),
+                    if l == 0 { input } else { h },
+                    h,
+                    m.quantizer,
+                    m.normalization,
+                    spec.train.bptt,
+                );
                 layer.quantize_input = !(mnist && l == 0);
                 layer
             })
@@ -131,7 +138,8 @@ impl<T: Real> Model<T> {
         };
         if mnist {
             for l in 0..m.layers {
-                let p = |n: &str| Param::new(format!("lstm.{l}.{n}"), Array2::zeros((1, h)), crate::tensor::Group::Other);
+                let p =
+                    |n: &str| Param::new(format!("lstm.{l}.{n}"), Array2::zeros((1, h)), crate::tensor::Group::Other);
                 model.init_h.push(p("h0"));
                 model.init_c.push(p("c0"));
             }
@@ -139,11 +147,28 @@ impl<T: Real> Model<T> {
         } else {
             model.init_language_model(rng);
         }
-        for layer in &mut model.layers {
-            layer.init_weight_norm_gains();
-        }
-        let _ = Normalization::None;
+        model.init_normalizers(rng);
         model
+    }
+
+    /// Weight norm: g = row norms of the initial weights. Layer norm: gain 1 (sequential MNIST
+    /// 0.1). Batch norm: gain U(0, 1) as torch 0.4.1 initialises it (separate statistics on
+    /// sequential MNIST: 0.1). Biases 0, running mean 0, running variance 1.
+    fn init_normalizers<R: Rng>(&mut self, rng: &mut R) {
+        let mnist = self.task.is_mnist();
+        for layer in &mut self.layers {
+            layer.init_weight_norm_gains();
+            let norm = layer.normalization;
+            for n in [layer.norm_x.as_mut(), layer.norm_h.as_mut()].into_iter().flatten() {
+                match norm {
+                    Normalization::Layer | Normalization::BatchSeparate if mnist => n.gain.value.fill(T::r(0.1)),
+                    Normalization::BatchShared | Normalization::BatchSeparate => {
+                        n.gain.value.mapv_inplace(|_| T::r(rng.random_range(0.0..1.0)))
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     /// Every LSTM tensor U(−1/√H, 1/√H); decoder weight U(−0.1, 0.1), bias 0; embedding
@@ -227,10 +252,33 @@ impl<T: Real> Model<T> {
         st
     }
 
+    /// The training-time initial state of sequential MNIST: the learned h0/c0 plus N(0, 0.1²)
+    /// noise per sample under layer/batch norm (SPEC §3; evaluation uses no noise).
+    pub fn initial_state_train<R: Rng>(&self, batch: usize, rng: &mut R) -> State<T> {
+        let mut st = self.initial_state(batch);
+        let noisy = self.layers.iter().any(|l| l.norm_h.is_some());
+        if noisy && !self.init_h.is_empty() {
+            for a in st.h.iter_mut().chain(st.c.iter_mut()) {
+                a.mapv_inplace(|v| {
+                    let n: f64 = StandardNormal.sample(rng);
+                    v + T::r(0.1 * n)
+                });
+            }
+        }
+        st
+    }
+
     /// Forward one window from `state`: quantize/normalize weights, run the layers, score the
     /// targets. With `train`, dropout is on (masks from `rng`) and the logits are replaced by the
     /// gradient of the mean loss, ready for `backward`.
-    pub fn forward<R: Rng>(&mut self, input: Input<T>, targets: &[u32], state: &State<T>, train: bool, rng: &mut R) -> Stats {
+    pub fn forward<R: Rng>(
+        &mut self,
+        input: Input<T>,
+        targets: &[u32],
+        state: &State<T>,
+        train: bool,
+        rng: &mut R,
+    ) -> Stats {
         let batch = state.h[0].nrows();
         let rows = input.rows();
         let nl = self.layers.len();
@@ -252,8 +300,7 @@ impl<T: Real> Model<T> {
         for l in 0..nl {
             let (done, rest) = ws.caches.split_at_mut(l);
             let cache = &mut rest[0];
-            let layer = &self.layers[l];
-            layer.prepare_weights(cache);
+            self.layers[l].prepare_weights(cache);
             let x = if l == 0 {
                 match input {
                     Input::Tokens(ids) if self.embedding.is_none() => LayerInput::OneHot(ids),
@@ -263,19 +310,18 @@ impl<T: Real> Model<T> {
             } else if train && self.dropout_between > 0.0 {
                 LayerInput::Dense(ws.between[l - 1].view())
             } else {
-                LayerInput::Dense(self.layers[l - 1].output(&done[l - 1]))
+                LayerInput::Dense(done[l - 1].output())
             };
-            layer.forward(cache, x, state.h[l].view(), state.c[l].view());
+            self.layers[l].forward(cache, x, state.h[l].view(), state.c[l].view(), train);
             if l + 1 < nl && train && self.dropout_between > 0.0 {
-                let out = layer.output(cache);
+                let out = cache.output();
                 sample_mask(rng, self.dropout_between, rows, self.hidden, &mut ws.masks_between[l]);
                 ensure_shape(&mut ws.between[l], rows, self.hidden);
                 ws.between[l].assign(&out);
                 ws.between[l] *= &ws.masks_between[l];
             }
         }
-        let top_cache = &ws.caches[nl - 1];
-        let out = self.layers[nl - 1].output(top_cache);
+        let out = ws.caches[nl - 1].output();
         // Language models predict at every step; the classifier only from the last h.
         let top = if self.task.is_mnist() { out.slice_move(s![rows - batch.., ..]) } else { out };
         ws.top.clone_from(&top.to_owned());
@@ -324,7 +370,7 @@ impl<T: Real> Model<T> {
             } else if between_on {
                 LayerInput::Dense(ws.between[l - 1].view())
             } else {
-                LayerInput::Dense(self.layers[l - 1].output(&below[l - 1]))
+                LayerInput::Dense(below[l - 1].output())
             };
             let needs_dx = l > 0 || self.embedding.is_some();
             let in_size = self.layers[l].input_size;
@@ -358,11 +404,11 @@ impl<T: Real> Model<T> {
     /// The state at the end of the last window (carried, detached, into the next).
     pub fn final_state(&self) -> State<T> {
         let (h, c) = self
-            .layers
+            .ws
+            .caches
             .iter()
-            .zip(&self.ws.caches)
-            .map(|(layer, cache)| {
-                let (h, c) = layer.final_state(cache);
+            .map(|cache| {
+                let (h, c) = cache.final_state();
                 (h.to_owned(), c.to_owned())
             })
             .unzip();
@@ -390,10 +436,10 @@ fn orthogonal<T: Real, R: Rng>(n: usize, rng: &mut R) -> Array2<T> {
     for j in 0..n {
         for _ in 0..2 {
             for k in 0..j {
-                let dot: f64 = (0..n).map(|i| q[j][i] * q[k][i]).sum();
-                for i in 0..n {
-                    q[j][i] -= dot * q[k][i];
-                }
+                let (done, rest) = q.split_at_mut(j);
+                let (v, u) = (&mut rest[0], &done[k]);
+                let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
             }
         }
         let norm = q[j].iter().map(|x| x * x).sum::<f64>().sqrt();

@@ -24,8 +24,7 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [&'static str; 6] =
-        ["ptb_char", "warpeace", "text8", "ptb_word", "seq_mnist", "pmnist"];
+    pub const ALL: [&'static str; 6] = ["ptb_char", "warpeace", "text8", "ptb_word", "seq_mnist", "pmnist"];
     pub fn is_mnist(self) -> bool {
         matches!(self, Task::SeqMnist | Task::Pmnist)
     }
@@ -249,8 +248,7 @@ impl Spec {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Spec> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| Error::new(format!("{file}: {e}")))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|e| Error::new(format!("{file}: not UTF-8 text ({e})")))?;
+        let text = String::from_utf8(bytes).map_err(|e| Error::new(format!("{file}: not UTF-8 text ({e})")))?;
         if text.trim().is_empty() {
             bail!("{file}: the file is empty; a spec needs at least `task = \"...\"`");
         }
@@ -259,14 +257,9 @@ impl Spec {
     }
 
     /// Resolve a spec from TOML text. `origin` names the source in messages.
-    pub fn from_toml_str(
-        text: &str,
-        origin: &str,
-        default_name: Option<&str>,
-        overrides: &[String],
-    ) -> Result<Spec> {
-        let mut user: Table =
-            toml::from_str(text).map_err(|e| Error::new(format!("{origin}: invalid TOML: {}", one_line(&e.to_string()))))?;
+    pub fn from_toml_str(text: &str, origin: &str, default_name: Option<&str>, overrides: &[String]) -> Result<Spec> {
+        let mut user: Table = toml::from_str(text)
+            .map_err(|e| Error::new(format!("{origin}: invalid TOML: {}", one_line(&e.to_string()))))?;
         for o in overrides {
             apply_override(&mut user, o)?;
         }
@@ -295,10 +288,7 @@ impl Spec {
     /// Defaults that depend on more than the task: SPEC §3 gives bc/tc on ptb_word (SGD) a
     /// latent-weight lr of lr × 2√H. Only where the user did not set the key.
     fn apply_variant_defaults(&mut self, user: &Table) {
-        let user_set = user
-            .get("train")
-            .and_then(|t| t.as_table())
-            .is_some_and(|t| t.contains_key("latent_lr_scale"));
+        let user_set = user.get("train").and_then(|t| t.as_table()).is_some_and(|t| t.contains_key("latent_lr_scale"));
         if !user_set
             && self.task == Task::PtbWord
             && self.train.optimizer == Optimizer::Sgd
@@ -341,6 +331,13 @@ impl Spec {
                 self.task.name()
             );
         }
+        if !self.task.uses_embedding() && m.dropout_input != 0.0 {
+            bail!(
+                "{origin}: `model.dropout_input` = {} but task {} has no embedding to drop out (one-hot or pixel input); set it to 0",
+                m.dropout_input,
+                self.task.name()
+            );
+        }
         for (key, p) in [
             ("model.dropout_input", m.dropout_input),
             ("model.dropout_between", m.dropout_between),
@@ -365,15 +362,15 @@ impl Spec {
         if !(t.plateau_factor.is_finite() && t.plateau_factor >= 1.0) {
             bail!("{origin}: `train.plateau_factor` = {}; allowed >= 1", t.plateau_factor);
         }
-        if self.name.is_empty()
-            || self.name.contains(['/', '\\'])
-            || self.name == "."
-            || self.name == ".."
-        {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name == "." || self.name == ".." {
             bail!("{origin}: `name` = \"{}\" must be a non-empty file name (no '/')", self.name);
         }
         if self.task.is_mnist() && self.train.bptt != 784 {
-            bail!("{origin}: `train.bptt` = {} for {}; a sequence is the 784 pixels of an image, set 784", self.train.bptt, self.task.name());
+            bail!(
+                "{origin}: `train.bptt` = {} for {}; a sequence is the 784 pixels of an image, set 784",
+                self.train.bptt,
+                self.task.name()
+            );
         }
         Ok(())
     }
@@ -446,10 +443,10 @@ fn check_and_merge(base: &mut Table, user: &Table, prefix: &str, origin: &str) -
             }
             (slot @ Value::Float(_), Value::Integer(i)) => *slot = Value::Float(*i as f64),
             (slot, v) if std::mem::discriminant(slot) == std::mem::discriminant(v) => {
-                if let Value::Integer(i) = v {
-                    if *i < 0 {
-                        bail!("{origin}: `{path}` = {i}; it must not be negative");
-                    }
+                if let Value::Integer(i) = v
+                    && *i < 0
+                {
+                    bail!("{origin}: `{path}` = {i}; it must not be negative");
                 }
                 if let Value::String(s) = v {
                     check_enum(&path, s, origin)?;

@@ -62,13 +62,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 21;
 
 /// c = alpha · a · b, or c += alpha · a · b when `accumulate`. Any strides (transposed views
 /// included) are passed to faer as they are, without copies.
-pub fn gemm<T: Real>(
-    c: ArrayViewMut2<T>,
-    accumulate: bool,
-    a: ArrayView2<T>,
-    b: ArrayView2<T>,
-    alpha: T,
-) {
+pub fn gemm<T: Real>(c: ArrayViewMut2<T>, accumulate: bool, a: ArrayView2<T>, b: ArrayView2<T>, alpha: T) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "gemm: inner dimensions differ");

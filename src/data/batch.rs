@@ -18,7 +18,10 @@ impl Streams {
     pub fn new(tokens: &[u32], batch: usize, what: &str) -> Result<Streams> {
         let len = tokens.len() / batch;
         if len < 2 {
-            bail!("{what}: {} tokens cannot fill {batch} streams of at least 2 tokens; lower the batch size", tokens.len());
+            bail!(
+                "{what}: {} tokens cannot fill {batch} streams of at least 2 tokens; lower the batch size",
+                tokens.len()
+            );
         }
         let mut data = vec![0; len * batch];
         for b in 0..batch {

@@ -149,7 +149,8 @@ mod tests {
     fn text8_format_small_file() {
         let dir = std::env::temp_dir().join(format!("qlstm-text8-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("text8")).unwrap();
-        let text = " anarchism originated as a term of abuse first used against early working class radicals".repeat(20);
+        let text =
+            " anarchism originated as a term of abuse first used against early working class radicals".repeat(20);
         std::fs::write(dir.join("text8/text8"), &text).unwrap();
         let c = Corpus::load(Task::Text8, &dir).unwrap();
         let n = text.len();

@@ -24,10 +24,7 @@ impl MnistSplit {
         self.labels.is_empty()
     }
     fn range(&self, from: usize, to: usize) -> MnistSplit {
-        MnistSplit {
-            images: self.images[from * PIXELS..to * PIXELS].to_vec(),
-            labels: self.labels[from..to].to_vec(),
-        }
+        MnistSplit { images: self.images[from * PIXELS..to * PIXELS].to_vec(), labels: self.labels[from..to].to_vec() }
     }
 }
 
@@ -62,10 +59,17 @@ pub fn read_idx(path: &Path, magic: u32, count: usize) -> Result<Vec<u8>> {
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
     let header = if magic == 0x803 { 16 } else { 8 };
     if bytes.len() < header {
-        bail!("{p}: {} bytes is shorter than an IDX header; the file is truncated, re-run `scripts/get_data.sh mnist`", bytes.len());
+        bail!(
+            "{p}: {} bytes is shorter than an IDX header; the file is truncated, re-run `scripts/get_data.sh mnist`",
+            bytes.len()
+        );
     }
     if be(0) as u32 != magic {
-        bail!("{p}: IDX magic number is {:#010x}, expected {magic:#010x}; not an MNIST {} file", be(0), if magic == 0x803 { "image" } else { "label" });
+        bail!(
+            "{p}: IDX magic number is {:#010x}, expected {magic:#010x}; not an MNIST {} file",
+            be(0),
+            if magic == 0x803 { "image" } else { "label" }
+        );
     }
     if be(4) != count {
         bail!("{p}: header says {} items, expected {count}", be(4));
@@ -80,13 +84,16 @@ pub fn read_idx(path: &Path, magic: u32, count: usize) -> Result<Vec<u8>> {
     };
     let want = header + count * item;
     if bytes.len() != want {
-        bail!("{p}: {} bytes, expected {want}; the file is truncated or corrupt, re-run `scripts/get_data.sh mnist`", bytes.len());
+        bail!(
+            "{p}: {} bytes, expected {want}; the file is truncated or corrupt, re-run `scripts/get_data.sh mnist`",
+            bytes.len()
+        );
     }
     let body = bytes[header..].to_vec();
-    if magic == 0x801 {
-        if let Some(i) = body.iter().position(|&l| l > 9) {
-            bail!("{p}: label {i} is {}, expected 0..=9", body[i]);
-        }
+    if magic == 0x801
+        && let Some(i) = body.iter().position(|&l| l > 9)
+    {
+        bail!("{p}: label {i} is {}, expected 0..=9", body[i]);
     }
     Ok(body)
 }

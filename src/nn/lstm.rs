@@ -10,10 +10,11 @@
 //! before the time loop. Weights enter the window through `prepare_weights` (quantize, then
 //! weight-normalize), once per window, in the transposed layout (in, 4H) the GEMMs want.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use crate::nn::norm::{NormKind, ProductNorm};
 use crate::nn::{quant, weight_norm};
 use crate::spec::{Normalization, Quantizer};
 use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
 #[derive(Clone, Copy)]
@@ -46,6 +47,9 @@ pub struct LstmLayer<T> {
     /// Weight-normalization gains g, one per row: (1, 4H) each for W_x and W_h.
     pub wn_gain_x: Option<Param<T>>,
     pub wn_gain_h: Option<Param<T>>,
+    /// Layer/batch normalizers of the products W_x·x and W_h·h.
+    pub norm_x: Option<ProductNorm<T>>,
+    pub norm_h: Option<ProductNorm<T>>,
     /// lab/lat only: d = sqrt(v) + 1e-8 from the optimizer's raw second moment of each latent
     /// weight, (4H, in) and (4H, H); None before the first Adam step (d = 1).
     pub curvature_x: Option<Array2<T>>,
@@ -69,6 +73,26 @@ pub struct LstmCache<T> {
     pub hs: Array2<T>,
     pub cs: Array2<T>,
     pub tanh_c: Array2<T>,
+    /// Layer/batch norm only: the raw products (scratch), the normalized x̂ and 1/σ of each
+    /// product (x: whole window; h: every step).
+    pub z: Array2<T>,
+    pub xhat_x: Array2<T>,
+    pub rstd_x: Array2<T>,
+    pub xhat_h: Array2<T>,
+    pub rstd_h: Array2<T>,
+}
+
+impl<T: Real> LstmCache<T> {
+    /// The window's outputs h_0 … h_{T-1}, (T·B, H).
+    pub fn output(&self) -> ArrayView2<'_, T> {
+        self.hs.slice(s![self.batch.., ..])
+    }
+
+    /// Final state (h_{T-1}, c_{T-1}), (B, H) each: carried into the next window.
+    pub fn final_state(&self) -> (ArrayView2<'_, T>, ArrayView2<'_, T>) {
+        let n = self.steps * self.batch;
+        (self.hs.slice(s![n.., ..]), self.cs.slice(s![n.., ..]))
+    }
 }
 
 /// Backward scratch, reused across windows.
@@ -76,6 +100,8 @@ pub struct LstmCache<T> {
 pub struct LstmGrads<T> {
     /// ∂L/∂(gate pre-activations), (T·B, 4H).
     pub dgates: Array2<T>,
+    /// ∂L/∂(raw products) under layer/batch norm, (T·B, 4H).
+    pub dz: Array2<T>,
     /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.
     pub dh: Array2<T>,
     pub dc: Array2<T>,
@@ -90,7 +116,15 @@ fn sigmoid<T: Real>(x: T) -> T {
 }
 
 impl<T: Real> LstmLayer<T> {
-    pub fn new(prefix: &str, input_size: usize, hidden: usize, quantizer: Quantizer, normalization: Normalization) -> Self {
+    /// `slots`: time slots of separate batch statistics (T_max = bptt).
+    pub fn new(
+        prefix: &str,
+        input_size: usize,
+        hidden: usize,
+        quantizer: Quantizer,
+        normalization: Normalization,
+        slots: usize,
+    ) -> Self {
         let g = 4 * hidden;
         let wn = normalization == Normalization::Weight;
         let gain = |name: &str| Some(Param::new(format!("{prefix}.{name}"), Array2::zeros((1, g)), Group::Other));
@@ -105,6 +139,8 @@ impl<T: Real> LstmLayer<T> {
             normalization,
             wn_gain_x: if wn { gain("wn_gain_x") } else { None },
             wn_gain_h: if wn { gain("wn_gain_h") } else { None },
+            norm_x: ProductNorm::for_normalization(normalization, &format!("{prefix}.norm_x"), hidden, slots),
+            norm_h: ProductNorm::for_normalization(normalization, &format!("{prefix}.norm_h"), hidden, slots),
             curvature_x: None,
             curvature_h: None,
         }
@@ -124,6 +160,9 @@ impl<T: Real> LstmLayer<T> {
         let mut v = vec![&mut self.w_x, &mut self.w_h, &mut self.bias];
         v.extend(self.wn_gain_x.as_mut());
         v.extend(self.wn_gain_h.as_mut());
+        for n in [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten() {
+            v.extend(n.params_mut());
+        }
         v
     }
 
@@ -132,11 +171,26 @@ impl<T: Real> LstmLayer<T> {
         let qz = if self.quantize_input { self.quantizer } else { Quantizer::Fp };
         let (cx, ch) = (self.curvature_x.as_ref(), self.curvature_h.as_ref());
         prepare_one(self.w_x.value.view(), qz, cx, self.wn_gain_x.as_ref(), &mut cache.qx_t, &mut cache.wx_t);
-        prepare_one(self.w_h.value.view(), self.quantizer, ch, self.wn_gain_h.as_ref(), &mut cache.qh_t, &mut cache.wh_t);
+        prepare_one(
+            self.w_h.value.view(),
+            self.quantizer,
+            ch,
+            self.wn_gain_h.as_ref(),
+            &mut cache.qh_t,
+            &mut cache.wh_t,
+        );
     }
 
-    /// Run the window. `h0`, `c0` are (B, H); weights must have been prepared.
-    pub fn forward(&self, cache: &mut LstmCache<T>, input: LayerInput<T>, h0: ArrayView2<T>, c0: ArrayView2<T>) {
+    /// Run the window. `h0`, `c0` are (B, H); weights must have been prepared. `train` picks
+    /// batch statistics (and updates the running ones) over running statistics.
+    pub fn forward(
+        &mut self,
+        cache: &mut LstmCache<T>,
+        input: LayerInput<T>,
+        h0: ArrayView2<T>,
+        c0: ArrayView2<T>,
+        train: bool,
+    ) {
         let batch = h0.nrows();
         let rows = input.rows();
         let steps = rows / batch;
@@ -151,45 +205,72 @@ impl<T: Real> LstmLayer<T> {
         cache.hs.slice_mut(s![..batch, ..]).assign(&h0);
         cache.cs.slice_mut(s![..batch, ..]).assign(&c0);
 
-        // Input projection for the whole window, with the bias: G = X·W_xᵀ + b.
+        // Input projection for the whole window: G = N_x(X·W_xᵀ) + b. Without a normalizer the
+        // product goes straight into G; with one, into the scratch z first.
         let bias = self.bias.value.row(0);
+        let z = if self.norm_x.is_some() { &mut cache.z } else { &mut cache.gates };
+        ensure_shape(z, rows, g);
         match input {
             LayerInput::OneHot(ids) => {
-                for (mut row, &id) in cache.gates.outer_iter_mut().zip(ids) {
-                    let w = cache.wx_t.row(id as usize);
-                    for ((r, &w), &b) in row.iter_mut().zip(w.iter()).zip(bias.iter()) {
-                        *r = w + b;
-                    }
+                for (mut row, &id) in z.outer_iter_mut().zip(ids) {
+                    row.assign(&cache.wx_t.row(id as usize));
                 }
             }
-            LayerInput::Dense(x) => {
+            LayerInput::Dense(x) => gemm(z.view_mut(), false, x, cache.wx_t.view(), T::one()),
+        }
+        match &mut self.norm_x {
+            None => cache.gates += &bias,
+            Some(nx) => {
                 cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
-                gemm(cache.gates.view_mut(), true, x, cache.wx_t.view(), T::one());
+                ensure_shape(&mut cache.xhat_x, rows, g);
+                ensure_shape(&mut cache.rstd_x, if nx.kind == NormKind::Layer { rows } else { steps }, nx.rstd_cols());
+                for t in 0..steps {
+                    let r = t * batch..(t + 1) * batch;
+                    let rr = rstd_rows_kind(nx.kind, t, batch);
+                    nx.forward(
+                        cache.z.slice(s![r.clone(), ..]),
+                        t,
+                        train,
+                        cache.xhat_x.slice_mut(s![r.clone(), ..]),
+                        cache.rstd_x.slice_mut(s![rr, ..]),
+                        cache.gates.slice_mut(s![r, ..]),
+                    );
+                }
             }
         }
+        if let Some(nh) = &self.norm_h {
+            ensure_shape(&mut cache.z, batch, g);
+            ensure_shape(&mut cache.xhat_h, rows, g);
+            ensure_shape(&mut cache.rstd_h, if nh.kind == NormKind::Layer { rows } else { steps }, nh.rstd_cols());
+        }
 
-        let LstmCache { wh_t, gates, hs, cs, tanh_c, .. } = cache;
+        let LstmCache { wh_t, gates, hs, cs, tanh_c, z, xhat_h, rstd_h, .. } = cache;
         for t in 0..steps {
             let (r0, r1) = (t * batch, (t + 1) * batch);
-            // G_t += h_{t-1}·W_hᵀ: the only per-step GEMM.
-            gemm(gates.slice_mut(s![r0..r1, ..]), true, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one());
+            match &mut self.norm_h {
+                // G_t += h_{t-1}·W_hᵀ: the only per-step GEMM.
+                None => gemm(gates.slice_mut(s![r0..r1, ..]), true, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one()),
+                // G_t += N_h(h_{t-1}·W_hᵀ)
+                Some(nh) => {
+                    let zt = z.slice_mut(s![..batch, ..]);
+                    gemm(zt, false, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one());
+                    let rr = rstd_rows_kind(nh.kind, t, batch);
+                    nh.forward(
+                        z.slice(s![..batch, ..]),
+                        t,
+                        train,
+                        xhat_h.slice_mut(s![r0..r1, ..]),
+                        rstd_h.slice_mut(s![rr, ..]),
+                        gates.slice_mut(s![r0..r1, ..]),
+                    );
+                }
+            }
             let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
             let gt = gates.slice_mut(s![r0..r1, ..]);
             let tc = tanh_c.slice_mut(s![r0..r1, ..]);
             let ht = hs.slice_mut(s![r1..r1 + batch, ..]);
             cell_forward(gt, c_prev.slice(s![r0.., ..]), c_next.slice_move(s![..batch, ..]), tc, ht, h);
         }
-    }
-
-    /// The window's outputs h_0 … h_{T-1}, (T·B, H).
-    pub fn output<'a>(&self, cache: &'a LstmCache<T>) -> ArrayView2<'a, T> {
-        cache.hs.slice(s![cache.batch.., ..])
-    }
-
-    /// Final state (h_{T-1}, c_{T-1}), (B, H) each: carried into the next window.
-    pub fn final_state<'a>(&self, cache: &'a LstmCache<T>) -> (ArrayView2<'a, T>, ArrayView2<'a, T>) {
-        let n = cache.steps * cache.batch;
-        (cache.hs.slice(s![n.., ..]), cache.cs.slice(s![n.., ..]))
     }
 
     /// Backward through the window. `d_out` is ∂L/∂h_t for every step (T·B, H); the state
@@ -209,9 +290,12 @@ impl<T: Real> LstmLayer<T> {
         ensure_shape(&mut grads.dgates, rows, g);
         ensure_shape(&mut grads.dh, batch, h);
         ensure_shape(&mut grads.dc, batch, h);
+        if self.norm_x.is_some() || self.norm_h.is_some() {
+            ensure_shape(&mut grads.dz, rows, g);
+        }
         grads.dh.fill(T::zero());
         grads.dc.fill(T::zero());
-        let LstmGrads { dgates, dh, dc, .. } = grads;
+        let LstmGrads { dgates, dz, dh, dc, .. } = grads;
         for t in (0..steps).rev() {
             let (r0, r1) = (t * batch, (t + 1) * batch);
             cell_backward(
@@ -224,26 +308,54 @@ impl<T: Real> LstmLayer<T> {
                 dgates.slice_mut(s![r0..r1, ..]),
                 h,
             );
-            // ∂L/∂h_{t-1} = dG_t · W_h (the recurrent half of the next step back).
-            gemm(dh.view_mut(), false, dgates.slice(s![r0..r1, ..]), cache.wh_t.t(), T::one());
+            // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through N_h when there is one.
+            let d_product = match &mut self.norm_h {
+                None => dgates.slice(s![r0..r1, ..]),
+                Some(nh) => {
+                    let rr = rstd_rows_kind(nh.kind, t, batch);
+                    nh.backward(
+                        dgates.slice(s![r0..r1, ..]),
+                        cache.xhat_h.slice(s![r0..r1, ..]),
+                        cache.rstd_h.slice(s![rr, ..]),
+                        dz.slice_mut(s![r0..r1, ..]),
+                    );
+                    dz.slice(s![r0..r1, ..])
+                }
+            };
+            gemm(dh.view_mut(), false, d_product, cache.wh_t.t(), T::one());
         }
 
         // Window-batched weight gradients w.r.t. the effective (transposed) weights.
         ensure_shape(&mut grads.dwh_t, h, g);
-        gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), grads.dgates.view(), T::one());
+        let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { grads.dgates.view() };
+        gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), d_zh, T::one());
+        // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
+        if let Some(nx) = &mut self.norm_x {
+            for t in 0..steps {
+                let r = t * batch..(t + 1) * batch;
+                let rr = rstd_rows_kind(nx.kind, t, batch);
+                nx.backward(
+                    grads.dgates.slice(s![r.clone(), ..]),
+                    cache.xhat_x.slice(s![r.clone(), ..]),
+                    cache.rstd_x.slice(s![rr, ..]),
+                    grads.dz.slice_mut(s![r, ..]),
+                );
+            }
+        }
+        let d_zx = if self.norm_x.is_some() { grads.dz.view() } else { grads.dgates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
         match input {
             LayerInput::OneHot(ids) => {
                 grads.dwx_t.fill(T::zero());
-                for (row, &id) in grads.dgates.outer_iter().zip(ids) {
+                for (row, &id) in d_zx.outer_iter().zip(ids) {
                     let mut d = grads.dwx_t.row_mut(id as usize);
                     d.zip_mut_with(&row, |d, &v| *d += v);
                 }
             }
             LayerInput::Dense(x) => {
-                gemm(grads.dwx_t.view_mut(), false, x.t(), grads.dgates.view(), T::one());
+                gemm(grads.dwx_t.view_mut(), false, x.t(), d_zx, T::one());
                 if let Some(dx) = d_input {
-                    gemm(dx, false, grads.dgates.view(), cache.wx_t.t(), T::one());
+                    gemm(dx, false, d_zx, cache.wx_t.t(), T::one());
                 }
             }
         }
@@ -253,6 +365,14 @@ impl<T: Real> LstmLayer<T> {
         // Back through weight norm, then straight through the quantizer to the latent weights.
         backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);
         backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh_t);
+    }
+}
+
+/// Rows of step t in a cache of 1/σ: B rows per step for layer norm, one row for batch norm.
+fn rstd_rows_kind(kind: NormKind, t: usize, batch: usize) -> std::ops::Range<usize> {
+    match kind {
+        NormKind::Layer => t * batch..(t + 1) * batch,
+        NormKind::Batch { .. } => t..t + 1,
     }
 }
 
@@ -286,7 +406,13 @@ fn backward_one<T: Real>(w: &mut Param<T>, gain: Option<&mut Param<T>>, q_t: &Ar
     match gain {
         Some(g) => {
             let mut dg = g.grad.row_mut(0);
-            weight_norm::backward(q_t.view(), g.value.row(0), d_eff_t.view(), dg.view_mut(), w.grad.view_mut().reversed_axes());
+            weight_norm::backward(
+                q_t.view(),
+                g.value.row(0),
+                d_eff_t.view(),
+                dg.view_mut(),
+                w.grad.view_mut().reversed_axes(),
+            );
         }
         None => w.grad.zip_mut_with(&d_eff_t.t(), |a, &b| *a += b),
     }
@@ -362,4 +488,3 @@ fn cell_backward<T: Real>(
         }
     }
 }
-

@@ -4,6 +4,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod linear;
 pub mod lstm;
+pub mod norm;
 pub mod quant;
 pub mod weight_norm;
 

@@ -167,7 +167,8 @@ mod tests {
         // kept |w| exceeds α/2: check with a non-uniform d.
         let d = array![[0.1, 5.0], [1.0, 1.0]];
         let (alpha, _) = lat_fixed_point(w.view(), Some(d.view()));
-        let kept: Vec<(f64, f64)> = w.iter().zip(d.iter()).filter(|(x, _)| x.abs() > alpha / 2.0).map(|(x, d)| (x.abs(), *d)).collect();
+        let kept: Vec<(f64, f64)> =
+            w.iter().zip(d.iter()).filter(|(x, _)| x.abs() > alpha / 2.0).map(|(x, d)| (x.abs(), *d)).collect();
         let mean = kept.iter().map(|(x, d)| x * d).sum::<f64>() / kept.iter().map(|(_, d)| d).sum::<f64>();
         assert!((alpha - mean).abs() <= 1e-6, "{alpha} vs {mean}");
     }

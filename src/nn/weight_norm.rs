@@ -60,3 +60,31 @@ pub fn backward<T: Real>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Array2, array};
+
+    #[test]
+    fn rows_are_rescaled_to_their_gain_and_zero_rows_stay_finite() {
+        // W rows: [3, 4] (norm 5) and [0, 0]; transposed layout (in, rows).
+        let q_t = array![[3.0f64, 0.0], [4.0, 0.0]];
+        let gain = array![2.0, 7.0];
+        let mut eff = Array2::zeros((2, 2));
+        forward(q_t.view(), gain.view(), eff.view_mut());
+        let s = 5.0 + EPS;
+        assert_eq!(eff, array![[2.0 * 3.0 / s, 0.0], [2.0 * 4.0 / s, 0.0]]);
+        let d = array![[1.0, 0.5], [-1.0, 2.0]];
+        let mut dg = Array1::zeros(2);
+        let mut dq = Array2::zeros((2, 2));
+        backward(q_t.view(), gain.view(), d.view(), dg.view_mut(), dq.view_mut());
+        // row 0: u = 3·1 − 4·1 = −1; dg = u/s; dq = (g/s)·d − g·u/(s²·5)·q
+        assert!((dg[0] - (-1.0 / s)).abs() < 1e-15);
+        let want0 = [2.0 / s * 1.0 + 2.0 / (s * s * 5.0) * 3.0, 2.0 / s * -1.0 + 2.0 / (s * s * 5.0) * 4.0];
+        assert!((dq[[0, 0]] - want0[0]).abs() < 1e-15 && (dq[[1, 0]] - want0[1]).abs() < 1e-15);
+        // zero row: the norm's derivative is taken as 0, so dq = (g/ε)·d, finite
+        assert_eq!(dg[1], 0.0);
+        assert_eq!(dq.column(1).to_vec(), vec![7.0 / EPS * 0.5, 7.0 / EPS * 2.0]);
+    }
+}

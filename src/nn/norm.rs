@@ -1,0 +1,251 @@
+//! Normalization of one product (W_x·x or W_h·h) of an LSTM layer, SPEC §1: layer norm or batch
+//! norm (shared or per-time-step running statistics) of each of the four gate blocks.
+//! Weight norm acts on the weights instead (`weight_norm.rs`); `none` needs no normalizer.
+//!
+//!   layer:  per sample, over the H features of a gate block: x̂ = (z − μ)/√(σ² + 1e-5)
+//!   batch:  per feature, over the batch at one time step:     x̂ = (z − μ)/√(σ² + 1e-5)
+//!   out = γ ⊙ x̂ + β
+//! with biased σ² in the forward. Batch norm in evaluation uses running statistics
+//! (r ← 0.9·r + 0.1·batch, unbiased variance), one slot for all steps (shared) or one per
+//! in-window time index (separate; t ≥ T_max uses slot T_max − 1).
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
+
+use crate::spec::Normalization;
+use crate::tensor::{Group, Param, Real};
+
+pub const EPS: f64 = 1e-5;
+const MOMENTUM: f64 = 0.1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    Layer,
+    Batch { separate: bool },
+}
+
+pub struct ProductNorm<T> {
+    pub kind: NormKind,
+    pub hidden: usize,
+    /// γ and β, (1, 4H).
+    pub gain: Param<T>,
+    pub bias: Param<T>,
+    /// Batch norm running statistics, (slots, 4H): 1 slot (shared) or T_max (separate).
+    pub running_mean: Array2<T>,
+    pub running_var: Array2<T>,
+}
+
+impl<T: Real> ProductNorm<T> {
+    /// The normalizer `normalization` needs on a product, if any. `slots` = T_max for
+    /// separate batch statistics.
+    pub fn for_normalization(normalization: Normalization, name: &str, hidden: usize, slots: usize) -> Option<Self> {
+        let kind = match normalization {
+            Normalization::Layer => NormKind::Layer,
+            Normalization::BatchShared => NormKind::Batch { separate: false },
+            Normalization::BatchSeparate => NormKind::Batch { separate: true },
+            Normalization::None | Normalization::Weight => return None,
+        };
+        let g = 4 * hidden;
+        let slots = if kind == (NormKind::Batch { separate: true }) { slots.max(1) } else { 1 };
+        Some(ProductNorm {
+            kind,
+            hidden,
+            gain: Param::new(format!("{name}.gain"), Array2::ones((1, g)), Group::Other),
+            bias: Param::new(format!("{name}.bias"), Array2::zeros((1, g)), Group::Other),
+            running_mean: Array2::zeros((slots, g)),
+            running_var: Array2::ones((slots, g)),
+        })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.running_mean.nrows()
+    }
+
+    pub fn params_mut(&mut self) -> [&mut Param<T>; 2] {
+        [&mut self.gain, &mut self.bias]
+    }
+
+    /// Normalize the rows `z` of in-window step `t` (B rows for batch norm; any rows for layer
+    /// norm) and add γ ⊙ x̂ + β to `out`. Writes x̂ into `xhat` and the divisors' inverses
+    /// 1/√(σ² + ε) into `rstd` ((rows, 4) for layer norm, (1, 4H) for batch norm).
+    /// `train` selects batch statistics (and updates the running ones) over running ones.
+    pub fn forward(
+        &mut self,
+        z: ArrayView2<T>,
+        t: usize,
+        train: bool,
+        mut xhat: ArrayViewMut2<T>,
+        mut rstd: ArrayViewMut2<T>,
+        mut out: ArrayViewMut2<T>,
+    ) {
+        let (rows, g) = z.dim();
+        let h = self.hidden;
+        let eps = T::r(EPS);
+        match self.kind {
+            NormKind::Layer => {
+                let hn = T::r(h as f64);
+                for r in 0..rows {
+                    for k in 0..4 {
+                        let zs = z.slice(s![r, k * h..(k + 1) * h]);
+                        let mean = zs.sum() / hn;
+                        let var = zs.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / hn;
+                        let inv = T::one() / (var + eps).sqrt();
+                        rstd[[r, k]] = inv;
+                        for j in k * h..(k + 1) * h {
+                            xhat[[r, j]] = (z[[r, j]] - mean) * inv;
+                        }
+                    }
+                }
+            }
+            NormKind::Batch { .. } => {
+                let slot = t.min(self.slots() - 1);
+                let n = T::r(rows as f64);
+                for j in 0..g {
+                    let col = z.column(j);
+                    let (mean, inv) = if train {
+                        let mean = col.sum() / n;
+                        let var = col.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
+                        let unbiased = if rows > 1 { var * n / (n - T::one()) } else { var };
+                        let m = T::r(MOMENTUM);
+                        let (rm, rv) = (&mut self.running_mean[[slot, j]], &mut self.running_var[[slot, j]]);
+                        *rm = (T::one() - m) * *rm + m * mean;
+                        *rv = (T::one() - m) * *rv + m * unbiased;
+                        (mean, T::one() / (var + eps).sqrt())
+                    } else {
+                        (self.running_mean[[slot, j]], T::one() / (self.running_var[[slot, j]] + eps).sqrt())
+                    };
+                    rstd[[0, j]] = inv;
+                    for r in 0..rows {
+                        xhat[[r, j]] = (z[[r, j]] - mean) * inv;
+                    }
+                }
+            }
+        }
+        let (gain, bias) = (self.gain.value.row(0), self.bias.value.row(0));
+        for r in 0..rows {
+            for j in 0..g {
+                out[[r, j]] += gain[j] * xhat[[r, j]] + bias[j];
+            }
+        }
+    }
+
+    /// Backward of `forward` in training mode: from ∂L/∂out `dy` to ∂L/∂z (written to `dz`),
+    /// accumulating ∂L/∂γ = Σ dy ⊙ x̂ and ∂L/∂β = Σ dy. With dx̂ = γ ⊙ dy and means over the
+    /// normalized set (a gate block of a row, or a column of the batch):
+    ///   ∂L/∂z = (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))
+    pub fn backward(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>) {
+        let (rows, g) = dy.dim();
+        let h = self.hidden;
+        {
+            let (mut dgain, mut dbias) = (self.gain.grad.row_mut(0), self.bias.grad.row_mut(0));
+            for r in 0..rows {
+                for j in 0..g {
+                    dgain[j] += dy[[r, j]] * xhat[[r, j]];
+                    dbias[j] += dy[[r, j]];
+                }
+            }
+        }
+        let gain = self.gain.value.row(0);
+        match self.kind {
+            NormKind::Layer => {
+                let hn = T::r(h as f64);
+                for r in 0..rows {
+                    for k in 0..4 {
+                        let (mut m1, mut m2) = (T::zero(), T::zero());
+                        for j in k * h..(k + 1) * h {
+                            let dx = gain[j] * dy[[r, j]];
+                            m1 += dx;
+                            m2 += dx * xhat[[r, j]];
+                        }
+                        let (m1, m2) = (m1 / hn, m2 / hn);
+                        let inv = rstd[[r, k]];
+                        for j in k * h..(k + 1) * h {
+                            dz[[r, j]] = inv * (gain[j] * dy[[r, j]] - m1 - xhat[[r, j]] * m2);
+                        }
+                    }
+                }
+            }
+            NormKind::Batch { .. } => {
+                let n = T::r(rows as f64);
+                for j in 0..g {
+                    let (mut m1, mut m2) = (T::zero(), T::zero());
+                    for r in 0..rows {
+                        let dx = gain[j] * dy[[r, j]];
+                        m1 += dx;
+                        m2 += dx * xhat[[r, j]];
+                    }
+                    let (m1, m2) = (m1 / n, m2 / n);
+                    let inv = rstd[[0, j]];
+                    for r in 0..rows {
+                        dz[[r, j]] = inv * (gain[j] * dy[[r, j]] - m1 - xhat[[r, j]] * m2);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Columns of the `rstd` cache per call: 4 (one per gate block) for layer norm, 4H for batch.
+    pub fn rstd_cols(&self) -> usize {
+        match self.kind {
+            NormKind::Layer => 4,
+            NormKind::Batch { .. } => 4 * self.hidden,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn run(n: &mut ProductNorm<f64>, z: &Array2<f64>, t: usize, train: bool) -> Array2<f64> {
+        let (r, g) = z.dim();
+        let (mut xhat, mut out) = (Array2::zeros((r, g)), Array2::zeros((r, g)));
+        let mut rstd = Array2::zeros((if n.kind == NormKind::Layer { r } else { 1 }, n.rstd_cols()));
+        n.forward(z.view(), t, train, xhat.view_mut(), rstd.view_mut(), out.view_mut());
+        out
+    }
+
+    #[test]
+    fn separate_running_statistics_by_in_window_time() {
+        // H = 1: four features (one per gate), batch of 2, two slots (T_max = 2).
+        let mut n = ProductNorm::<f64>::for_normalization(Normalization::BatchSeparate, "n", 1, 2).unwrap();
+        let z0 = array![[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 5.0, 0.0]];
+        let z1 = array![[0.0, 0.0, 0.0, 0.0], [2.0, 4.0, 6.0, 8.0]];
+        run(&mut n, &z0, 0, true);
+        run(&mut n, &z1, 1, true);
+        run(&mut n, &z1, 5, true); // t ≥ T_max goes to the last slot
+        // slot 0: mean 2, unbiased var 2 for feature 0 → r = 0.9·0 + 0.1·2, 0.9·1 + 0.1·2
+        assert!((n.running_mean[[0, 0]] - 0.2).abs() < 1e-15);
+        assert!((n.running_var[[0, 0]] - 1.1).abs() < 1e-15);
+        // slot 1 updated twice with feature 1's batch mean 2 and unbiased var 8
+        let m = 0.9 * (0.1 * 2.0) + 0.1 * 2.0;
+        let v = 0.9 * (0.9 + 0.1 * 8.0) + 0.1 * 8.0;
+        assert!((n.running_mean[[1, 1]] - m).abs() < 1e-15 && (n.running_var[[1, 1]] - v).abs() < 1e-14);
+        // evaluation at t = 1 uses slot 1's statistics, with γ = 1, β = 0
+        n.bias.value.fill(0.5);
+        let out = run(&mut n, &z1, 1, false);
+        let want = (4.0 - m) / (v + EPS).sqrt() + 0.5;
+        assert!((out[[1, 1]] - want).abs() < 1e-14, "{} vs {want}", out[[1, 1]]);
+        // ... and the running statistics do not move in evaluation
+        assert!((n.running_mean[[1, 1]] - m).abs() < 1e-15);
+    }
+
+    #[test]
+    fn shared_statistics_and_layer_norm_by_hand() {
+        let mut n = ProductNorm::<f64>::for_normalization(Normalization::BatchShared, "n", 1, 35).unwrap();
+        assert_eq!(n.slots(), 1);
+        let z = array![[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 5.0, 0.0]];
+        let out = run(&mut n, &z, 7, true);
+        // feature 0: mean 2, biased var 1 → x̂ = ∓1/√(1 + ε); feature 1 has zero variance → 0
+        assert!((out[[0, 0]] + 1.0 / (1.0 + EPS).sqrt()).abs() < 1e-15 && out[[0, 1]] == 0.0);
+        let mut ln = ProductNorm::<f64>::for_normalization(Normalization::Layer, "l", 2, 1).unwrap();
+        let z = array![[1.0, 3.0, 0.0, 0.0, 5.0, 5.0, -1.0, 1.0]];
+        let out = run(&mut ln, &z, 0, true);
+        // block 0: mean 2, var 1 → [−1, 1]/√(1+ε); block 1: zeros → 0; block 3: ±1/√(1+ε)
+        let k = 1.0 / (1.0 + EPS).sqrt();
+        let want = [-k, k, 0.0, 0.0, 0.0, 0.0, -k, k];
+        for (o, w) in out.iter().zip(want) {
+            assert!((o - w).abs() < 1e-15, "{out}");
+        }
+    }
+}

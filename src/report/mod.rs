@@ -1,0 +1,8 @@
+//! Everything that leaves the process as a file: atomic writes and the CSV layouts.
+
+pub mod csv;
+
+pub use csv::{EpochRow, Summary, write_atomic};
+
+pub mod size;
+pub use size::size_report;

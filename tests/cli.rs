@@ -1,0 +1,220 @@
+//! The binary driven as users drive it: real runs on real data, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn qlstm(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qlstm")).args(args).current_dir(cwd).output().expect("run qlstm")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh scratch directory per test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qlstm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| headers.iter().zip(rec.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
+        .collect()
+}
+
+fn data_arg() -> String {
+    format!("data.dir={}", root().join("data").display())
+}
+
+/// Unigram entropy of PTB-char training text in bits, computed from the file.
+fn unigram_bits() -> f64 {
+    let c = qlstm::data::Corpus::load(qlstm::spec::Task::PtbChar, &root().join("data")).unwrap();
+    c.unigram_entropy() / std::f64::consts::LN_2
+}
+
+#[test]
+fn ptb_char_trains_far_below_unigram_entropy() {
+    let out = scratch("e2e");
+    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let o = qlstm(
+        &[
+            "run",
+            spec.to_str().unwrap(),
+            "--set",
+            "model.hidden=128",
+            "--set",
+            "train.max_steps=300",
+            "--set",
+            &data_arg(),
+            "--threads",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = out.join("ptb_char_fp_none");
+    let s = &read_csv(&dir.join("summary.csv"))[0];
+    let m = read_csv(&dir.join("metrics.csv"));
+    assert_eq!(m.len(), 1);
+    for col in [
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "valid_loss",
+        "valid_metric",
+        "test_loss",
+        "test_metric",
+        "tokens_per_s",
+        "wall_s",
+    ] {
+        assert!(m[0].contains_key(col), "metrics.csv lacks {col}");
+    }
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["steps"], "300");
+    assert_eq!(s["metric"], "bpc");
+    let valid: f64 = s["valid_metric"].parse().unwrap();
+    let unigram = unigram_bits();
+    // 300 steps of H=128 reach about 3.0 bits; the unigram model is 4.33.
+    assert!(valid < unigram - 1.0, "valid {valid} bpc vs unigram {unigram} bits");
+    assert!(dir.join("spec.toml").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn same_seed_same_numbers() {
+    let out = scratch("det");
+    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let mut runs = Vec::new();
+    for i in 0..2 {
+        let name = format!("name=\"det{i}\"");
+        let o = qlstm(
+            &[
+                "run",
+                spec.to_str().unwrap(),
+                "--set",
+                &name,
+                "--set",
+                "model.hidden=32",
+                "--set",
+                "train.max_steps=20",
+                "--set",
+                &data_arg(),
+                "--threads",
+                "1",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &out,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut m = read_csv(&out.join(format!("det{i}/metrics.csv")));
+        for row in &mut m {
+            row.remove("tokens_per_s");
+            row.remove("wall_s");
+        }
+        runs.push(m);
+    }
+    assert_eq!(runs[0], runs[1]);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Every bad input: non-zero exit, a one-line message naming the problem, no panic, and no
+/// result files.
+fn assert_rejected(name: &str, spec_text: Option<&str>, sets: &[&str], expect: &[&str]) {
+    let dir = scratch(name);
+    let spec = dir.join("spec.toml");
+    if let Some(t) = spec_text {
+        std::fs::write(&spec, t).unwrap();
+    }
+    let out = dir.join("out");
+    let mut args = vec!["run".to_string(), spec.to_str().unwrap().into(), "--out".into(), out.to_str().unwrap().into()];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let o = qlstm(&args, &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{name}: accepted");
+    assert!(!err.contains("panicked"), "{name}: panic: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{name}: not one line: {err}");
+    for e in expect {
+        assert!(err.contains(e), "{name}: message lacks {e:?}: {err}");
+    }
+    assert!(!out.exists(), "{name}: left output behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_specs_are_rejected_clearly() {
+    assert_rejected(
+        "unknown-key",
+        Some("task = \"ptb_char\"\n[model]\nhiden = 5\n"),
+        &[],
+        &["spec.toml", "unknown key `model.hiden`", "hidden"],
+    );
+    assert_rejected(
+        "wrong-type",
+        Some("task = \"ptb_char\"\n[train]\nlr = \"fast\"\n"),
+        &[],
+        &["`train.lr` must be a float"],
+    );
+    assert_rejected("zero-hidden", Some("task = \"ptb_char\"\n[model]\nhidden = 0\n"), &[], &["`model.hidden` = 0"]);
+    assert_rejected("unknown-task", Some("task = \"imagenet\"\n"), &[], &["task = \"imagenet\"", "allowed: ptb_char"]);
+    assert_rejected("missing-spec", None, &[], &["spec.toml", "No such file"]);
+    assert_rejected(
+        "bad-set",
+        Some("task = \"ptb_char\"\n"),
+        &["model.quantizer=xnor"],
+        &["`model.quantizer` = \"xnor\"", "allowed: fp, bc"],
+    );
+}
+
+#[test]
+fn missing_and_corrupt_data_are_rejected_clearly() {
+    let empty = scratch("nodata");
+    let d = format!("data.dir={}", empty.display());
+    assert_rejected(
+        "missing-ptb",
+        Some("task = \"ptb_char\"\n"),
+        &[&d],
+        &["ptb.char.train.txt", "scripts/get_data.sh ptb"],
+    );
+    // A truncated IDX file: the real train images cut short.
+    let mnist = empty.join("mnist");
+    std::fs::create_dir_all(&mnist).unwrap();
+    for f in ["train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        std::fs::copy(root().join("data/mnist").join(f), mnist.join(f)).unwrap();
+    }
+    let full = std::fs::read(root().join("data/mnist/train-images-idx3-ubyte")).unwrap();
+    std::fs::write(mnist.join("train-images-idx3-ubyte"), &full[..full.len() / 3]).unwrap();
+    assert_rejected("truncated-idx", Some("task = \"seq_mnist\"\n"), &[&d], &["train-images-idx3-ubyte", "truncated"]);
+    // Wrong magic number.
+    let mut bad = full.clone();
+    bad[3] = 0x01;
+    std::fs::write(mnist.join("train-images-idx3-ubyte"), &bad).unwrap();
+    assert_rejected("bad-magic", Some("task = \"seq_mnist\"\n"), &[&d], &["magic number"]);
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
+#[test]
+fn size_works_without_data() {
+    let dir = scratch("size");
+    let o = qlstm(
+        &["size", root().join("configs/ptb_char_fp_none.toml").to_str().unwrap(), "--set", "data.dir=nowhere", "--csv"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("layer,part,count,bits,bytes,kb"));
+    assert!(text.trim_end().ends_with(",total,,,4612096,4504"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
