@@ -2,6 +2,7 @@
 //! Training of Quantized LSTM" (NeurIPS 2019). See README.md and ../shared/SPEC.md.
 
 pub mod data;
+pub mod diag;
 pub mod error;
 pub mod model;
 pub mod nn;

@@ -415,6 +415,16 @@ impl<T: Real> Model<T> {
         State { h, c }
     }
 
+    /// The caches of the window `forward` last ran, one per layer (for diagnostics).
+    pub fn caches(&self) -> &[LstmCache<T>] {
+        &self.ws.caches
+    }
+
+    /// ‖∂ξ/∂h_t‖ over the batch for every step t of the last backward, per layer.
+    pub fn grad_norms(&self) -> Vec<&[f64]> {
+        self.ws.grads.iter().map(|g| g.h_grad_norms.as_slice()).collect()
+    }
+
     /// ∂L/∂(initial h, c) of every layer after `backward` (for tests and diagnostics).
     pub fn state_grad(&self) -> State<T> {
         State {

@@ -164,6 +164,17 @@ pub struct TrainSpec {
     pub latent_lr_scale: f64,
 }
 
+/// The λ1 and gradient-norm traces (SPEC §5).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosticsSpec {
+    pub enabled: bool,
+    /// λ1 every this many optimizer steps, and at step 0; 0 = about 30 points per epoch.
+    pub lambda_every: usize,
+    /// ‖∂ξ/∂h_t‖ for every t of the window every this many steps; 0 = about 5 per epoch.
+    pub grad_every: usize,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
@@ -173,6 +184,7 @@ pub struct Spec {
     pub data: DataSpec,
     pub model: ModelSpec,
     pub train: TrainSpec,
+    pub diagnostics: DiagnosticsSpec,
 }
 
 impl Spec {
@@ -210,6 +222,7 @@ impl Spec {
             data: DataSpec { dir: "data".into(), permutation_seed: 1234 },
             model,
             train,
+            diagnostics: DiagnosticsSpec { enabled: true, lambda_every: 0, grad_every: 0 },
         };
         match task {
             Task::PtbChar | Task::Warpeace => {}

@@ -108,6 +108,8 @@ pub struct LstmGrads<T> {
     /// ∂L/∂(effective weights), (in, 4H) and (H, 4H).
     pub dwx_t: Array2<T>,
     pub dwh_t: Array2<T>,
+    /// ‖∂L/∂h_t‖ (Frobenius over the batch) for every step t of the last backward.
+    pub h_grad_norms: Vec<f64>,
 }
 
 #[inline]
@@ -295,10 +297,11 @@ impl<T: Real> LstmLayer<T> {
         }
         grads.dh.fill(T::zero());
         grads.dc.fill(T::zero());
-        let LstmGrads { dgates, dz, dh, dc, .. } = grads;
+        grads.h_grad_norms.resize(steps, 0.0);
+        let LstmGrads { dgates, dz, dh, dc, h_grad_norms, .. } = grads;
         for t in (0..steps).rev() {
             let (r0, r1) = (t * batch, (t + 1) * batch);
-            cell_backward(
+            h_grad_norms[t] = cell_backward(
                 cache.gates.slice(s![r0..r1, ..]),
                 cache.cs.slice(s![r0..r1, ..]),
                 cache.tanh_c.slice(s![r0..r1, ..]),
@@ -454,7 +457,7 @@ fn cell_forward<T: Real>(
 
 /// One step back through the cell. On entry `dh` holds ∂L/∂h_t from the future (recurrent
 /// path) and `dc` ∂L/∂c_t from the future; `d_out` adds the gradient from above. Writes the
-/// pre-activation gradients into `dg` and leaves ∂L/∂c_{t-1} in `dc`.
+/// pre-activation gradients into `dg`, leaves ∂L/∂c_{t-1} in `dc`, and returns ‖∂L/∂h_t‖.
 #[allow(clippy::too_many_arguments)]
 fn cell_backward<T: Real>(
     gates: ArrayView2<T>,
@@ -465,8 +468,9 @@ fn cell_backward<T: Real>(
     mut dc: ArrayViewMut2<T>,
     mut dg: ArrayViewMut2<T>,
     hidden: usize,
-) {
+) -> f64 {
     let one = T::one();
+    let mut sq = 0.0f64;
     for b in 0..gates.nrows() {
         let gr = gates.row(b).to_slice().unwrap();
         let cp = c_prev.row(b).to_slice().unwrap();
@@ -479,6 +483,7 @@ fn cell_backward<T: Real>(
             let (i, f, a, o) = (gr[j], gr[hidden + j], gr[2 * hidden + j], gr[3 * hidden + j]);
             let tc = tr[j];
             let dht = dhr[j] + dor[j];
+            sq += dht.f64() * dht.f64();
             let dct = dcr[j] + dht * o * (one - tc * tc);
             dgr[j] = dct * a * i * (one - i);
             dgr[hidden + j] = dct * cp[j] * f * (one - f);
@@ -487,4 +492,5 @@ fn cell_backward<T: Real>(
             dcr[j] = dct * f;
         }
     }
+    sq.sqrt()
 }

@@ -9,7 +9,7 @@
 //! (r ← 0.9·r + 0.1·batch, unbiased variance), one slot for all steps (shared) or one per
 //! in-window time index (separate; t ≥ T_max uses slot T_max − 1).
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, s};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::spec::Normalization;
 use crate::tensor::{Group, Param, Real};
@@ -32,6 +32,8 @@ pub struct ProductNorm<T> {
     /// Batch norm running statistics, (slots, 4H): 1 slot (shared) or T_max (separate).
     pub running_mean: Array2<T>,
     pub running_var: Array2<T>,
+    /// Column sums of batch norm (no allocation per step).
+    scratch: Vec<T>,
 }
 
 impl<T: Real> ProductNorm<T> {
@@ -53,6 +55,7 @@ impl<T: Real> ProductNorm<T> {
             bias: Param::new(format!("{name}.bias"), Array2::zeros((1, g)), Group::Other),
             running_mean: Array2::zeros((slots, g)),
             running_var: Array2::ones((slots, g)),
+            scratch: Vec::with_capacity(2 * g),
         })
     }
 
@@ -68,6 +71,7 @@ impl<T: Real> ProductNorm<T> {
     /// norm) and add γ ⊙ x̂ + β to `out`. Writes x̂ into `xhat` and the divisors' inverses
     /// 1/√(σ² + ε) into `rstd` ((rows, 4) for layer norm, (1, 4H) for batch norm).
     /// `train` selects batch statistics (and updates the running ones) over running ones.
+    /// All views must be in standard (row-major, contiguous-row) layout.
     pub fn forward(
         &mut self,
         z: ArrayView2<T>,
@@ -84,46 +88,73 @@ impl<T: Real> ProductNorm<T> {
             NormKind::Layer => {
                 let hn = T::r(h as f64);
                 for r in 0..rows {
+                    let zr = z.row(r).to_slice().unwrap();
+                    let xr = xhat.row_mut(r).into_slice().unwrap();
                     for k in 0..4 {
-                        let zs = z.slice(s![r, k * h..(k + 1) * h]);
-                        let mean = zs.sum() / hn;
+                        let zs = &zr[k * h..(k + 1) * h];
+                        let mean = zs.iter().copied().sum::<T>() / hn;
                         let var = zs.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / hn;
                         let inv = T::one() / (var + eps).sqrt();
                         rstd[[r, k]] = inv;
-                        for j in k * h..(k + 1) * h {
-                            xhat[[r, j]] = (z[[r, j]] - mean) * inv;
+                        for (x, &v) in xr[k * h..(k + 1) * h].iter_mut().zip(zs) {
+                            *x = (v - mean) * inv;
                         }
                     }
                 }
             }
             NormKind::Batch { .. } => {
                 let slot = t.min(self.slots() - 1);
-                let n = T::r(rows as f64);
-                for j in 0..g {
-                    let col = z.column(j);
-                    let (mean, inv) = if train {
-                        let mean = col.sum() / n;
-                        let var = col.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / n;
-                        let unbiased = if rows > 1 { var * n / (n - T::one()) } else { var };
-                        let m = T::r(MOMENTUM);
-                        let (rm, rv) = (&mut self.running_mean[[slot, j]], &mut self.running_var[[slot, j]]);
-                        *rm = (T::one() - m) * *rm + m * mean;
-                        *rv = (T::one() - m) * *rv + m * unbiased;
-                        (mean, T::one() / (var + eps).sqrt())
-                    } else {
-                        (self.running_mean[[slot, j]], T::one() / (self.running_var[[slot, j]] + eps).sqrt())
-                    };
-                    rstd[[0, j]] = inv;
+                let inv_r = rstd.row_mut(0).into_slice().unwrap();
+                // Column statistics, accumulated row by row (contiguous rows): the mean in
+                // `scratch`, the sum of squares in `rstd` until it becomes 1/σ.
+                let mean = &mut self.scratch;
+                mean.clear();
+                mean.resize(g, T::zero());
+                if train {
+                    let n = T::r(rows as f64);
                     for r in 0..rows {
-                        xhat[[r, j]] = (z[[r, j]] - mean) * inv;
+                        for (m, &v) in mean.iter_mut().zip(z.row(r).to_slice().unwrap()) {
+                            *m += v;
+                        }
+                    }
+                    mean.iter_mut().for_each(|m| *m /= n);
+                    inv_r.iter_mut().for_each(|v| *v = T::zero());
+                    for r in 0..rows {
+                        for ((acc, &v), &m) in inv_r.iter_mut().zip(z.row(r).to_slice().unwrap()).zip(mean.iter()) {
+                            *acc += (v - m) * (v - m);
+                        }
+                    }
+                    let mo = T::r(MOMENTUM);
+                    let unbias = if rows > 1 { n / (n - T::one()) } else { T::one() };
+                    let mut rm = self.running_mean.row_mut(slot);
+                    let mut rv = self.running_var.row_mut(slot);
+                    for j in 0..g {
+                        let var = inv_r[j] / n;
+                        rm[j] = (T::one() - mo) * rm[j] + mo * mean[j];
+                        rv[j] = (T::one() - mo) * rv[j] + mo * var * unbias;
+                        inv_r[j] = T::one() / (var + eps).sqrt();
+                    }
+                } else {
+                    mean.iter_mut().zip(self.running_mean.row(slot)).for_each(|(m, &r)| *m = r);
+                    for (inv, &v) in inv_r.iter_mut().zip(self.running_var.row(slot)) {
+                        *inv = T::one() / (v + eps).sqrt();
+                    }
+                }
+                for r in 0..rows {
+                    let zr = z.row(r).to_slice().unwrap();
+                    let xr = xhat.row_mut(r).into_slice().unwrap();
+                    for j in 0..g {
+                        xr[j] = (zr[j] - mean[j]) * inv_r[j];
                     }
                 }
             }
         }
-        let (gain, bias) = (self.gain.value.row(0), self.bias.value.row(0));
+        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
         for r in 0..rows {
+            let xr = xhat.row(r).to_slice().unwrap();
+            let or = out.row_mut(r).into_slice().unwrap();
             for j in 0..g {
-                out[[r, j]] += gain[j] * xhat[[r, j]] + bias[j];
+                or[j] += gain[j] * xr[j] + bias[j];
             }
         }
     }
@@ -135,48 +166,62 @@ impl<T: Real> ProductNorm<T> {
     pub fn backward(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>) {
         let (rows, g) = dy.dim();
         let h = self.hidden;
+        let gain = self.gain.value.as_slice().unwrap();
         {
-            let (mut dgain, mut dbias) = (self.gain.grad.row_mut(0), self.bias.grad.row_mut(0));
+            let dgain = self.gain.grad.as_slice_mut().unwrap();
+            let dbias = self.bias.grad.as_slice_mut().unwrap();
             for r in 0..rows {
+                let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
                 for j in 0..g {
-                    dgain[j] += dy[[r, j]] * xhat[[r, j]];
-                    dbias[j] += dy[[r, j]];
+                    dgain[j] += dr[j] * xr[j];
+                    dbias[j] += dr[j];
                 }
             }
         }
-        let gain = self.gain.value.row(0);
         match self.kind {
             NormKind::Layer => {
                 let hn = T::r(h as f64);
                 for r in 0..rows {
+                    let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
+                    let zr = dz.row_mut(r).into_slice().unwrap();
                     for k in 0..4 {
+                        let blk = k * h..(k + 1) * h;
                         let (mut m1, mut m2) = (T::zero(), T::zero());
-                        for j in k * h..(k + 1) * h {
-                            let dx = gain[j] * dy[[r, j]];
+                        for j in blk.clone() {
+                            let dx = gain[j] * dr[j];
                             m1 += dx;
-                            m2 += dx * xhat[[r, j]];
+                            m2 += dx * xr[j];
                         }
                         let (m1, m2) = (m1 / hn, m2 / hn);
                         let inv = rstd[[r, k]];
-                        for j in k * h..(k + 1) * h {
-                            dz[[r, j]] = inv * (gain[j] * dy[[r, j]] - m1 - xhat[[r, j]] * m2);
+                        for j in blk {
+                            zr[j] = inv * (gain[j] * dr[j] - m1 - xr[j] * m2);
                         }
                     }
                 }
             }
             NormKind::Batch { .. } => {
                 let n = T::r(rows as f64);
-                for j in 0..g {
-                    let (mut m1, mut m2) = (T::zero(), T::zero());
-                    for r in 0..rows {
-                        let dx = gain[j] * dy[[r, j]];
-                        m1 += dx;
-                        m2 += dx * xhat[[r, j]];
+                let inv = rstd.row(0).to_slice().unwrap();
+                // column sums of dx̂ and dx̂ ⊙ x̂, accumulated row by row
+                let scratch = &mut self.scratch;
+                scratch.clear();
+                scratch.resize(2 * g, T::zero());
+                let (m1, m2) = scratch.split_at_mut(g);
+                for r in 0..rows {
+                    let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
+                    for j in 0..g {
+                        let dx = gain[j] * dr[j];
+                        m1[j] += dx;
+                        m2[j] += dx * xr[j];
                     }
-                    let (m1, m2) = (m1 / n, m2 / n);
-                    let inv = rstd[[0, j]];
-                    for r in 0..rows {
-                        dz[[r, j]] = inv * (gain[j] * dy[[r, j]] - m1 - xhat[[r, j]] * m2);
+                }
+                m1.iter_mut().chain(m2.iter_mut()).for_each(|m| *m /= n);
+                for r in 0..rows {
+                    let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
+                    let zr = dz.row_mut(r).into_slice().unwrap();
+                    for j in 0..g {
+                        zr[j] = inv[j] * (gain[j] * dr[j] - m1[j] - xr[j] * m2[j]);
                     }
                 }
             }

@@ -15,6 +15,7 @@ use rand_pcg::Pcg64Mcg;
 
 use crate::data::mnist::{MnistSplit, PIXELS};
 use crate::data::{Corpus, Mnist, Streams};
+use crate::diag::{Diagnostics, GradNormRow, LambdaRow};
 use crate::error::{Result, io_err};
 use crate::model::{Input, Model, State, Stats};
 use crate::report::{EpochRow, Summary, csv::to_csv, write_atomic};
@@ -75,6 +76,12 @@ pub struct Trainer {
     latent_index: Vec<(usize, usize, usize)>,
     /// Language models: train, valid, test cut into streams once.
     streams: Option<[Streams; 3]>,
+    diag: Diagnostics,
+    pub lambda_rows: Vec<LambdaRow>,
+    pub grad_rows: Vec<GradNormRow>,
+    /// (λ every, gradient trace every) in steps, 0 = off; the epoch being trained.
+    diag_every: (u64, u64),
+    epoch: usize,
 }
 
 impl Trainer {
@@ -105,7 +112,32 @@ impl Trainer {
         let opt = Optimizer::new(spec.train.optimizer, &params);
         let lr_other = spec.train.lr;
         let lr_latent = spec.train.lr * spec.train.latent_lr_scale;
-        Ok(Trainer { spec, data, model, opt, rng, lr_latent, lr_other, step: 0, verbose: true, latent_index, streams })
+        let windows = match (&streams, &data) {
+            (Some(s), _) => s[0].num_windows(spec.train.bptt),
+            (None, TaskData::Mnist(m, _)) => m.train.len().div_ceil(spec.train.batch_size),
+            _ => 1,
+        } as u64;
+        let d = &spec.diagnostics;
+        let auto = |every: usize, per_epoch: u64| if every > 0 { every as u64 } else { (windows / per_epoch).max(1) };
+        let diag_every = if d.enabled { (auto(d.lambda_every, 30), auto(d.grad_every, 5)) } else { (0, 0) };
+        Ok(Trainer {
+            spec,
+            data,
+            model,
+            opt,
+            rng,
+            lr_latent,
+            lr_other,
+            step: 0,
+            verbose: true,
+            latent_index,
+            streams,
+            diag: Diagnostics::default(),
+            lambda_rows: Vec::new(),
+            grad_rows: Vec::new(),
+            diag_every,
+            epoch: 0,
+        })
     }
 
     /// Train for the spec's budget, writing `<out>/<name>/{spec.toml, metrics.csv, summary.csv}`.
@@ -120,6 +152,7 @@ impl Trainer {
         let (mut train_tokens, mut train_secs) = (0usize, 0.0f64);
         for epoch in 1..=self.spec.train.epochs {
             let lr_this_epoch = self.lr_latent;
+            self.epoch = epoch;
             let t0 = Instant::now();
             let (train, tokens, diverged) = self.train_epoch(epoch)?;
             let secs = t0.elapsed().as_secs_f64();
@@ -165,6 +198,7 @@ impl Trainer {
                 best = Some(rows.len() - 1);
             }
             write_atomic(&dir.join("metrics.csv"), &to_csv(&rows)?)?;
+            self.write_diagnostics(&dir)?;
             if status != "ok" || self.budget_spent() {
                 break;
             }
@@ -193,6 +227,7 @@ impl Trainer {
         if rows.is_empty() {
             write_atomic(&dir.join("metrics.csv"), &to_csv::<EpochRow>(&[])?)?;
         }
+        self.write_diagnostics(&dir)?;
         write_atomic(&dir.join("summary.csv"), &to_csv(std::slice::from_ref(&summary))?)?;
         Ok(RunOutcome { summary, epochs: rows, dir })
     }
@@ -234,7 +269,7 @@ impl Trainer {
 
     /// One epoch (or what is left of the step budget). Returns the training stats, the number
     /// of input tokens processed, and whether the loss went non-finite.
-    fn train_epoch(&mut self, epoch: usize) -> Result<(Stats, usize, bool)> {
+    pub fn train_epoch(&mut self, epoch: usize) -> Result<(Stats, usize, bool)> {
         let windows = self.train_windows()?;
         let bar = self.progress(epoch, windows.len());
         let mut stats = Stats::default();
@@ -294,6 +329,7 @@ impl Trainer {
             return stats;
         }
         self.model.backward(input);
+        self.record_diagnostics();
         let mut params = self.model.params_mut();
         let norm = clip_grad_norm(&mut params, self.spec.train.clip);
         if !norm.is_finite() {
@@ -303,6 +339,34 @@ impl Trainer {
         self.step += 1;
         self.refresh_curvature();
         stats
+    }
+
+    /// λ rows and gradient-norm traces of the window just run, at the configured intervals
+    /// (`step` is the number of updates made before this window: 0 is the initial model).
+    fn record_diagnostics(&mut self) {
+        let (le, ge) = self.diag_every;
+        if le > 0 && self.step % le == 0 {
+            let rows = self.diag.lambda_rows(&self.model, self.step, self.epoch);
+            self.lambda_rows.extend(rows);
+        }
+        if ge > 0 && self.step % ge == 0 {
+            for (layer, norms) in self.model.grad_norms().into_iter().enumerate() {
+                for (t, &g) in norms.iter().enumerate() {
+                    self.grad_rows.push(GradNormRow { step: self.step, epoch: self.epoch, layer, t, grad_norm: g });
+                }
+            }
+        }
+    }
+
+    fn write_diagnostics(&self, dir: &Path) -> Result<()> {
+        if self.spec.diagnostics.enabled {
+            write_atomic(&dir.join("lambda.csv"), &to_csv_or_header(&self.lambda_rows, LAMBDA_HEADER)?)?;
+            write_atomic(
+                &dir.join("grad_norm.csv"),
+                &to_csv_or_header(&self.grad_rows, "step,epoch,layer,t,grad_norm\n")?,
+            )?;
+        }
+        Ok(())
     }
 
     /// lab/lat read d = √v + 1e-8 from Adam's raw second moment of each latent weight.
@@ -374,6 +438,13 @@ impl Trainer {
         bar.set_prefix(format!("epoch {epoch}/{}", self.spec.train.epochs));
         Some(bar)
     }
+}
+
+const LAMBDA_HEADER: &str = "step,epoch,layer,lambda1,lambda2,gamma1,norm_i,g_i,sigma_i,norm_f,g_f,sigma_f,norm_a,g_a,sigma_a,norm_o,g_o,sigma_o\n";
+
+/// CSV of `rows`, or just the header when there are none (serde writes headers from a row).
+fn to_csv_or_header<R: serde::Serialize>(rows: &[R], header: &str) -> Result<Vec<u8>> {
+    if rows.is_empty() { Ok(header.as_bytes().to_vec()) } else { to_csv(rows) }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
