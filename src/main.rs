@@ -31,6 +31,15 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Draw λ1 against step and ‖∂ξ/∂h_t‖ against t for one or more run directories.
+    Plot {
+        /// Run directories (each with lambda.csv and grad_norm.csv).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Output file: .svg (default) or .png.
+        #[arg(long, default_value = "diagnostics.svg")]
+        out: PathBuf,
+    },
     /// Print the model size of a spec (SPEC §4) without training.
     Size {
         spec: PathBuf,
@@ -81,5 +90,10 @@ fn dispatch(cmd: Command) -> Result<()> {
             Ok(())
         }
         Command::Size { spec, set, csv } => qlstm::report::size_report(&spec, &set, csv),
+        Command::Plot { runs, out } => {
+            qlstm::report::plot::plot(&runs, &out)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
     }
 }

@@ -6,3 +6,4 @@ pub use csv::{EpochRow, Summary, write_atomic};
 
 pub mod size;
 pub use size::size_report;
+pub mod plot;

@@ -1,0 +1,196 @@
+//! `qlstm plot`: the paper's two diagnostic figures from the runs' CSV traces, side by side —
+//! λ1 against training step (log scale; the rebuttal's figure) and ‖∂ξ/∂h_t‖ against t within
+//! a window (log scale; the paper's gradient figure), one line per run. SVG, or PNG when the
+//! output name ends in .png.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::report::write_atomic;
+
+/// One run's traces: λ1 by step (layer 0) and the gradient norms by t at the last recorded
+/// step (layer 0).
+struct Traces {
+    name: String,
+    lambda: Vec<(f64, f64)>,
+    grad_step: u64,
+    grad: Vec<(f64, f64)>,
+}
+
+fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let mut r = csv::Reader::from_path(path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    let header =
+        r.headers().map_err(|e| Error::new(format!("{}: {e}", path.display())))?.iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|rec| rec.map(|r| r.iter().map(String::from).collect()))
+        .collect::<std::result::Result<Vec<Vec<String>>, _>>()
+        .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    Ok((header, rows))
+}
+
+fn column(header: &[String], name: &str, path: &Path) -> Result<usize> {
+    header.iter().position(|h| h == name).ok_or_else(|| Error::new(format!("{}: no column `{name}`", path.display())))
+}
+
+fn load(dir: &Path) -> Result<Traces> {
+    let lpath = dir.join("lambda.csv");
+    let gpath = dir.join("grad_norm.csv");
+    if !lpath.exists() || !gpath.exists() {
+        bail!(
+            "{}: no lambda.csv/grad_norm.csv; is it a run directory (with diagnostics.enabled = true)?",
+            dir.display()
+        );
+    }
+    let num =
+        |s: &str, p: &Path| s.parse::<f64>().map_err(|_| Error::new(format!("{}: `{s}` is not a number", p.display())));
+    let (h, rows) = read_rows(&lpath)?;
+    let (cs, cl, cy) = (column(&h, "step", &lpath)?, column(&h, "layer", &lpath)?, column(&h, "lambda1", &lpath)?);
+    let mut lambda = Vec::new();
+    for r in rows.iter().filter(|r| r[cl] == "0") {
+        lambda.push((num(&r[cs], &lpath)?, num(&r[cy], &lpath)?));
+    }
+    let (h, rows) = read_rows(&gpath)?;
+    let (cs, cl, ct, cg) = (
+        column(&h, "step", &gpath)?,
+        column(&h, "layer", &gpath)?,
+        column(&h, "t", &gpath)?,
+        column(&h, "grad_norm", &gpath)?,
+    );
+    let mut by_step: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r[cl] == "0") {
+        by_step.entry(num(&r[cs], &gpath)? as u64).or_default().push((num(&r[ct], &gpath)?, num(&r[cg], &gpath)?));
+    }
+    let (grad_step, grad) = by_step.into_iter().next_back().unwrap_or((0, Vec::new()));
+    let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Traces { name, lambda, grad_step, grad })
+}
+
+/// Positive, finite points only (log axes).
+fn loggable(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    points.iter().copied().filter(|(_, y)| y.is_finite() && *y > 0.0).collect()
+}
+
+fn y_range(series: &[Vec<(f64, f64)>]) -> std::ops::Range<f64> {
+    let ys = series.iter().flatten().map(|p| p.1);
+    let (lo, hi) = ys.fold((f64::INFINITY, 0.0f64), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    if lo.is_finite() { lo / 2.0..hi * 2.0 } else { 0.1..10.0 }
+}
+
+fn x_max(series: &[Vec<(f64, f64)>]) -> f64 {
+    series.iter().flatten().map(|p| p.0).fold(1.0, f64::max)
+}
+
+/// Register a TrueType font for text (plotters' ab_glyph backend has no built-in font).
+fn register_font() -> Result<()> {
+    let candidates = [
+        std::env::var("QLSTM_FONT").unwrap_or_default(),
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf".into(),
+    ];
+    for c in candidates.iter().filter(|c| !c.is_empty()) {
+        if let Ok(bytes) = std::fs::read(c) {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    bail!("qlstm plot needs a TrueType font: install Debian's fonts-dejavu-core or set QLSTM_FONT=/path/to/font.ttf")
+}
+
+pub fn plot(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    if dirs.is_empty() {
+        bail!("qlstm plot: name at least one run directory");
+    }
+    let runs = dirs.iter().map(|d| load(d)).collect::<Result<Vec<_>>>()?;
+    register_font()?;
+    let size = (1400, 560);
+    let png = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if png {
+        let tmp = out.with_extension(format!("tmp-{}.png", std::process::id()));
+        {
+            let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+            draw(&root, &runs).map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
+            root.present().map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
+        }
+        std::fs::rename(&tmp, out).map_err(|e| crate::error::io_err(out, e))?;
+    } else {
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+            draw(&root, &runs).map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
+            root.present().map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
+        }
+        write_atomic(out, svg.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn sci(y: &f64) -> String {
+    format!("{y:.0e}")
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, runs: &[Traces]) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(700);
+    let lambdas: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| loggable(&r.lambda)).collect();
+    let grads: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| loggable(&r.grad)).collect();
+
+    let mut chart = ChartBuilder::on(&left)
+        .caption("λ1 (layer 0) during training", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max(&lambdas), y_range(&lambdas).log_scale())?;
+    chart.configure_mesh().x_desc("optimizer step").y_desc("λ1").y_label_formatter(&sci).draw()?;
+    for (i, (run, pts)) in runs.iter().zip(&lambdas).enumerate() {
+        let color = Palette99::pick(i).mix(0.9);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(run.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+
+    let mut chart = ChartBuilder::on(&right)
+        .caption("‖∂ξ/∂h_t‖ within a window (layer 0)", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max(&grads), y_range(&grads).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("t (time step in the window)")
+        .y_desc("gradient norm")
+        .y_label_formatter(&sci)
+        .draw()?;
+    for (i, (run, pts)) in runs.iter().zip(&grads).enumerate() {
+        let color = Palette99::pick(i).mix(0.9);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(format!("{} (step {})", run.name, run.grad_step))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
