@@ -30,6 +30,22 @@ enum Command {
         /// Threads for the GEMMs (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Continue from <out>/<name>/checkpoint.safetensors if it exists.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Recompute a trained model's metric from a run directory (its best.safetensors) or a
+    /// checkpoint file.
+    Eval {
+        /// A run directory or a .safetensors checkpoint.
+        path: PathBuf,
+        #[arg(long, value_enum, default_value = "test")]
+        split: SplitArg,
+        /// Override a field of the stored spec, e.g. --set data.dir=/data (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Draw λ1 against step and ‖∂ξ/∂h_t‖ against t for one or more run directories.
     Plot {
@@ -51,10 +67,19 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Valid,
+    Test,
+}
+
+/// Exit status of a run that diverged (a result, but not a success).
+const DIVERGED_EXIT: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("qlstm: error: {e}");
             ExitCode::FAILURE
@@ -62,14 +87,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cmd: Command) -> Result<()> {
+fn set_threads(threads: Option<usize>) {
+    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    qlstm::tensor::set_threads(n);
+}
+
+fn dispatch(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Run { spec, set, out, threads } => {
+        Command::Run { spec, set, out, threads, resume } => {
             let spec = Spec::load(&spec, &set)?;
-            let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            qlstm::tensor::set_threads(n);
+            set_threads(threads);
+            qlstm::signal::install()?;
             let mut trainer = qlstm::train::Trainer::new(spec)?;
-            let outcome = trainer.run(&out)?;
+            let outcome = trainer.run(&out, resume)?;
             let s = &outcome.summary;
             println!(
                 "{}: status {}, best epoch {}, valid {} {:.4}, test {} {:.4}, {} KB, {:.0} train tok/s -> {}",
@@ -84,16 +114,29 @@ fn dispatch(cmd: Command) -> Result<()> {
                 s.train_tokens_per_s,
                 outcome.dir.display()
             );
-            if s.status != "ok" {
-                return Err(qlstm::error::Error::new(format!("{}: run {}", s.name, s.status)));
-            }
-            Ok(())
+            Ok(match s.status.as_str() {
+                "interrupted" => {
+                    eprintln!("qlstm: {} interrupted at step {}; continue with --resume", s.name, s.steps);
+                    ExitCode::from(qlstm::signal::INTERRUPTED_EXIT as u8)
+                }
+                "diverged" => ExitCode::from(DIVERGED_EXIT),
+                _ => ExitCode::SUCCESS,
+            })
         }
-        Command::Size { spec, set, csv } => qlstm::report::size_report(&spec, &set, csv),
+        Command::Eval { path, split, set, threads } => {
+            set_threads(threads);
+            let split = match split {
+                SplitArg::Valid => qlstm::train::trainer::Split::Valid,
+                SplitArg::Test => qlstm::train::trainer::Split::Test,
+            };
+            qlstm::report::eval::eval(&path, split, &set)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Size { spec, set, csv } => qlstm::report::size_report(&spec, &set, csv).map(|_| ExitCode::SUCCESS),
         Command::Plot { runs, out } => {
             qlstm::report::plot::plot(&runs, &out)?;
             println!("wrote {}", out.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -235,6 +235,24 @@ impl<T: Real> Model<T> {
         v
     }
 
+    /// Every tensor a checkpoint holds for the model, by name, in a fixed order: the trained
+    /// parameters and the batch-norm running statistics (`lstm.L.norm_x.running_mean`, …).
+    pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Array2<T>)> {
+        let mut v: Vec<(String, &mut Array2<T>)> = Vec::new();
+        if let Some(e) = &mut self.embedding {
+            v.push(named(&mut e.weight));
+        }
+        for layer in &mut self.layers {
+            v.extend(layer.named_tensors_mut());
+        }
+        for p in self.init_h.iter_mut().chain(self.init_c.iter_mut()) {
+            v.push(named(p));
+        }
+        v.push(named(&mut self.decoder.weight));
+        v.push(named(&mut self.decoder.bias));
+        v
+    }
+
     pub fn zero_grad(&mut self) {
         for p in self.params_mut() {
             p.zero_grad();
@@ -432,6 +450,10 @@ impl<T: Real> Model<T> {
             c: self.ws.grads.iter().map(|g| g.dc.clone()).collect(),
         }
     }
+}
+
+fn named<T>(p: &mut Param<T>) -> (String, &mut Array2<T>) {
+    (p.name.clone(), &mut p.value)
 }
 
 fn uniform<T: Real, R: Rng>(a: &mut Array2<T>, k: f64, rng: &mut R) {

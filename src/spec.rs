@@ -162,6 +162,11 @@ pub struct TrainSpec {
     pub plateau_factor: f64,
     /// Multiplier on the latent LSTM weights' lr (ptb_word with SGD and bc/tc: 2√H).
     pub latent_lr_scale: f64,
+    /// Write checkpoint.safetensors every this many steps (and at every epoch end); 0 = epoch
+    /// ends only.
+    pub checkpoint_every: usize,
+    /// A mean training loss above this (nats) stops the run as diverged; 0 = 3·ln(outputs).
+    pub max_loss: f64,
 }
 
 /// The λ1 and gradient-norm traces (SPEC §5).
@@ -214,6 +219,8 @@ impl Spec {
             lr_decay_start: 10,
             plateau_factor: 4.0,
             latent_lr_scale: 1.0,
+            checkpoint_every: 1000,
+            max_loss: 0.0,
         };
         let mut s = Spec {
             name: task.name().to_string(),
@@ -371,6 +378,9 @@ impl Spec {
         }
         if !(t.lr_decay.is_finite() && t.lr_decay > 0.0 && t.lr_decay <= 1.0) {
             bail!("{origin}: `train.lr_decay` = {}; allowed 0 < x <= 1", t.lr_decay);
+        }
+        if !(t.max_loss.is_finite() && t.max_loss >= 0.0) {
+            bail!("{origin}: `train.max_loss` = {}; allowed >= 0 (0 = 3·ln(outputs))", t.max_loss);
         }
         if !(t.plateau_factor.is_finite() && t.plateau_factor >= 1.0) {
             bail!("{origin}: `train.plateau_factor` = {}; allowed >= 1", t.plateau_factor);

@@ -30,8 +30,9 @@ fn all_35_variants_train_100_steps_with_finite_loss() {
             let sets = ["model.hidden=64", "train.max_steps=100", "train.batch_size=32", "train.bptt=50"];
             let mut t = Trainer::new(spec(q, n, &sets.map(String::from))).unwrap();
             t.verbose = false;
-            let (train, _, diverged) = t.train_epoch(1).unwrap();
-            let loss = train.mean_loss();
+            let end = t.train_epoch(1).unwrap();
+            let loss = t.progress.epoch_stats.mean_loss();
+            let diverged = end != qlstm::train::trainer::EpochEnd::Done;
             eprintln!("{q}/{n}: mean train loss over 100 steps {loss:.3} nats");
             if diverged || !loss.is_finite() || t.step != 100 {
                 failures.push(format!("{q}/{n}: loss {loss}, {} steps", t.step));

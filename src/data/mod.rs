@@ -4,7 +4,9 @@
 pub mod batch;
 pub mod corpus;
 pub mod mnist;
+pub mod task;
 
 pub use batch::Streams;
 pub use corpus::Corpus;
 pub use mnist::Mnist;
+pub use task::TaskData;

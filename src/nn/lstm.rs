@@ -168,6 +168,32 @@ impl<T: Real> LstmLayer<T> {
         v
     }
 
+    /// Parameter values and batch-norm running statistics by name (for checkpoints).
+    pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Array2<T>)> {
+        let mut v: Vec<(String, &mut Array2<T>)> = Vec::new();
+        for p in [
+            Some(&mut self.w_x),
+            Some(&mut self.w_h),
+            Some(&mut self.bias),
+            self.wn_gain_x.as_mut(),
+            self.wn_gain_h.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            v.push((p.name.clone(), &mut p.value));
+        }
+        for n in [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten() {
+            let ProductNorm { gain, bias, running_mean, running_var, .. } = n;
+            let prefix = gain.name.trim_end_matches(".gain").to_string();
+            v.push((gain.name.clone(), &mut gain.value));
+            v.push((bias.name.clone(), &mut bias.value));
+            v.push((format!("{prefix}.running_mean"), running_mean));
+            v.push((format!("{prefix}.running_var"), running_var));
+        }
+        v
+    }
+
     /// Q(W) per gate block, then weight norm, into the cache's transposed effective weights.
     pub fn prepare_weights(&self, cache: &mut LstmCache<T>) {
         let qz = if self.quantize_input { self.quantizer } else { Quantizer::Fp };

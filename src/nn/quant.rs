@@ -132,7 +132,7 @@ mod tests {
         assert_eq!(q(Quantizer::Lab, &w, Some(&d)), array![[0.625, -0.625], [0.625, -0.625]]);
         // all-zero block: sign(0) = +1, α = 0
         let z = Array2::<f64>::zeros((2, 2));
-        assert_eq!(q(Quantizer::Bc, &z, None), Array2::ones((2, 2)));
+        assert_eq!(q(Quantizer::Bc, &z, None), Array2::<f64>::ones((2, 2)));
         assert_eq!(q(Quantizer::Bwn, &z, None), z);
     }
 

@@ -81,7 +81,7 @@ mod tests {
         backward(q_t.view(), gain.view(), d.view(), dg.view_mut(), dq.view_mut());
         // row 0: u = 3·1 − 4·1 = −1; dg = u/s; dq = (g/s)·d − g·u/(s²·5)·q
         assert!((dg[0] - (-1.0 / s)).abs() < 1e-15);
-        let want0 = [2.0 / s * 1.0 + 2.0 / (s * s * 5.0) * 3.0, 2.0 / s * -1.0 + 2.0 / (s * s * 5.0) * 4.0];
+        let want0 = [2.0 / s * 1.0 + 2.0 / (s * s * 5.0) * 3.0, -(2.0 / s) + 2.0 / (s * s * 5.0) * 4.0];
         assert!((dq[[0, 0]] - want0[0]).abs() < 1e-15 && (dq[[1, 0]] - want0[1]).abs() < 1e-15);
         // zero row: the norm's derivative is taken as 0, so dq = (g/ε)·d, finite
         assert_eq!(dg[1], 0.0);

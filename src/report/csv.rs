@@ -72,4 +72,6 @@ pub struct Summary {
     pub wall_s: f64,
     /// ok | diverged | interrupted
     pub status: String,
+    /// The optimizer step at which a diverged run stopped.
+    pub diverged_step: Option<u64>,
 }

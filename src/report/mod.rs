@@ -6,4 +6,5 @@ pub use csv::{EpochRow, Summary, write_atomic};
 
 pub mod size;
 pub use size::size_report;
+pub mod eval;
 pub mod plot;

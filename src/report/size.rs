@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
+use crate::data::TaskData;
 use crate::error::Result;
 use crate::size::{SizePart, breakdown, kb};
 use crate::spec::{Spec, Task};
-use crate::train::trainer::TaskData;
 
 /// Standard vocabulary sizes, used when the data is not fetched.
 pub fn standard_vocab(task: Task) -> usize {

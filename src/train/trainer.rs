@@ -1,58 +1,31 @@
 //! The epoch loop (SPEC §3): truncated BPTT with carried, detached state for language models,
 //! whole 784-step sequences for MNIST; evaluation on valid and test after every epoch; the
-//! learning-rate schedules; the run's files. The test figure reported is the one at the epoch
-//! with the best validation loss.
+//! learning-rate schedules; checkpoints, resume, interruption and divergence; the run's files.
+//! The test figure reported is the one at the epoch with the best validation loss.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_pcg::Pcg64Mcg;
 
-use crate::data::mnist::{MnistSplit, PIXELS};
-use crate::data::{Corpus, Mnist, Streams};
+use crate::bail;
+use crate::checkpoint;
+use crate::data::task::mnist_batch;
+use crate::data::{Streams, TaskData};
 use crate::diag::{Diagnostics, GradNormRow, LambdaRow};
-use crate::error::{Result, io_err};
+use crate::error::{Error, Result, io_err};
 use crate::model::{Input, Model, State, Stats};
 use crate::report::{EpochRow, Summary, csv::to_csv, write_atomic};
-use crate::spec::{Quantizer, Schedule, Spec, Task};
+use crate::spec::{Normalization, Quantizer, Schedule, Spec};
 use crate::train::{Optimizer, clip_grad_norm};
 
-/// The loaded data of a task.
-pub enum TaskData {
-    Lm(Corpus),
-    /// MNIST with the pixel order (identity, or pmnist's fixed permutation).
-    Mnist(Mnist, Vec<usize>),
-}
-
-impl TaskData {
-    pub fn load(spec: &Spec) -> Result<TaskData> {
-        let dir = Path::new(&spec.data.dir);
-        if spec.task.is_mnist() {
-            let mut order: Vec<usize> = (0..PIXELS).collect();
-            if spec.task == Task::Pmnist {
-                order.shuffle(&mut Pcg64Mcg::seed_from_u64(spec.data.permutation_seed));
-            }
-            Ok(TaskData::Mnist(Mnist::load(dir)?, order))
-        } else {
-            Ok(TaskData::Lm(Corpus::load(spec.task, dir)?))
-        }
-    }
-
-    /// Softmax width of language models (10 classes for MNIST).
-    pub fn vocab(&self) -> usize {
-        match self {
-            TaskData::Lm(c) => c.vocab(),
-            TaskData::Mnist(..) => 10,
-        }
-    }
-}
-
-/// How a finished run ended.
+/// How a finished (or stopped) run ended.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
     pub summary: Summary,
@@ -60,29 +33,85 @@ pub struct RunOutcome {
     pub dir: PathBuf,
 }
 
+/// Where a run stands: enough to write every file and to resume exactly.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    /// The epoch in progress (1-based) and the windows of it already trained.
+    pub epoch: usize,
+    pub window: usize,
+    /// Training statistics, input tokens and seconds of the epoch in progress.
+    pub epoch_stats: Stats,
+    pub epoch_tokens: usize,
+    pub epoch_secs: f64,
+    pub total_tokens: usize,
+    pub total_secs: f64,
+    /// Wall seconds spent in earlier sessions of a resumed run.
+    pub wall_before: f64,
+    pub rows: Vec<EpochRow>,
+    /// Index into `rows` of the best validation loss.
+    pub best: Option<usize>,
+    pub diverged_step: Option<u64>,
+}
+
+/// How an epoch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochEnd {
+    Done,
+    Interrupted,
+    Diverged,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Valid,
+    Test,
+}
+
+enum Window {
+    Lm { start: usize, steps: usize },
+    Images(Vec<usize>),
+}
+
 pub struct Trainer {
     pub spec: Spec,
     pub data: TaskData,
     pub model: Model<f32>,
     pub opt: Optimizer<f32>,
-    rng: Pcg64Mcg,
     /// Current learning rates: latent LSTM weights, everything else.
     pub lr_latent: f64,
     pub lr_other: f64,
     pub step: u64,
+    pub progress: Progress,
     /// Progress bars on a terminal; one line per epoch otherwise. Off in tests.
     pub verbose: bool,
     /// (layer, index of w_x, index of w_h) in the parameter list, for lab/lat curvature.
     latent_index: Vec<(usize, usize, usize)>,
     /// Language models: train, valid, test cut into streams once.
     streams: Option<[Streams; 3]>,
+    /// Language models: the state carried from the last window into the next.
+    carried: Option<State<f32>>,
     diag: Diagnostics,
     pub lambda_rows: Vec<LambdaRow>,
     pub grad_rows: Vec<GradNormRow>,
-    /// (λ every, gradient trace every) in steps, 0 = off; the epoch being trained.
+    /// (λ every, gradient trace every) in steps, 0 = off.
     diag_every: (u64, u64),
-    epoch: usize,
+    /// A mean training loss above this (nats) counts as divergence.
+    max_loss: f64,
+    /// The run directory while `run` is going.
+    dir: Option<PathBuf>,
 }
+
+/// A generator for one purpose and index, derived from the run's seed: the dropout masks of
+/// step s, the shuffle of epoch e. Nothing about randomness needs saving to resume exactly.
+fn derived_rng(seed: u64, purpose: u64, index: u64) -> Pcg64Mcg {
+    // splitmix64 finalizer over the three inputs
+    let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    Pcg64Mcg::seed_from_u64(z ^ (z >> 31))
+}
+const RNG_STEP: u64 = 1;
+const RNG_SHUFFLE: u64 = 2;
 
 impl Trainer {
     /// Load the data and build the model; nothing is written yet, so bad input leaves no files.
@@ -97,21 +126,14 @@ impl Trainer {
             ]),
             TaskData::Mnist(..) => None,
         };
-        let mut rng = Pcg64Mcg::seed_from_u64(spec.seed);
-        let mut model = Model::new(&spec, data.vocab(), &mut rng);
+        check_memory(&spec, data.vocab())?;
+        let mut model = Model::new(&spec, data.vocab(), &mut Pcg64Mcg::seed_from_u64(spec.seed));
         let params = model.params_mut();
-        let latent_index = {
-            let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-            (0..spec.model.layers)
-                .map(|l| {
-                    let find = |n: String| names.iter().position(|x| *x == n).unwrap();
-                    (l, find(format!("lstm.{l}.w_x")), find(format!("lstm.{l}.w_h")))
-                })
-                .collect()
-        };
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        let find = |n: String| names.iter().position(|x| *x == n).unwrap();
+        let latent_index =
+            (0..spec.model.layers).map(|l| (l, find(format!("lstm.{l}.w_x")), find(format!("lstm.{l}.w_h")))).collect();
         let opt = Optimizer::new(spec.train.optimizer, &params);
-        let lr_other = spec.train.lr;
-        let lr_latent = spec.train.lr * spec.train.latent_lr_scale;
         let windows = match (&streams, &data) {
             (Some(s), _) => s[0].num_windows(spec.train.bptt),
             (None, TaskData::Mnist(m, _)) => m.train.len().div_ceil(spec.train.batch_size),
@@ -120,116 +142,155 @@ impl Trainer {
         let d = &spec.diagnostics;
         let auto = |every: usize, per_epoch: u64| if every > 0 { every as u64 } else { (windows / per_epoch).max(1) };
         let diag_every = if d.enabled { (auto(d.lambda_every, 30), auto(d.grad_every, 5)) } else { (0, 0) };
+        let max_loss = if spec.train.max_loss > 0.0 { spec.train.max_loss } else { 3.0 * (data.vocab() as f64).ln() };
         Ok(Trainer {
+            lr_other: spec.train.lr,
+            lr_latent: spec.train.lr * spec.train.latent_lr_scale,
             spec,
             data,
             model,
             opt,
-            rng,
-            lr_latent,
-            lr_other,
             step: 0,
+            progress: Progress::default(),
             verbose: true,
             latent_index,
             streams,
+            carried: None,
             diag: Diagnostics::default(),
             lambda_rows: Vec::new(),
             grad_rows: Vec::new(),
             diag_every,
-            epoch: 0,
+            max_loss,
+            dir: None,
         })
     }
 
-    /// Train for the spec's budget, writing `<out>/<name>/{spec.toml, metrics.csv, summary.csv}`.
-    pub fn run(&mut self, out_root: &Path) -> Result<RunOutcome> {
+    /// Train for the spec's budget, writing `<out>/<name>/`: spec.toml, metrics.csv,
+    /// summary.csv, lambda.csv, grad_norm.csv, checkpoint.safetensors, best.safetensors.
+    /// With `resume`, continue from the run's checkpoint if there is one.
+    pub fn run(&mut self, out_root: &Path, resume: bool) -> Result<RunOutcome> {
         let dir = out_root.join(&self.spec.name);
         std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let ckpt = dir.join("checkpoint.safetensors");
+        if resume && ckpt.exists() {
+            self.restore(&ckpt)?;
+            self.restore_diagnostics(&dir)?;
+        } else {
+            // A fresh run must not leave an older run's checkpoints to be resumed from.
+            for f in ["checkpoint.safetensors", "best.safetensors", "summary.csv"] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+        }
+        self.dir = Some(dir.clone());
         write_atomic(&dir.join("spec.toml"), self.spec.to_toml().as_bytes())?;
         let start = Instant::now();
-        let mut rows: Vec<EpochRow> = Vec::new();
-        let mut best: Option<usize> = None; // index into rows
+        let first = self.progress.epoch.max(1);
         let mut status = "ok";
-        let (mut train_tokens, mut train_secs) = (0usize, 0.0f64);
-        for epoch in 1..=self.spec.train.epochs {
+        for epoch in first..=self.spec.train.epochs {
+            if self.progress.epoch != epoch {
+                self.progress.epoch = epoch;
+                self.progress.window = 0;
+            }
+            if self.progress.window == 0 {
+                self.progress.epoch_stats = Stats::default();
+                self.progress.epoch_tokens = 0;
+                self.progress.epoch_secs = 0.0;
+            }
             let lr_this_epoch = self.lr_latent;
-            self.epoch = epoch;
-            let t0 = Instant::now();
-            let (train, tokens, diverged) = self.train_epoch(epoch)?;
-            let secs = t0.elapsed().as_secs_f64();
-            train_tokens += tokens;
-            train_secs += secs;
-            if diverged {
-                status = "diverged";
-                break;
+            match self.train_epoch(epoch)? {
+                EpochEnd::Interrupted => {
+                    status = "interrupted";
+                    self.save_checkpoint(&ckpt, start)?;
+                    break;
+                }
+                EpochEnd::Diverged => {
+                    status = "diverged";
+                    break;
+                }
+                EpochEnd::Done => {}
             }
             let valid = self.evaluate(Split::Valid);
             let test = self.evaluate(Split::Test);
+            let p = &self.progress;
             let row = EpochRow {
                 epoch,
                 step: self.step,
                 lr: lr_this_epoch,
-                train_loss: train.mean_loss(),
+                train_loss: p.epoch_stats.mean_loss(),
                 valid_loss: valid.mean_loss(),
                 valid_metric: self.metric(&valid),
                 test_loss: test.mean_loss(),
                 test_metric: self.metric(&test),
-                tokens_per_s: tokens as f64 / secs.max(1e-9),
-                wall_s: start.elapsed().as_secs_f64(),
+                tokens_per_s: p.epoch_tokens as f64 / p.epoch_secs.max(1e-9),
+                wall_s: p.wall_before + start.elapsed().as_secs_f64(),
             };
-            if !row.valid_loss.is_finite() {
-                status = "diverged";
-            }
-            let improved = best.is_none_or(|b| row.valid_loss < rows[b].valid_loss);
             if self.verbose {
+                let m = self.spec.task.metric();
                 println!(
-                    "{} epoch {epoch}: train {:.4} valid {:.4} ({} {:.3}) test {} {:.3}, {:.0} tok/s",
-                    self.spec.name,
-                    row.train_loss,
-                    row.valid_loss,
-                    self.spec.task.metric(),
-                    row.valid_metric,
-                    self.spec.task.metric(),
-                    row.test_metric,
-                    row.tokens_per_s
+                    "{} epoch {epoch}: train {:.4} valid {:.4} ({m} {:.3}) test {m} {:.3}, {:.0} tok/s",
+                    self.spec.name, row.train_loss, row.valid_loss, row.valid_metric, row.test_metric, row.tokens_per_s
                 );
             }
-            rows.push(row);
-            if improved {
-                best = Some(rows.len() - 1);
+            if !row.valid_loss.is_finite() {
+                status = "diverged";
+                self.progress.diverged_step = Some(self.step);
             }
-            write_atomic(&dir.join("metrics.csv"), &to_csv(&rows)?)?;
+            let improved = self.progress.best.is_none_or(|b| row.valid_loss < self.progress.rows[b].valid_loss);
+            self.progress.rows.push(row);
+            if improved && status == "ok" {
+                self.progress.best = Some(self.progress.rows.len() - 1);
+                self.save_model(&dir.join("best.safetensors"))?;
+            }
+            write_atomic(&dir.join("metrics.csv"), &to_csv(&self.progress.rows)?)?;
             self.write_diagnostics(&dir)?;
-            if status != "ok" || self.budget_spent() {
+            if status != "ok" {
                 break;
             }
-            self.end_of_epoch_schedule(epoch, improved);
+            let done = self.budget_spent() || epoch == self.spec.train.epochs;
+            if !done {
+                self.end_of_epoch_schedule(epoch, improved);
+            }
+            self.progress.epoch = epoch + 1;
+            self.progress.window = 0;
+            self.save_checkpoint(&ckpt, start)?;
+            if done {
+                break;
+            }
         }
-        let b = best.map(|i| rows[i].clone());
-        let summary = Summary {
+        let summary = self.summary(status, start);
+        if self.progress.rows.is_empty() {
+            write_atomic(&dir.join("metrics.csv"), &to_csv::<EpochRow>(&[])?)?;
+        }
+        self.write_diagnostics(&dir)?;
+        write_atomic(&dir.join("summary.csv"), &to_csv(std::slice::from_ref(&summary))?)?;
+        self.dir = None;
+        Ok(RunOutcome { summary, epochs: self.progress.rows.clone(), dir })
+    }
+
+    fn summary(&self, status: &str, start: Instant) -> Summary {
+        let p = &self.progress;
+        let b = p.best.map(|i| &p.rows[i]);
+        Summary {
             name: self.spec.name.clone(),
             task: self.spec.task.name().into(),
             layers: self.spec.model.layers,
             hidden: self.spec.model.hidden,
             quantizer: Quantizer::ALL[self.spec.model.quantizer as usize].into(),
-            normalization: crate::spec::Normalization::ALL[self.spec.model.normalization as usize].into(),
-            epochs_run: rows.len(),
+            normalization: Normalization::ALL[self.spec.model.normalization as usize].into(),
+            epochs_run: p.rows.len(),
             steps: self.step,
-            best_epoch: b.as_ref().map_or(0, |r| r.epoch),
+            best_epoch: b.map_or(0, |r| r.epoch),
             metric: self.spec.task.metric().into(),
-            valid_metric: b.as_ref().map_or(f64::NAN, |r| r.valid_metric),
-            test_metric: b.as_ref().map_or(f64::NAN, |r| r.test_metric),
-            test_loss_nats: b.as_ref().map_or(f64::NAN, |r| r.test_loss),
+            valid_metric: b.map_or(f64::NAN, |r| r.valid_metric),
+            test_metric: b.map_or(f64::NAN, |r| r.test_metric),
+            test_loss_nats: b.map_or(f64::NAN, |r| r.test_loss),
             size_kb: crate::size::size_kb(&self.spec, self.data.vocab()),
-            train_tokens_per_s: train_tokens as f64 / train_secs.max(1e-9),
-            wall_s: start.elapsed().as_secs_f64(),
+            train_tokens_per_s: (p.total_tokens + p.epoch_tokens * (status != "ok") as usize) as f64
+                / (p.total_secs + p.epoch_secs * (status != "ok") as u8 as f64).max(1e-9),
+            wall_s: p.wall_before + start.elapsed().as_secs_f64(),
             status: status.into(),
-        };
-        if rows.is_empty() {
-            write_atomic(&dir.join("metrics.csv"), &to_csv::<EpochRow>(&[])?)?;
+            diverged_step: p.diverged_step,
         }
-        self.write_diagnostics(&dir)?;
-        write_atomic(&dir.join("summary.csv"), &to_csv(std::slice::from_ref(&summary))?)?;
-        Ok(RunOutcome { summary, epochs: rows, dir })
     }
 
     fn budget_spent(&self) -> bool {
@@ -259,7 +320,8 @@ impl Trainer {
         }
     }
 
-    fn metric(&self, s: &Stats) -> f64 {
+    /// The task's metric (bpc, ppl or error %) of evaluation statistics.
+    pub fn metric(&self, s: &Stats) -> f64 {
         match self.spec.task.metric() {
             "bpc" => s.mean_loss() / std::f64::consts::LN_2,
             "ppl" => s.mean_loss().exp(),
@@ -267,64 +329,93 @@ impl Trainer {
         }
     }
 
-    /// One epoch (or what is left of the step budget). Returns the training stats, the number
-    /// of input tokens processed, and whether the loss went non-finite.
-    pub fn train_epoch(&mut self, epoch: usize) -> Result<(Stats, usize, bool)> {
-        let windows = self.train_windows()?;
-        let bar = self.progress(epoch, windows.len());
-        let mut stats = Stats::default();
-        let mut tokens = 0;
+    /// Train the windows of `epoch` from `progress.window` on, until the epoch or the step
+    /// budget ends, a stop is requested, or the loss diverges. Statistics accumulate in
+    /// `progress`; checkpoints are written every `train.checkpoint_every` steps.
+    pub fn train_epoch(&mut self, epoch: usize) -> Result<EpochEnd> {
+        self.progress.epoch = epoch;
+        let windows = self.train_windows(epoch);
+        let bar = self.progress_bar(epoch, windows.len());
         let t0 = Instant::now();
-        let mut state: Option<State<f32>> = None;
-        for (i, w) in windows.iter().enumerate() {
+        let secs_before = self.progress.epoch_secs;
+        let mut end = EpochEnd::Done;
+        for (i, w) in windows.iter().enumerate().skip(self.progress.window) {
             if self.budget_spent() {
                 break;
             }
+            if crate::signal::interrupted() {
+                end = EpochEnd::Interrupted;
+                break;
+            }
+            let mut rng = derived_rng(self.spec.seed, RNG_STEP, self.step);
             let (s, n) = match w {
                 Window::Lm { start, steps } => {
                     let (x, y) = self.streams.as_ref().unwrap()[0].window(*start, *steps);
                     let (x, y) = (x.to_vec(), y.to_vec());
-                    let st = state.take().unwrap_or_else(|| {
-                        State::zeros(self.spec.model.layers, self.spec.train.batch_size, self.spec.model.hidden)
-                    });
-                    let s = self.train_step(Input::Tokens(&x), &y, &st);
-                    state = Some(self.model.final_state());
+                    let st = match self.carried.take() {
+                        Some(s) if i > 0 => s,
+                        _ => State::zeros(self.spec.model.layers, self.spec.train.batch_size, self.spec.model.hidden),
+                    };
+                    let s = self.train_step(Input::Tokens(&x), &y, &st, &mut rng);
+                    self.carried = Some(self.model.final_state());
                     (s, x.len())
                 }
                 Window::Images(idx) => {
                     let TaskData::Mnist(m, order) = &self.data else { unreachable!() };
                     let (pixels, labels) = mnist_batch(&m.train, idx, order);
-                    let st = self.model.initial_state_train(idx.len(), &mut self.rng);
-                    (self.train_step(Input::Pixels(pixels.view()), &labels, &st), pixels.nrows())
+                    let st = self.model.initial_state_train(idx.len(), &mut rng);
+                    (self.train_step(Input::Pixels(pixels.view()), &labels, &st, &mut rng), pixels.nrows())
                 }
             };
-            if !s.loss_sum.is_finite() {
-                if let Some(b) = bar {
-                    b.abandon();
+            if !(s.loss_sum.is_finite() && s.mean_loss() <= self.max_loss) {
+                self.progress.diverged_step = Some(self.step);
+                if self.verbose {
+                    eprintln!(
+                        "{}: diverged at step {} (training loss {:.4} nats; ceiling {:.2})",
+                        self.spec.name,
+                        self.step,
+                        s.mean_loss(),
+                        self.max_loss
+                    );
                 }
-                return Ok((stats, tokens, true));
+                end = EpochEnd::Diverged;
+                break;
             }
-            stats.add(s);
-            tokens += n;
+            let p = &mut self.progress;
+            p.epoch_stats.add(s);
+            p.epoch_tokens += n;
+            p.window = i + 1;
+            p.epoch_secs = secs_before + t0.elapsed().as_secs_f64();
             if let Some(b) = &bar {
                 b.set_position(i as u64 + 1);
                 b.set_message(format!(
                     "loss {:.4}  {:.0} tok/s",
-                    stats.mean_loss(),
-                    tokens as f64 / t0.elapsed().as_secs_f64()
+                    p.epoch_stats.mean_loss(),
+                    p.epoch_tokens as f64 / p.epoch_secs
                 ));
             }
+            let every = self.spec.train.checkpoint_every as u64;
+            if every > 0 && self.step.is_multiple_of(every) && p.window < windows.len()
+                && let Some(dir) = self.dir.clone() {
+                    self.save_checkpoint(&dir.join("checkpoint.safetensors"), Instant::now())?;
+                }
         }
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        Ok((stats, tokens, false))
+        self.progress.epoch_secs = secs_before + t0.elapsed().as_secs_f64();
+        if end == EpochEnd::Done {
+            self.progress.total_tokens += self.progress.epoch_tokens;
+            self.progress.total_secs += self.progress.epoch_secs;
+        }
+        Ok(end)
     }
 
-    /// Forward, backward, clip, update: one optimizer step on one window.
-    fn train_step(&mut self, input: Input<f32>, targets: &[u32], state: &State<f32>) -> Stats {
+    /// Forward, backward, clip, update: one optimizer step on one window. A non-finite
+    /// gradient is reported as a non-finite loss.
+    fn train_step(&mut self, input: Input<f32>, targets: &[u32], state: &State<f32>, rng: &mut Pcg64Mcg) -> Stats {
         self.model.zero_grad();
-        let stats = self.model.forward(input, targets, state, true, &mut self.rng);
+        let stats = self.model.forward(input, targets, state, true, rng);
         if !stats.loss_sum.is_finite() {
             return stats;
         }
@@ -345,14 +436,20 @@ impl Trainer {
     /// (`step` is the number of updates made before this window: 0 is the initial model).
     fn record_diagnostics(&mut self) {
         let (le, ge) = self.diag_every;
-        if le > 0 && self.step % le == 0 {
-            let rows = self.diag.lambda_rows(&self.model, self.step, self.epoch);
+        if le > 0 && self.step.is_multiple_of(le) {
+            let rows = self.diag.lambda_rows(&self.model, self.step, self.progress.epoch);
             self.lambda_rows.extend(rows);
         }
-        if ge > 0 && self.step % ge == 0 {
+        if ge > 0 && self.step.is_multiple_of(ge) {
             for (layer, norms) in self.model.grad_norms().into_iter().enumerate() {
                 for (t, &g) in norms.iter().enumerate() {
-                    self.grad_rows.push(GradNormRow { step: self.step, epoch: self.epoch, layer, t, grad_norm: g });
+                    self.grad_rows.push(GradNormRow {
+                        step: self.step,
+                        epoch: self.progress.epoch,
+                        layer,
+                        t,
+                        grad_norm: g,
+                    });
                 }
             }
         }
@@ -361,17 +458,17 @@ impl Trainer {
     fn write_diagnostics(&self, dir: &Path) -> Result<()> {
         if self.spec.diagnostics.enabled {
             write_atomic(&dir.join("lambda.csv"), &to_csv_or_header(&self.lambda_rows, LAMBDA_HEADER)?)?;
-            write_atomic(
-                &dir.join("grad_norm.csv"),
-                &to_csv_or_header(&self.grad_rows, "step,epoch,layer,t,grad_norm\n")?,
-            )?;
+            write_atomic(&dir.join("grad_norm.csv"), &to_csv_or_header(&self.grad_rows, GRAD_HEADER)?)?;
         }
         Ok(())
     }
 
     /// lab/lat read d = √v + 1e-8 from Adam's raw second moment of each latent weight.
     fn refresh_curvature(&mut self) {
-        if !matches!(self.spec.model.quantizer, Quantizer::Lab | Quantizer::Lat) || self.opt.v.is_empty() {
+        if !matches!(self.spec.model.quantizer, Quantizer::Lab | Quantizer::Lat)
+            || self.opt.v.is_empty()
+            || self.opt.t == 0
+        {
             return;
         }
         for &(l, ix, ih) in &self.latent_index {
@@ -384,31 +481,32 @@ impl Trainer {
         }
     }
 
-    fn train_windows(&mut self) -> Result<Vec<Window>> {
-        Ok(match &self.data {
-            TaskData::Lm(_) => {
-                let s = &self.streams.as_ref().unwrap()[0];
-                s.windows(self.spec.train.bptt).map(|(start, steps)| Window::Lm { start, steps }).collect()
-            }
+    fn train_windows(&self, epoch: usize) -> Vec<Window> {
+        match &self.data {
+            TaskData::Lm(_) => self.streams.as_ref().unwrap()[0]
+                .windows(self.spec.train.bptt)
+                .map(|(start, steps)| Window::Lm { start, steps })
+                .collect(),
             TaskData::Mnist(m, _) => {
                 let mut idx: Vec<usize> = (0..m.train.len()).collect();
-                idx.shuffle(&mut self.rng);
+                idx.shuffle(&mut derived_rng(self.spec.seed, RNG_SHUFFLE, epoch as u64));
                 idx.chunks(self.spec.train.batch_size).map(|c| Window::Images(c.to_vec())).collect()
             }
-        })
+        }
     }
 
     /// Mean loss over a split: carried state, dropout off, batch `eval_batch_size`.
     pub fn evaluate(&mut self, split: Split) -> Stats {
         let eb = self.spec.train.eval_batch_size;
         let mut total = Stats::default();
+        let mut unused = Pcg64Mcg::seed_from_u64(0); // dropout is off in evaluation
         match &self.data {
             TaskData::Lm(_) => {
                 let streams = &self.streams.as_ref().unwrap()[if split == Split::Valid { 1 } else { 2 }];
                 let mut state = State::zeros(self.spec.model.layers, eb, self.spec.model.hidden);
                 for (start, steps) in streams.windows(self.spec.train.bptt) {
                     let (x, y) = streams.window(start, steps);
-                    total.add(self.model.forward(Input::Tokens(x), y, &state, false, &mut self.rng));
+                    total.add(self.model.forward(Input::Tokens(x), y, &state, false, &mut unused));
                     state = self.model.final_state();
                 }
             }
@@ -418,14 +516,14 @@ impl Trainer {
                 for chunk in idx.chunks(eb) {
                     let (pixels, labels) = mnist_batch(set, chunk, order);
                     let state = self.model.initial_state(chunk.len());
-                    total.add(self.model.forward(Input::Pixels(pixels.view()), &labels, &state, false, &mut self.rng));
+                    total.add(self.model.forward(Input::Pixels(pixels.view()), &labels, &state, false, &mut unused));
                 }
             }
         }
         total
     }
 
-    fn progress(&self, epoch: usize, len: usize) -> Option<ProgressBar> {
+    fn progress_bar(&self, epoch: usize, len: usize) -> Option<ProgressBar> {
         if !self.verbose || !std::io::stdout().is_terminal() {
             return None;
         }
@@ -436,37 +534,270 @@ impl Trainer {
                 .progress_chars("=> "),
         );
         bar.set_prefix(format!("epoch {epoch}/{}", self.spec.train.epochs));
+        bar.set_position(self.progress.window as u64);
         Some(bar)
+    }
+
+    // ------------------------------------------------------------------ checkpoints
+
+    /// The model's tensors only (best.safetensors): what `qlstm eval` needs.
+    fn save_model(&mut self, path: &Path) -> Result<()> {
+        let meta = HashMap::from([
+            ("spec".to_string(), self.spec.to_toml()),
+            ("step".to_string(), self.step.to_string()),
+            ("epoch".to_string(), self.progress.epoch.to_string()),
+        ]);
+        let owned: Vec<(String, Array2<f32>)> =
+            self.model.named_tensors_mut().into_iter().map(|(n, a)| (n, a.to_owned())).collect();
+        let views: Vec<(String, ArrayView2<f32>)> = owned.iter().map(|(n, a)| (n.clone(), a.view())).collect();
+        checkpoint::write(path, &views, meta)
+    }
+
+    /// Everything needed to continue exactly: model, optimizer moments, carried state,
+    /// position, learning rates, the partial epoch's statistics and the metrics so far.
+    fn save_checkpoint(&mut self, path: &Path, start: Instant) -> Result<()> {
+        let p = &self.progress;
+        let f = |x: f64| format!("{x:?}"); // round-trips exactly
+        let meta = HashMap::from([
+            ("spec".to_string(), self.spec.to_toml()),
+            ("step".to_string(), self.step.to_string()),
+            ("epoch".to_string(), p.epoch.to_string()),
+            ("window".to_string(), p.window.to_string()),
+            ("lr_latent".to_string(), f(self.lr_latent)),
+            ("lr_other".to_string(), f(self.lr_other)),
+            ("optimizer_t".to_string(), self.opt.t.to_string()),
+            ("epoch_loss_sum".to_string(), f(p.epoch_stats.loss_sum)),
+            ("epoch_count".to_string(), p.epoch_stats.count.to_string()),
+            ("epoch_correct".to_string(), p.epoch_stats.correct.to_string()),
+            ("epoch_tokens".to_string(), p.epoch_tokens.to_string()),
+            ("epoch_secs".to_string(), f(p.epoch_secs)),
+            ("total_tokens".to_string(), p.total_tokens.to_string()),
+            ("total_secs".to_string(), f(p.total_secs)),
+            ("wall_s".to_string(), f(p.wall_before + start.elapsed().as_secs_f64())),
+            ("best".to_string(), p.best.map_or(String::new(), |b| b.to_string())),
+            ("metrics".to_string(), String::from_utf8(to_csv(&p.rows)?).unwrap()),
+        ]);
+        let mut owned: Vec<(String, Array2<f32>)> =
+            self.model.named_tensors_mut().into_iter().map(|(n, a)| (n, a.to_owned())).collect();
+        let names: Vec<String> = self.model.params_mut().iter().map(|p| p.name.clone()).collect();
+        for (i, n) in names.iter().enumerate() {
+            if let (Some(m), Some(v)) = (self.opt.m.get(i), self.opt.v.get(i)) {
+                owned.push((format!("optimizer.m.{n}"), m.clone()));
+                owned.push((format!("optimizer.v.{n}"), v.clone()));
+            }
+        }
+        if let (Some(st), true) = (&self.carried, self.progress.window > 0) {
+            for (l, (h, c)) in st.h.iter().zip(&st.c).enumerate() {
+                owned.push((format!("state.h.{l}"), h.clone()));
+                owned.push((format!("state.c.{l}"), c.clone()));
+            }
+        }
+        let views: Vec<(String, ArrayView2<f32>)> = owned.iter().map(|(n, a)| (n.clone(), a.view())).collect();
+        checkpoint::write(path, &views, meta)?;
+        if let Some(dir) = path.parent() {
+            self.write_diagnostics(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Load the model's tensors from a checkpoint (training or best), checking the spec.
+    pub fn load_model(&mut self, ck: &mut checkpoint::Loaded) -> Result<()> {
+        let theirs = Spec::from_toml_str(ck.meta("spec")?, &ck.path, None, &[])?;
+        check_same_model(&self.spec, &theirs, &ck.path)?;
+        for (name, slot) in self.model.named_tensors_mut() {
+            let t = ck.take(&name, slot.dim())?;
+            slot.assign(&t);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self, path: &Path) -> Result<()> {
+        let mut ck = checkpoint::read(path)?;
+        self.load_model(&mut ck)?;
+        let names: Vec<(String, (usize, usize))> =
+            self.model.params_mut().iter().map(|p| (p.name.clone(), p.value.dim())).collect();
+        if !self.opt.m.is_empty() {
+            for (i, (n, dim)) in names.iter().enumerate() {
+                self.opt.m[i] = ck.take(&format!("optimizer.m.{n}"), *dim)?;
+                self.opt.v[i] = ck.take(&format!("optimizer.v.{n}"), *dim)?;
+            }
+        }
+        self.opt.t = ck.parse("optimizer_t")?;
+        self.step = ck.parse("step")?;
+        self.lr_latent = ck.parse("lr_latent")?;
+        self.lr_other = ck.parse("lr_other")?;
+        let rows = {
+            let text = ck.meta("metrics")?.to_string();
+            let mut r = csv::Reader::from_reader(text.as_bytes());
+            r.deserialize()
+                .collect::<std::result::Result<Vec<EpochRow>, _>>()
+                .map_err(|e| Error::new(format!("{}: metrics: {e}", ck.path)))?
+        };
+        let best: String = ck.meta("best")?.to_string();
+        self.progress = Progress {
+            epoch: ck.parse("epoch")?,
+            window: ck.parse("window")?,
+            epoch_stats: Stats {
+                loss_sum: ck.parse("epoch_loss_sum")?,
+                count: ck.parse("epoch_count")?,
+                correct: ck.parse("epoch_correct")?,
+            },
+            epoch_tokens: ck.parse("epoch_tokens")?,
+            epoch_secs: ck.parse("epoch_secs")?,
+            total_tokens: ck.parse("total_tokens")?,
+            total_secs: ck.parse("total_secs")?,
+            wall_before: ck.parse("wall_s")?,
+            best: if best.is_empty() {
+                None
+            } else {
+                Some(best.parse().map_err(|_| Error::new(format!("{}: bad `best`", ck.path)))?)
+            },
+            rows,
+            diverged_step: None,
+        };
+        if self.progress.window > 0 && self.streams.is_some() {
+            let (l, b, h) = (self.spec.model.layers, self.spec.train.batch_size, self.spec.model.hidden);
+            let mut st = State::zeros(l, b, h);
+            for i in 0..l {
+                st.h[i] = ck.take(&format!("state.h.{i}"), (b, h))?;
+                st.c[i] = ck.take(&format!("state.c.{i}"), (b, h))?;
+            }
+            self.carried = Some(st);
+        }
+        self.refresh_curvature();
+        if self.verbose {
+            println!(
+                "{}: resuming from {} at step {} (epoch {}, window {})",
+                self.spec.name,
+                path.display(),
+                self.step,
+                self.progress.epoch,
+                self.progress.window
+            );
+        }
+        Ok(())
+    }
+
+    /// The diagnostics rows written before the checkpoint (later ones are recomputed).
+    fn restore_diagnostics(&mut self, dir: &Path) -> Result<()> {
+        let step = self.step;
+        let read = |name: &str| -> Result<Vec<HashMap<String, String>>> {
+            let path = dir.join(name);
+            if !path.exists() {
+                return Ok(Vec::new());
+            }
+            let mut r = csv::Reader::from_path(&path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+            r.deserialize()
+                .collect::<std::result::Result<Vec<HashMap<String, String>>, _>>()
+                .map_err(|e| Error::new(format!("{}: {e}", path.display())))
+        };
+        let num = |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok());
+        for m in read("grad_norm.csv")? {
+            let s = num(&m, "step").unwrap_or(f64::MAX) as u64;
+            if s < step {
+                self.grad_rows.push(GradNormRow {
+                    step: s,
+                    epoch: num(&m, "epoch").unwrap_or(0.0) as usize,
+                    layer: num(&m, "layer").unwrap_or(0.0) as usize,
+                    t: num(&m, "t").unwrap_or(0.0) as usize,
+                    grad_norm: num(&m, "grad_norm").unwrap_or(f64::NAN),
+                });
+            }
+        }
+        for m in read("lambda.csv")? {
+            let s = num(&m, "step").unwrap_or(f64::MAX) as u64;
+            if s < step {
+                let g = |k: &str| num(&m, k);
+                self.lambda_rows.push(LambdaRow {
+                    step: s,
+                    epoch: g("epoch").unwrap_or(0.0) as usize,
+                    layer: g("layer").unwrap_or(0.0) as usize,
+                    lambda1: g("lambda1").unwrap_or(f64::NAN),
+                    lambda2: g("lambda2").unwrap_or(f64::NAN),
+                    gamma1: g("gamma1").unwrap_or(f64::NAN),
+                    norm_i: g("norm_i").unwrap_or(f64::NAN),
+                    g_i: g("g_i"),
+                    sigma_i: g("sigma_i"),
+                    norm_f: g("norm_f").unwrap_or(f64::NAN),
+                    g_f: g("g_f"),
+                    sigma_f: g("sigma_f"),
+                    norm_a: g("norm_a").unwrap_or(f64::NAN),
+                    g_a: g("g_a"),
+                    sigma_a: g("sigma_a"),
+                    norm_o: g("norm_o").unwrap_or(f64::NAN),
+                    g_o: g("g_o"),
+                    sigma_o: g("sigma_o"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
+/// A checkpoint fits this spec if everything that shapes the model and the data agrees; the
+/// budget (epochs, max_steps), checkpoint interval and diagnostics may change between sessions.
+fn check_same_model(ours: &Spec, theirs: &Spec, path: &str) -> Result<()> {
+    let strip = |s: &Spec| {
+        let mut s = s.clone();
+        s.name = String::new();
+        s.data.dir = String::new();
+        s.train.epochs = 0;
+        s.train.max_steps = 0;
+        s.train.checkpoint_every = 0;
+        s.diagnostics = crate::spec::Spec::defaults(s.task).diagnostics;
+        s
+    };
+    let (a, b) = (strip(ours), strip(theirs));
+    if a != b {
+        let (ta, tb) = (a.to_toml(), b.to_toml());
+        let diff: Vec<String> =
+            ta.lines().zip(tb.lines()).filter(|(x, y)| x != y).map(|(x, y)| format!("{y} → {x}")).collect();
+        bail!(
+            "{path}: the checkpoint was written for a different spec ({}); start afresh without --resume",
+            diff.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Refuse a model that cannot fit in memory, with an estimate, before allocating it.
+fn check_memory(spec: &Spec, vocab: usize) -> Result<()> {
+    let m = &spec.model;
+    let (h, l) = (m.hidden as f64, m.layers as f64);
+    let r = spec.input_size(vocab) as f64;
+    let params = 4.0 * h * (r + h + 3.0)
+        + 4.0 * h * (h + h + 3.0) * (l - 1.0)
+        + (vocab as f64) * (h + 1.0)
+        + (vocab * m.embedding) as f64;
+    let rows = (spec.train.batch_size.max(spec.train.eval_batch_size) * spec.train.bptt) as f64;
+    let per_layer = rows * (4.0 + 3.0 + 4.0 + 16.0) * h; // gates, h/c/tanh c, dgates, norm caches
+    let floats = params * 4.0 + l * per_layer + 2.0 * rows * vocab as f64 + 8.0 * h * (r + h) * l;
+    let bytes = floats * 4.0;
+    if let Some(avail) = available_memory()
+        && bytes > 0.9 * avail {
+            bail!(
+                "model.hidden = {}, model.layers = {}, batch × bptt = {}: training needs about {:.1} GiB of memory, {:.1} GiB is available",
+                m.hidden,
+                m.layers,
+                rows,
+                bytes / (1u64 << 30) as f64,
+                avail / (1u64 << 30) as f64
+            );
+        }
+    Ok(())
+}
+
+fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
 const LAMBDA_HEADER: &str = "step,epoch,layer,lambda1,lambda2,gamma1,norm_i,g_i,sigma_i,norm_f,g_f,sigma_f,norm_a,g_a,sigma_a,norm_o,g_o,sigma_o\n";
+const GRAD_HEADER: &str = "step,epoch,layer,t,grad_norm\n";
 
 /// CSV of `rows`, or just the header when there are none (serde writes headers from a row).
 fn to_csv_or_header<R: serde::Serialize>(rows: &[R], header: &str) -> Result<Vec<u8>> {
     if rows.is_empty() { Ok(header.as_bytes().to_vec()) } else { to_csv(rows) }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Split {
-    Valid,
-    Test,
-}
-
-enum Window {
-    Lm { start: usize, steps: usize },
-    Images(Vec<usize>),
-}
-
-/// Pixels of images `idx` as a (784·B, 1) time-major column (row t·B + b = pixel order[t] of
-/// image b, scaled to [0, 1]) and their labels.
-fn mnist_batch(set: &MnistSplit, idx: &[usize], order: &[usize]) -> (Array2<f32>, Vec<u32>) {
-    let b = idx.len();
-    let mut x = Array2::zeros((PIXELS * b, 1));
-    for (t, &p) in order.iter().enumerate() {
-        for (j, &i) in idx.iter().enumerate() {
-            x[[t * b + j, 0]] = set.images[i * PIXELS + p] as f32 / 255.0;
-        }
-    }
-    (x, idx.iter().map(|&i| set.labels[i] as u32).collect())
 }
