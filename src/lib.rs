@@ -1,6 +1,7 @@
 //! qlstm: quantized LSTMs trained on CPU, reproducing Hou et al., "Normalization Helps
 //! Training of Quantized LSTM" (NeurIPS 2019). See README.md and ../shared/SPEC.md.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod diag;

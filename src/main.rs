@@ -47,6 +47,26 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Time training steps on synthetic inputs of the benchmark shapes (CSV on stdout).
+    Bench {
+        /// char | word1 | word2 | mnist | all (each config in its own process, for its peak memory).
+        #[arg(long, default_value = "all")]
+        config: String,
+        /// Comma-separated quantizers.
+        #[arg(long, default_value = "fp")]
+        quantizer: String,
+        /// Comma-separated normalizations.
+        #[arg(long, default_value = "none")]
+        normalization: String,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed steps (after 2 warm-up steps); the median is reported.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Leave out the CSV header.
+        #[arg(long, hide = true)]
+        no_header: bool,
+    },
     /// Draw λ1 against step and ‖∂ξ/∂h_t‖ against t for one or more run directories.
     Plot {
         /// Run directories (each with lambda.csv and grad_norm.csv).
@@ -132,6 +152,11 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             qlstm::report::eval::eval(&path, split, &set)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench { config, quantizer, normalization, threads, steps, no_header } => {
+            set_threads(threads);
+            bench(&config, &quantizer, &normalization, steps, no_header)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Size { spec, set, csv } => qlstm::report::size_report(&spec, &set, csv).map(|_| ExitCode::SUCCESS),
         Command::Plot { runs, out } => {
             qlstm::report::plot::plot(&runs, &out)?;
@@ -139,4 +164,66 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `qlstm bench`: one config in this process, or every config in a child process each so
+/// that each row's peak memory is its own.
+fn bench(config: &str, quantizers: &str, norms: &str, steps: usize, no_header: bool) -> Result<()> {
+    use qlstm::bench::{BenchConfig, CONFIGS, HEADER, bench_one, sgemm_roof};
+    use qlstm::spec::{Normalization, Quantizer};
+    let parse = |list: &str, allowed: &[&str], what: &str| -> Result<Vec<String>> {
+        list.split(',')
+            .map(|x| {
+                if allowed.contains(&x) {
+                    Ok(x.to_string())
+                } else {
+                    Err(qlstm::error::Error::new(format!("--{what} {x}: allowed: {}", allowed.join(", "))))
+                }
+            })
+            .collect()
+    };
+    let qs = parse(quantizers, &Quantizer::ALL, "quantizer")?;
+    let ns = parse(norms, &Normalization::ALL, "normalization")?;
+    if !no_header {
+        println!("{HEADER}");
+    }
+    if config == "all" {
+        let exe = std::env::current_exe().map_err(|e| qlstm::error::Error::new(e.to_string()))?;
+        for c in CONFIGS {
+            let t = qlstm::tensor::threads().to_string();
+            let s = steps.to_string();
+            let args = [
+                "bench",
+                "--config",
+                c.name,
+                "--quantizer",
+                quantizers,
+                "--normalization",
+                norms,
+                "--threads",
+                &t,
+                "--steps",
+                &s,
+                "--no-header",
+            ];
+            let status = std::process::Command::new(&exe)
+                .args(args)
+                .status()
+                .map_err(|e| qlstm::error::Error::new(e.to_string()))?;
+            if !status.success() {
+                return Err(qlstm::error::Error::new(format!("bench {} failed", c.name)));
+            }
+        }
+        return Ok(());
+    }
+    let c = BenchConfig::by_name(config)?;
+    let roof = sgemm_roof(&c);
+    for q in &qs {
+        for n in &ns {
+            let q: Quantizer = toml::Value::String(q.clone()).try_into().unwrap();
+            let n: Normalization = toml::Value::String(n.clone()).try_into().unwrap();
+            println!("{}", bench_one(&c, q, n, steps, roof));
+        }
+    }
+    Ok(())
 }

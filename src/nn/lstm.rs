@@ -112,11 +112,6 @@ pub struct LstmGrads<T> {
     pub h_grad_norms: Vec<f64>,
 }
 
-#[inline]
-fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
-
 impl<T: Real> LstmLayer<T> {
     /// `slots`: time slots of separate batch statistics (T_max = bptt).
     pub fn new(
@@ -458,26 +453,43 @@ fn cell_forward<T: Real>(
     hidden: usize,
 ) {
     for b in 0..g.nrows() {
-        let gr = g.row_mut(b).into_slice().unwrap();
-        let cp = c_prev.row(b).to_slice().unwrap();
-        let cr = c.row_mut(b).into_slice().unwrap();
-        let tr = tanh_c.row_mut(b).into_slice().unwrap();
-        let hr = h_out.row_mut(b).into_slice().unwrap();
-        let (gi, rest) = gr.split_at_mut(hidden);
-        let (gf, rest) = rest.split_at_mut(hidden);
-        let (ga, go) = rest.split_at_mut(hidden);
-        for j in 0..hidden {
-            let i = sigmoid(gi[j]);
-            let f = sigmoid(gf[j]);
-            let a = ga[j].tanh();
-            let o = sigmoid(go[j]);
-            let cj = i * a + f * cp[j];
-            let tc = cj.tanh();
-            (gi[j], gf[j], ga[j], go[j]) = (i, f, a, o);
-            cr[j] = cj;
-            tr[j] = tc;
-            hr[j] = o * tc;
-        }
+        let rows = CellRow {
+            g: g.row_mut(b).into_slice().unwrap(),
+            c_prev: c_prev.row(b).to_slice().unwrap(),
+            c: c.row_mut(b).into_slice().unwrap(),
+            tanh_c: tanh_c.row_mut(b).into_slice().unwrap(),
+            h: h_out.row_mut(b).into_slice().unwrap(),
+        };
+        simd::dispatch_forward(rows, hidden);
+    }
+}
+
+/// One batch row of the cell's buffers.
+struct CellRow<'a, T> {
+    g: &'a mut [T],
+    c_prev: &'a [T],
+    c: &'a mut [T],
+    tanh_c: &'a mut [T],
+    h: &'a mut [T],
+}
+
+#[inline(always)]
+fn cell_forward_row<T: Real>(r: CellRow<T>, hidden: usize) {
+    let (gi, rest) = r.g.split_at_mut(hidden);
+    let (gf, rest) = rest.split_at_mut(hidden);
+    let (ga, go) = rest.split_at_mut(hidden);
+    let (cp, cr, tr, hr) = (&r.c_prev[..hidden], &mut r.c[..hidden], &mut r.tanh_c[..hidden], &mut r.h[..hidden]);
+    for j in 0..hidden {
+        let i = gi[j].sigmoid();
+        let f = gf[j].sigmoid();
+        let a = ga[j].tanh_fast();
+        let o = go[j].sigmoid();
+        let cj = i * a + f * cp[j];
+        let tc = cj.tanh_fast();
+        (gi[j], gf[j], ga[j], go[j]) = (i, f, a, o);
+        cr[j] = cj;
+        tr[j] = tc;
+        hr[j] = o * tc;
     }
 }
 
@@ -495,28 +507,108 @@ fn cell_backward<T: Real>(
     mut dg: ArrayViewMut2<T>,
     hidden: usize,
 ) -> f64 {
-    let one = T::one();
     let mut sq = 0.0f64;
     for b in 0..gates.nrows() {
-        let gr = gates.row(b).to_slice().unwrap();
-        let cp = c_prev.row(b).to_slice().unwrap();
-        let tr = tanh_c.row(b).to_slice().unwrap();
-        let dor = d_out.row(b);
-        let dhr = dh.row_mut(b).into_slice().unwrap();
-        let dcr = dc.row_mut(b).into_slice().unwrap();
-        let dgr = dg.row_mut(b).into_slice().unwrap();
-        for j in 0..hidden {
-            let (i, f, a, o) = (gr[j], gr[hidden + j], gr[2 * hidden + j], gr[3 * hidden + j]);
-            let tc = tr[j];
-            let dht = dhr[j] + dor[j];
-            sq += dht.f64() * dht.f64();
-            let dct = dcr[j] + dht * o * (one - tc * tc);
-            dgr[j] = dct * a * i * (one - i);
-            dgr[hidden + j] = dct * cp[j] * f * (one - f);
-            dgr[2 * hidden + j] = dct * i * (one - a * a);
-            dgr[3 * hidden + j] = dht * tc * o * (one - o);
-            dcr[j] = dct * f;
-        }
+        let rows = CellGradRow {
+            gates: gates.row(b).to_slice().unwrap(),
+            c_prev: c_prev.row(b).to_slice().unwrap(),
+            tanh_c: tanh_c.row(b).to_slice().unwrap(),
+            d_out: d_out.row(b).to_slice().unwrap(),
+            dh: dh.row_mut(b).into_slice().unwrap(),
+            dc: dc.row_mut(b).into_slice().unwrap(),
+            dg: dg.row_mut(b).into_slice().unwrap(),
+        };
+        sq += simd::dispatch_backward(rows, hidden);
     }
     sq.sqrt()
+}
+
+struct CellGradRow<'a, T> {
+    gates: &'a [T],
+    c_prev: &'a [T],
+    tanh_c: &'a [T],
+    d_out: &'a [T],
+    dh: &'a mut [T],
+    dc: &'a mut [T],
+    dg: &'a mut [T],
+}
+
+/// Returns Σ_j (∂L/∂h_t[j])² of the row.
+#[inline(always)]
+fn cell_backward_row<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
+    let one = T::one();
+    let mut sq = T::zero();
+    let (gi, gf, ga, go) = (
+        &r.gates[..hidden],
+        &r.gates[hidden..2 * hidden],
+        &r.gates[2 * hidden..3 * hidden],
+        &r.gates[3 * hidden..4 * hidden],
+    );
+    let (cp, tr, dor) = (&r.c_prev[..hidden], &r.tanh_c[..hidden], &r.d_out[..hidden]);
+    let (dhr, dcr) = (&mut r.dh[..hidden], &mut r.dc[..hidden]);
+    let (dgi, rest) = r.dg.split_at_mut(hidden);
+    let (dgf, rest) = rest.split_at_mut(hidden);
+    let (dga, dgo) = rest.split_at_mut(hidden);
+    for j in 0..hidden {
+        let (i, f, a, o, tc) = (gi[j], gf[j], ga[j], go[j], tr[j]);
+        let dht = dhr[j] + dor[j];
+        sq += dht * dht;
+        let dct = dcr[j] + dht * o * (one - tc * tc);
+        dgi[j] = dct * a * i * (one - i);
+        dgf[j] = dct * cp[j] * f * (one - f);
+        dga[j] = dct * i * (one - a * a);
+        dgo[j] = dht * tc * o * (one - o);
+        dcr[j] = dct * f;
+    }
+    sq.f64()
+}
+
+/// The cell's row kernels compiled twice: for the build target, and with AVX2 + FMA, chosen
+/// at run time (the default x86-64 target has neither, and the cell is the one hot loop that
+/// is not a GEMM).
+mod simd {
+    use super::{CellGradRow, CellRow, cell_backward_row, cell_forward_row};
+    use crate::tensor::Real;
+
+    #[inline(always)]
+    fn has_avx2() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    pub(super) fn dispatch_forward<T: Real>(r: CellRow<T>, hidden: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { forward_avx2(r, hidden) };
+        }
+        cell_forward_row(r, hidden)
+    }
+
+    pub(super) fn dispatch_backward<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: as above.
+            return unsafe { backward_avx2(r, hidden) };
+        }
+        cell_backward_row(r, hidden)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2<T: Real>(r: CellRow<T>, hidden: usize) {
+        cell_forward_row(r, hidden)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
+        cell_backward_row(r, hidden)
+    }
 }

@@ -395,10 +395,13 @@ impl Trainer {
                 ));
             }
             let every = self.spec.train.checkpoint_every as u64;
-            if every > 0 && self.step.is_multiple_of(every) && p.window < windows.len()
-                && let Some(dir) = self.dir.clone() {
-                    self.save_checkpoint(&dir.join("checkpoint.safetensors"), Instant::now())?;
-                }
+            if every > 0
+                && self.step.is_multiple_of(every)
+                && p.window < windows.len()
+                && let Some(dir) = self.dir.clone()
+            {
+                self.save_checkpoint(&dir.join("checkpoint.safetensors"), Instant::now())?;
+            }
         }
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -414,19 +417,14 @@ impl Trainer {
     /// Forward, backward, clip, update: one optimizer step on one window. A non-finite
     /// gradient is reported as a non-finite loss.
     fn train_step(&mut self, input: Input<f32>, targets: &[u32], state: &State<f32>, rng: &mut Pcg64Mcg) -> Stats {
-        self.model.zero_grad();
-        let stats = self.model.forward(input, targets, state, true, rng);
+        let stats = forward_backward(&mut self.model, input, targets, state, rng);
         if !stats.loss_sum.is_finite() {
             return stats;
         }
-        self.model.backward(input);
         self.record_diagnostics();
-        let mut params = self.model.params_mut();
-        let norm = clip_grad_norm(&mut params, self.spec.train.clip);
-        if !norm.is_finite() {
+        if !update(&mut self.model, &mut self.opt, self.spec.train.clip, self.lr_latent, self.lr_other) {
             return Stats { loss_sum: f64::NAN, ..stats };
         }
-        self.opt.step(&mut params, self.lr_latent, self.lr_other);
         self.step += 1;
         self.refresh_curvature();
         stats
@@ -734,6 +732,35 @@ impl Trainer {
     }
 }
 
+/// The gradient of one window: zero the grads, forward in training mode, backward (skipped
+/// when the loss is not finite).
+pub fn forward_backward<R: rand::Rng>(
+    model: &mut Model<f32>,
+    input: Input<f32>,
+    targets: &[u32],
+    state: &State<f32>,
+    rng: &mut R,
+) -> Stats {
+    model.zero_grad();
+    let stats = model.forward(input, targets, state, true, rng);
+    if stats.loss_sum.is_finite() {
+        model.backward(input);
+    }
+    stats
+}
+
+/// Clip the gradients to `clip` (global norm) and take an optimizer step; false (and no step)
+/// if the gradient is not finite.
+pub fn update(model: &mut Model<f32>, opt: &mut Optimizer<f32>, clip: f64, lr_latent: f64, lr_other: f64) -> bool {
+    let mut params = model.params_mut();
+    let norm = clip_grad_norm(&mut params, clip);
+    if !norm.is_finite() {
+        return false;
+    }
+    opt.step(&mut params, lr_latent, lr_other);
+    true
+}
+
 /// A checkpoint fits this spec if everything that shapes the model and the data agrees; the
 /// budget (epochs, max_steps), checkpoint interval and diagnostics may change between sessions.
 fn check_same_model(ours: &Spec, theirs: &Spec, path: &str) -> Result<()> {
@@ -774,16 +801,17 @@ fn check_memory(spec: &Spec, vocab: usize) -> Result<()> {
     let floats = params * 4.0 + l * per_layer + 2.0 * rows * vocab as f64 + 8.0 * h * (r + h) * l;
     let bytes = floats * 4.0;
     if let Some(avail) = available_memory()
-        && bytes > 0.9 * avail {
-            bail!(
-                "model.hidden = {}, model.layers = {}, batch × bptt = {}: training needs about {:.1} GiB of memory, {:.1} GiB is available",
-                m.hidden,
-                m.layers,
-                rows,
-                bytes / (1u64 << 30) as f64,
-                avail / (1u64 << 30) as f64
-            );
-        }
+        && bytes > 0.9 * avail
+    {
+        bail!(
+            "model.hidden = {}, model.layers = {}, batch × bptt = {}: training needs about {:.1} GiB of memory, {:.1} GiB is available",
+            m.hidden,
+            m.layers,
+            rows,
+            bytes / (1u64 << 30) as f64,
+            avail / (1u64 << 30) as f64
+        );
+    }
     Ok(())
 }
 

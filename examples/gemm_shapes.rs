@@ -1,0 +1,43 @@
+//! Throughput of the GEMM shapes one training step of each benchmark config runs, alone:
+//! where the time of `qlstm bench` goes. usage: cargo run --release --example gemm_shapes [threads]
+use std::time::Instant;
+
+use ndarray::Array2;
+use qlstm::tensor::{gemm, set_threads};
+
+fn time(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> f64 {
+    let a = if ta { Array2::<f32>::from_elem((k, m), 0.5) } else { Array2::<f32>::from_elem((m, k), 0.5) };
+    let b = if tb { Array2::<f32>::from_elem((n, k), 0.25) } else { Array2::<f32>::from_elem((k, n), 0.25) };
+    let mut c = Array2::<f32>::zeros((m, n));
+    let av = if ta { a.t() } else { a.view() };
+    let bv = if tb { b.t() } else { b.view() };
+    let mut best = f64::MAX;
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        gemm(c.view_mut(), true, av, bv, 1.0);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+fn main() {
+    let threads = std::env::args().nth(1).map_or(2, |s| s.parse().unwrap());
+    set_threads(threads);
+    println!("shape (m×k · k×n), transposes, GFLOP/s at {threads} threads");
+    for (what, m, k, n, ta, tb) in [
+        ("char step h·W_hᵀ", 64, 512, 2048, false, false),
+        ("char step dG·W_h", 64, 2048, 512, false, true),
+        ("char window dW_h = Hᵀ·dG", 512, 6400, 2048, true, false),
+        ("word1 step", 20, 300, 1200, false, false),
+        ("word1 step back", 20, 1200, 300, false, true),
+        ("word1 softmax X·Wᵀ", 700, 300, 10000, false, true),
+        ("word1 softmax dW = dYᵀ·X", 10000, 700, 300, true, false),
+        ("word1 softmax dX = dY·W", 700, 10000, 300, false, false),
+        ("word2 step", 20, 650, 2600, false, false),
+        ("mnist step", 100, 100, 400, false, false),
+        ("mnist step back", 100, 400, 100, false, true),
+        ("square 2048", 2048, 2048, 2048, false, false),
+    ] {
+        println!("{what:<28} {m}×{k}·{k}×{n} {:>7.1}", time(m, k, n, ta, tb));
+    }
+}
