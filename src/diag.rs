@@ -284,7 +284,7 @@ mod tests {
         assert!(resid < 1e-2 * est * est, "residual {resid} after {iters} iterations");
         // warm start: converges at once
         let (again, it2) = spectral_norm(m.view(), &mut v);
-        assert!((again - est).abs() < 1e-6 * est && it2 <= 3, "{it2}");
+        assert!((again - est).abs() < 1e-4 * est && it2 <= 3, "{again} vs {est} after {it2}");
     }
 
     #[test]
