@@ -49,6 +49,11 @@ pub trait Real:
     fn tanh_fast(self) -> Self {
         self.tanh()
     }
+    /// e^x, vectorizable for f32 like `sigmoid`.
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        self.exp()
+    }
 }
 
 impl Real for f32 {
@@ -59,6 +64,10 @@ impl Real for f32 {
     #[inline(always)]
     fn tanh_fast(self) -> f32 {
         tanhf(self)
+    }
+    #[inline(always)]
+    fn exp_fast(self) -> f32 {
+        expf(self)
     }
 }
 impl Real for f64 {}
@@ -121,12 +130,40 @@ pub fn threads() -> usize {
 }
 
 /// Below this many multiply-adds a GEMM runs on one thread: splitting small per-step products
-/// across threads costs more in synchronisation than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 21;
+/// across threads costs more in synchronisation than it saves. Measured on 2 cores
+/// (examples/gemm_shapes.rs): 20×300·300×1200 (7M) and 100×100·100×400 (4M) run faster on one
+/// thread, 20×650·650×2600 (34M) and 64×512·512×2048 (67M) on two.
+const PARALLEL_MIN_MACS: usize = 1 << 24;
+
+/// Does this CPU have AVX2 and FMA? The hot elementwise kernels are compiled a second time
+/// for them and chosen at run time (the default x86-64 target has neither).
+#[inline]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
 
 /// c = alpha · a · b, or c += alpha · a · b when `accumulate`. Any strides (transposed views
-/// included) are passed to faer as they are, without copies.
+/// included) are passed to faer as they are, without copies. Large products use all threads.
 pub fn gemm<T: Real>(c: ArrayViewMut2<T>, accumulate: bool, a: ArrayView2<T>, b: ArrayView2<T>, alpha: T) {
+    gemm_with(c, accumulate, a, b, alpha, true)
+}
+
+/// `gemm`, on one thread unless `parallel` (for callers that already split work across threads).
+pub fn gemm_with<T: Real>(
+    c: ArrayViewMut2<T>,
+    accumulate: bool,
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    alpha: T,
+    parallel: bool,
+) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
     assert_eq!(k, k2, "gemm: inner dimensions differ");
@@ -142,7 +179,7 @@ pub fn gemm<T: Real>(c: ArrayViewMut2<T>, accumulate: bool, a: ArrayView2<T>, b:
         return;
     }
     let t = threads();
-    let par = if t > 1 && m * n * k >= PARALLEL_MIN_MACS { Par::rayon(t) } else { Par::Seq };
+    let par = if parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS { Par::rayon(t) } else { Par::Seq };
     let (as_, bs) = (a.strides(), b.strides());
     let cs = [c.strides()[0], c.strides()[1]];
     // SAFETY: the views are valid for their shapes and strides for the duration of the call,

@@ -251,3 +251,14 @@ fn straight_through_estimator_passes_dl_dq_unchanged() {
         }
     }
 }
+
+/// With two threads, batches of 16 or more split each step's GEMM and cell into two halves,
+/// one per thread: the same gradients must come out, through every normalization.
+#[test]
+fn two_thread_batch_split_path() {
+    qlstm::tensor::set_threads(2);
+    for norm in [Normalization::None, Normalization::Layer] {
+        let mut c = build(Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
+        check(&mut c, &format!("{norm:?} batch 16, 2 threads"));
+    }
+}

@@ -44,30 +44,62 @@ impl<T: Real> Linear<T> {
 
 /// Summed cross-entropy (nats) of `logits` (N, V) against `targets`, and the number of rows
 /// whose arg-max is the target. Replaces the logits by `grad_scale`·(softmax − onehot), the
-/// gradient of `grad_scale` × the summed loss. Sums run in f64.
+/// gradient of `grad_scale` × the summed loss. Rows are split across the GEMM threads when
+/// there are enough of them; losses are summed in f64.
 pub fn softmax_cross_entropy<T: Real>(logits: &mut Array2<T>, targets: &[u32], grad_scale: T) -> (f64, usize) {
     assert_eq!(logits.nrows(), targets.len());
+    let v = logits.ncols();
+    let data = logits.as_slice_mut().expect("contiguous logits");
+    let threads = crate::tensor::threads();
+    if threads > 1 && data.len() >= 1 << 18 {
+        use rayon::prelude::*;
+        let rows_per = targets.len().div_ceil(threads);
+        data.par_chunks_mut(rows_per * v)
+            .zip(targets.par_chunks(rows_per))
+            .map(|(d, t)| rows_dispatch(d, t, v, grad_scale))
+            .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    } else {
+        rows_dispatch(data, targets, v, grad_scale)
+    }
+}
+
+fn rows_dispatch<T: Real>(data: &mut [T], targets: &[u32], v: usize, grad_scale: T) -> (f64, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::tensor::has_avx2() {
+        // SAFETY: the CPU has the features `rows_avx2` is compiled for.
+        return unsafe { rows_avx2(data, targets, v, grad_scale) };
+    }
+    rows(data, targets, v, grad_scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<T: Real>(data: &mut [T], targets: &[u32], v: usize, grad_scale: T) -> (f64, usize) {
+    rows(data, targets, v, grad_scale)
+}
+
+#[inline(always)]
+fn rows<T: Real>(data: &mut [T], targets: &[u32], v: usize, grad_scale: T) -> (f64, usize) {
     let mut loss = 0.0f64;
     let mut correct = 0;
-    for (mut row, &y) in logits.outer_iter_mut().zip(targets) {
-        let row = row.as_slice_mut().unwrap();
+    for (row, &y) in data.chunks_exact_mut(v).zip(targets) {
         let (mut best, mut max) = (0, row[0]);
-        for (j, &v) in row.iter().enumerate() {
-            if v > max {
-                (best, max) = (j, v);
+        for (j, &x) in row.iter().enumerate() {
+            if x > max {
+                (best, max) = (j, x);
             }
         }
         correct += (best == y as usize) as usize;
         let mut sum = T::zero();
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp_fast();
+            sum += *x;
         }
         let p_y = row[y as usize] / sum;
         loss -= p_y.f64().ln().max(-1e30);
         let inv = grad_scale / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
+        for x in row.iter_mut() {
+            *x *= inv;
         }
         row[y as usize] -= grad_scale;
     }

@@ -13,7 +13,7 @@
 use crate::nn::norm::{NormKind, ProductNorm};
 use crate::nn::{quant, weight_norm};
 use crate::spec::{Normalization, Quantizer};
-use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
+use crate::tensor::{Group, Param, Real, ensure_shape, gemm, gemm_with, threads};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
@@ -271,8 +271,25 @@ impl<T: Real> LstmLayer<T> {
         for t in 0..steps {
             let (r0, r1) = (t * batch, (t + 1) * batch);
             match &mut self.norm_h {
-                // G_t += h_{t-1}·W_hᵀ: the only per-step GEMM.
-                None => gemm(gates.slice_mut(s![r0..r1, ..]), true, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one()),
+                // G_t += h_{t-1}·W_hᵀ (the only per-step GEMM), then the cell: fused per half
+                // of the batch on each thread (one join per step instead of two GEMM syncs).
+                None => {
+                    let (h_prev, h_next) = hs.view_mut().split_at(Axis(0), r1);
+                    let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
+                    let part = StepRows {
+                        gates: gates.slice_mut(s![r0..r1, ..]),
+                        h_prev: h_prev.slice(s![r0.., ..]),
+                        c_prev: c_prev.slice(s![r0.., ..]),
+                        c: c_next.slice_move(s![..batch, ..]),
+                        tanh_c: tanh_c.slice_mut(s![r0..r1, ..]),
+                        h: h_next.slice_move(s![..batch, ..]),
+                    };
+                    split_rows(part, batch, &|mut p: StepRows<T>, par| {
+                        gemm_with(p.gates.view_mut(), true, p.h_prev, wh_t.view(), T::one(), par);
+                        cell_forward(p.gates, p.c_prev, p.c, p.tanh_c, p.h, h);
+                    });
+                    continue;
+                }
                 // G_t += N_h(h_{t-1}·W_hᵀ)
                 Some(nh) => {
                     let zt = z.slice_mut(s![..batch, ..]);
@@ -322,6 +339,27 @@ impl<T: Real> LstmLayer<T> {
         let LstmGrads { dgates, dz, dh, dc, h_grad_norms, .. } = grads;
         for t in (0..steps).rev() {
             let (r0, r1) = (t * batch, (t + 1) * batch);
+            if self.norm_h.is_none() {
+                // cell backward and ∂L/∂h_{t-1} = dG_t·W_h, fused per half of the batch
+                let part = GradRows {
+                    gates: cache.gates.slice(s![r0..r1, ..]),
+                    c_prev: cache.cs.slice(s![r0..r1, ..]),
+                    tanh_c: cache.tanh_c.slice(s![r0..r1, ..]),
+                    d_out: d_out.slice(s![r0..r1, ..]),
+                    dh: dh.view_mut(),
+                    dc: dc.view_mut(),
+                    dg: dgates.slice_mut(s![r0..r1, ..]),
+                };
+                let sq = std::sync::Mutex::new(0.0f64);
+                split_grad_rows(part, batch, &|p: GradRows<T>, par| {
+                    let GradRows { gates, c_prev, tanh_c, d_out, mut dh, dc, mut dg } = p;
+                    let n = cell_backward(gates, c_prev, tanh_c, d_out, dh.view_mut(), dc, dg.view_mut(), h);
+                    gemm_with(dh, false, dg.view(), cache.wh_t.t(), T::one(), par);
+                    *sq.lock().unwrap() += n * n;
+                });
+                h_grad_norms[t] = sq.into_inner().unwrap().sqrt();
+                continue;
+            }
             h_grad_norms[t] = cell_backward(
                 cache.gates.slice(s![r0..r1, ..]),
                 cache.cs.slice(s![r0..r1, ..]),
@@ -389,6 +427,81 @@ impl<T: Real> LstmLayer<T> {
         // Back through weight norm, then straight through the quantizer to the latent weights.
         backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);
         backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh_t);
+    }
+}
+
+/// The rows of one time step the forward cell touches.
+struct StepRows<'a, T> {
+    gates: ArrayViewMut2<'a, T>,
+    h_prev: ArrayView2<'a, T>,
+    c_prev: ArrayView2<'a, T>,
+    c: ArrayViewMut2<'a, T>,
+    tanh_c: ArrayViewMut2<'a, T>,
+    h: ArrayViewMut2<'a, T>,
+}
+
+impl<'a, T> StepRows<'a, T> {
+    fn split(self, m: usize) -> (Self, Self) {
+        let (g0, g1) = self.gates.split_at(Axis(0), m);
+        let (hp0, hp1) = self.h_prev.split_at(Axis(0), m);
+        let (cp0, cp1) = self.c_prev.split_at(Axis(0), m);
+        let (c0, c1) = self.c.split_at(Axis(0), m);
+        let (t0, t1) = self.tanh_c.split_at(Axis(0), m);
+        let (h0, h1) = self.h.split_at(Axis(0), m);
+        (
+            StepRows { gates: g0, h_prev: hp0, c_prev: cp0, c: c0, tanh_c: t0, h: h0 },
+            StepRows { gates: g1, h_prev: hp1, c_prev: cp1, c: c1, tanh_c: t1, h: h1 },
+        )
+    }
+}
+
+/// The rows of one time step the backward cell touches.
+struct GradRows<'a, T> {
+    gates: ArrayView2<'a, T>,
+    c_prev: ArrayView2<'a, T>,
+    tanh_c: ArrayView2<'a, T>,
+    d_out: ArrayView2<'a, T>,
+    dh: ArrayViewMut2<'a, T>,
+    dc: ArrayViewMut2<'a, T>,
+    dg: ArrayViewMut2<'a, T>,
+}
+
+impl<'a, T> GradRows<'a, T> {
+    fn split(self, m: usize) -> (Self, Self) {
+        let (g0, g1) = self.gates.split_at(Axis(0), m);
+        let (cp0, cp1) = self.c_prev.split_at(Axis(0), m);
+        let (t0, t1) = self.tanh_c.split_at(Axis(0), m);
+        let (d0, d1) = self.d_out.split_at(Axis(0), m);
+        let (dh0, dh1) = self.dh.split_at(Axis(0), m);
+        let (dc0, dc1) = self.dc.split_at(Axis(0), m);
+        let (dg0, dg1) = self.dg.split_at(Axis(0), m);
+        (
+            GradRows { gates: g0, c_prev: cp0, tanh_c: t0, d_out: d0, dh: dh0, dc: dc0, dg: dg0 },
+            GradRows { gates: g1, c_prev: cp1, tanh_c: t1, d_out: d1, dh: dh1, dc: dc1, dg: dg1 },
+        )
+    }
+}
+
+/// Batches at least this large are split in two halves, one per thread, for the per-step work.
+const SPLIT_MIN_BATCH: usize = 16;
+
+/// Run `f` on the rows, or on two halves in parallel when there are two threads and enough
+/// rows (each half then runs its GEMM on one thread: `par` = false).
+fn split_rows<'a, T: Real>(rows: StepRows<'a, T>, batch: usize, f: &(dyn Fn(StepRows<'a, T>, bool) + Sync)) {
+    if threads() > 1 && batch >= SPLIT_MIN_BATCH {
+        let (a, b) = rows.split(batch / 2);
+        rayon::join(|| f(a, false), || f(b, false));
+    } else {
+        f(rows, true);
+    }
+}
+
+fn split_grad_rows<'a, T: Real>(rows: GradRows<'a, T>, batch: usize, f: &(dyn Fn(GradRows<'a, T>, bool) + Sync)) {
+    if threads() > 1 && batch >= SPLIT_MIN_BATCH {
+        let (a, b) = rows.split(batch / 2);
+        rayon::join(|| f(a, false), || f(b, false));
+    } else {
+        f(rows, true);
     }
 }
 
@@ -568,19 +681,7 @@ fn cell_backward_row<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
 /// is not a GEMM).
 mod simd {
     use super::{CellGradRow, CellRow, cell_backward_row, cell_forward_row};
-    use crate::tensor::Real;
-
-    #[inline(always)]
-    fn has_avx2() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
+    use crate::tensor::{Real, has_avx2};
 
     pub(super) fn dispatch_forward<T: Real>(r: CellRow<T>, hidden: usize) {
         #[cfg(target_arch = "x86_64")]

@@ -77,6 +77,38 @@ impl<T: Real> ProductNorm<T> {
         z: ArrayView2<T>,
         t: usize,
         train: bool,
+        xhat: ArrayViewMut2<T>,
+        rstd: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::tensor::has_avx2() {
+            // SAFETY: the CPU has the features `forward_avx2` is compiled for.
+            return unsafe { self.forward_avx2(z, t, train, xhat, rstd, out) };
+        }
+        self.forward_impl(z, t, train, xhat, rstd, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(
+        &mut self,
+        z: ArrayView2<T>,
+        t: usize,
+        train: bool,
+        xhat: ArrayViewMut2<T>,
+        rstd: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
+    ) {
+        self.forward_impl(z, t, train, xhat, rstd, out)
+    }
+
+    #[inline(always)]
+    fn forward_impl(
+        &mut self,
+        z: ArrayView2<T>,
+        t: usize,
+        train: bool,
         mut xhat: ArrayViewMut2<T>,
         mut rstd: ArrayViewMut2<T>,
         mut out: ArrayViewMut2<T>,
@@ -163,7 +195,29 @@ impl<T: Real> ProductNorm<T> {
     /// accumulating ∂L/∂γ = Σ dy ⊙ x̂ and ∂L/∂β = Σ dy. With dx̂ = γ ⊙ dy and means over the
     /// normalized set (a gate block of a row, or a column of the batch):
     ///   ∂L/∂z = (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))
-    pub fn backward(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>) {
+    pub fn backward(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::tensor::has_avx2() {
+            // SAFETY: the CPU has the features `backward_avx2` is compiled for.
+            return unsafe { self.backward_avx2(dy, xhat, rstd, dz) };
+        }
+        self.backward_impl(dy, xhat, rstd, dz)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn backward_avx2(
+        &mut self,
+        dy: ArrayView2<T>,
+        xhat: ArrayView2<T>,
+        rstd: ArrayView2<T>,
+        dz: ArrayViewMut2<T>,
+    ) {
+        self.backward_impl(dy, xhat, rstd, dz)
+    }
+
+    #[inline(always)]
+    fn backward_impl(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>) {
         let (rows, g) = dy.dim();
         let h = self.hidden;
         let gain = self.gain.value.as_slice().unwrap();

@@ -46,25 +46,60 @@ impl<T: Real> Optimizer<T> {
                 let eps = T::r(self.eps);
                 let sqrt_bc2 = T::r(bc2.sqrt());
                 for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-                    let step = T::r(lr_of(p) / bc1);
+                    let k = AdamConsts { b1, b2, step: T::r(lr_of(p) / bc1), sqrt_bc2, eps };
                     let (w, g) = (p.value.as_slice_mut().unwrap(), p.grad.as_slice().unwrap());
-                    let (m, v) = (m.as_slice_mut().unwrap(), v.as_slice_mut().unwrap());
-                    for i in 0..w.len() {
-                        m[i] = b1 * m[i] + (T::one() - b1) * g[i];
-                        v[i] = b2 * v[i] + (T::one() - b2) * g[i] * g[i];
-                        // PyTorch: p -= lr/bc1 · m / (√v / √bc2 + ε)
-                        w[i] -= step * m[i] / (v[i].sqrt() / sqrt_bc2 + eps);
-                    }
+                    adam_dispatch(w, g, m.as_slice_mut().unwrap(), v.as_slice_mut().unwrap(), k);
                 }
             }
         }
     }
 }
 
+#[derive(Clone, Copy)]
+struct AdamConsts<T> {
+    b1: T,
+    b2: T,
+    step: T,
+    sqrt_bc2: T,
+    eps: T,
+}
+
+fn adam_dispatch<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::tensor::has_avx2() {
+        // SAFETY: the CPU has the features `adam_avx2` is compiled for.
+        return unsafe { adam_avx2(w, g, m, v, k) };
+    }
+    adam(w, g, m, v, k)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_avx2<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
+    adam(w, g, m, v, k)
+}
+
+#[inline(always)]
+fn adam<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
+    let n = w.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        m[i] = k.b1 * m[i] + (T::one() - k.b1) * g[i];
+        v[i] = k.b2 * v[i] + (T::one() - k.b2) * g[i] * g[i];
+        // PyTorch: p -= lr/bc1 · m / (√v / √bc2 + ε)
+        w[i] -= k.step * m[i] / (v[i].sqrt() / k.sqrt_bc2 + k.eps);
+    }
+}
+
+/// Σ g² in blocks: each block of 256 summed in T (vectorizes), the blocks in f64.
+fn sum_squares<T: Real>(g: &[T]) -> f64 {
+    g.chunks(256).map(|c| c.iter().fold(T::zero(), |a, &x| a + x * x).f64()).sum()
+}
+
 /// Scale all gradients so their global L2 norm is at most `max_norm` (0: no clipping), as
 /// PyTorch's clip_grad_norm_ does (factor max/(norm + 1e-6)). Returns the norm before clipping.
 pub fn clip_grad_norm<T: Real>(params: &mut [&mut Param<T>], max_norm: f64) -> f64 {
-    let norm = params.iter().map(|p| p.grad.iter().map(|g| g.f64() * g.f64()).sum::<f64>()).sum::<f64>().sqrt();
+    let norm = params.iter().map(|p| sum_squares(p.grad.as_slice().unwrap())).sum::<f64>().sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = T::r(max_norm / (norm + 1e-6));
         for p in params.iter_mut() {
