@@ -12,5 +12,6 @@ pub mod report;
 pub mod signal;
 pub mod size;
 pub mod spec;
+pub mod sweep;
 pub mod tensor;
 pub mod train;

@@ -47,6 +47,43 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Run (or resume) specs × a grid of overrides; or emit them for GNU parallel or Slurm.
+    Sweep {
+        /// Spec files, or directories of them.
+        #[arg(required = true)]
+        specs: Vec<PathBuf>,
+        /// KEY=V1,V2,… (repeatable): every combination runs, named <spec>_<key>-<value>….
+        #[arg(long = "grid", value_name = "KEY=V1,V2")]
+        grid: Vec<String>,
+        /// Override a field in every run (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Runs at once (local); cores are divided between them.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Threads per run (default: cores / jobs).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+        /// Print a job list for GNU parallel, or write an sbatch job-array script, instead of running.
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+    },
+    /// Lay out runs as one of the paper's tables, with the published numbers beside ours.
+    Table {
+        /// Directories searched (recursively) for runs.
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        #[arg(long, value_parser = ["table2", "table3", "table4", "two_layer"])]
+        layout: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Markdown instead of CSV.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Time training steps on synthetic inputs of the benchmark shapes (CSV on stdout).
     Bench {
         /// char | word1 | word2 | mnist | all (each config in its own process, for its peak memory).
@@ -85,6 +122,12 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Emit {
+    Parallel,
+    Slurm,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -150,6 +193,13 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
                 SplitArg::Test => qlstm::train::trainer::Split::Test,
             };
             qlstm::report::eval::eval(&path, split, &set)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sweep { specs, grid, set, jobs, threads, out, emit } => {
+            sweep(&specs, &grid, &set, jobs, threads, &out, emit)
+        }
+        Command::Table { results, layout, out, markdown } => {
+            qlstm::report::table::table(&results, &layout, out.as_deref(), markdown)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { config, quantizer, normalization, threads, steps, no_header } => {
@@ -226,4 +276,53 @@ fn bench(config: &str, quantizers: &str, norms: &str, steps: usize, no_header: b
         }
     }
     Ok(())
+}
+
+fn sweep(
+    specs: &[PathBuf],
+    grid: &[String],
+    set: &[String],
+    jobs: usize,
+    threads: Option<usize>,
+    out: &std::path::Path,
+    emit: Option<Emit>,
+) -> Result<ExitCode> {
+    use qlstm::error::Error;
+    use qlstm::sweep;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = jobs.max(1);
+    let threads = threads.unwrap_or((cores / jobs).max(1));
+    let list = sweep::expand(&sweep::spec_files(specs)?, grid, set)?;
+    let exe = std::env::current_exe().map_err(|e| Error::new(e.to_string()))?;
+    let out = std::path::absolute(out).map_err(|e| Error::new(e.to_string()))?;
+    match emit {
+        Some(Emit::Parallel) => {
+            for j in list.iter().filter(|j| !sweep::is_complete(&out, &j.name)) {
+                println!("{}", sweep::command_line(&exe, j, &out, threads));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Emit::Slurm) => {
+            std::fs::create_dir_all(&out).map_err(|e| qlstm::error::io_err(&out, e))?;
+            let todo: Vec<_> = list.into_iter().filter(|j| !sweep::is_complete(&out, &j.name)).collect();
+            let path = out.join("sweep.sbatch");
+            qlstm::report::write_atomic(&path, sweep::slurm_script(&exe, &todo, &out, threads).as_bytes())?;
+            println!("wrote {} ({} array tasks); submit with: sbatch {}", path.display(), todo.len(), path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            if jobs * threads > cores {
+                eprintln!("qlstm: note: {jobs} jobs × {threads} threads exceeds {cores} cores");
+            }
+            qlstm::signal::install()?;
+            let unfinished = sweep::run_local(&exe, &list, &out, jobs, threads)?;
+            Ok(if qlstm::signal::interrupted() {
+                ExitCode::from(qlstm::signal::INTERRUPTED_EXIT as u8)
+            } else if unfinished > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
 }

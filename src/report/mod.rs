@@ -8,3 +8,4 @@ pub mod size;
 pub use size::size_report;
 pub mod eval;
 pub mod plot;
+pub mod table;

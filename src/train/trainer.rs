@@ -787,8 +787,10 @@ fn check_same_model(ours: &Spec, theirs: &Spec, path: &str) -> Result<()> {
     Ok(())
 }
 
-/// Refuse a model that cannot fit in memory, with an estimate, before allocating it.
-fn check_memory(spec: &Spec, vocab: usize) -> Result<()> {
+/// Bytes a run needs, estimated: parameters with their gradients and Adam moments, the
+/// window caches of every layer (gates, h/c/tanh c, their gradients, normalizer caches), the
+/// logits, and the per-window weight copies.
+pub fn memory_estimate(spec: &Spec, vocab: usize) -> f64 {
     let m = &spec.model;
     let (h, l) = (m.hidden as f64, m.layers as f64);
     let r = spec.input_size(vocab) as f64;
@@ -797,9 +799,16 @@ fn check_memory(spec: &Spec, vocab: usize) -> Result<()> {
         + (vocab as f64) * (h + 1.0)
         + (vocab * m.embedding) as f64;
     let rows = (spec.train.batch_size.max(spec.train.eval_batch_size) * spec.train.bptt) as f64;
-    let per_layer = rows * (4.0 + 3.0 + 4.0 + 16.0) * h; // gates, h/c/tanh c, dgates, norm caches
+    let per_layer = rows * (4.0 + 3.0 + 4.0 + 16.0) * h;
     let floats = params * 4.0 + l * per_layer + 2.0 * rows * vocab as f64 + 8.0 * h * (r + h) * l;
-    let bytes = floats * 4.0;
+    floats * 4.0
+}
+
+/// Refuse a model that cannot fit in memory, with an estimate, before allocating it.
+fn check_memory(spec: &Spec, vocab: usize) -> Result<()> {
+    let m = &spec.model;
+    let rows = spec.train.batch_size.max(spec.train.eval_batch_size) * spec.train.bptt;
+    let bytes = memory_estimate(spec, vocab);
     if let Some(avail) = available_memory()
         && bytes > 0.9 * avail
     {

@@ -1,0 +1,174 @@
+//! Sweeps and tables: grid expansion and names, resuming a sweep, the job lists it emits (run
+//! by GNU parallel here), and the paper-layout table on a fixture results directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use qlstm::sweep;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qlstm-sweep-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qlstm"))
+}
+
+fn tiny_sets() -> Vec<String> {
+    vec![
+        format!("data.dir={}", root().join("data").display()),
+        "model.hidden=16".into(),
+        "train.max_steps=3".into(),
+        "diagnostics.enabled=false".into(),
+    ]
+}
+
+#[test]
+fn grid_expansion_and_deterministic_names() {
+    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let grids = ["model.quantizer=fp,bc".to_string(), "model.normalization=none,layer,weight".to_string()];
+    let jobs = sweep::expand(&[spec.clone()], &grids, &tiny_sets()).unwrap();
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ptb_char_fp_none_quantizer-fp_normalization-none",
+            "ptb_char_fp_none_quantizer-fp_normalization-layer",
+            "ptb_char_fp_none_quantizer-fp_normalization-weight",
+            "ptb_char_fp_none_quantizer-bc_normalization-none",
+            "ptb_char_fp_none_quantizer-bc_normalization-layer",
+            "ptb_char_fp_none_quantizer-bc_normalization-weight",
+        ]
+    );
+    assert_eq!(sweep::expand(&[spec.clone()], &grids, &tiny_sets()).unwrap(), jobs, "same input, same jobs");
+    assert!(jobs[4].sets.contains(&"model.normalization=layer".to_string()));
+    // a bad grid value fails before anything runs, naming the key
+    let e = sweep::expand(&[spec], &["model.quantizer=fp,xnor".into()], &[]).unwrap_err().0;
+    assert!(e.contains("model.quantizer") && e.contains("xnor"), "{e}");
+}
+
+fn write_summary(dir: &Path, status: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("summary.csv"), format!("name,status\nx,{status}\n")).unwrap();
+}
+
+#[test]
+fn a_sweep_resumes_skipping_complete_runs() {
+    let out = scratch("resume");
+    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let grid = "model.quantizer=fp,bc,tc";
+    // pretend bc finished (ok), tc diverged (a result) and fp was interrupted
+    write_summary(&out.join("ptb_char_fp_none_quantizer-bc"), "ok");
+    write_summary(&out.join("ptb_char_fp_none_quantizer-tc"), "diverged");
+    write_summary(&out.join("ptb_char_fp_none_quantizer-fp"), "interrupted");
+    let mut args = vec![
+        "sweep".to_string(),
+        spec.display().to_string(),
+        "--grid".into(),
+        grid.into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    for s in tiny_sets() {
+        args.extend(["--set".into(), s]);
+    }
+    let o = bin().args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("3 runs, 2 complete, 1 to run"), "{text}");
+    assert!(text.contains("ptb_char_fp_none_quantizer-fp: ok"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with('[')).count(), 1, "one line per finished run");
+    let o = bin().args(&args).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("3 runs, 3 complete, 0 to run"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn emitted_job_lists_run_under_gnu_parallel_and_slurm_scripts_parse() {
+    let out = scratch("emit");
+    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let mut args =
+        vec!["sweep".to_string(), spec.display().to_string(), "--grid".into(), "model.quantizer=fp,bc,tc".into()];
+    args.extend(["--out".into(), out.display().to_string(), "--threads".into(), "1".into()]);
+    for s in tiny_sets() {
+        args.extend(["--set".into(), s]);
+    }
+    let o = bin().args(&args).args(["--emit", "slurm"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let script = out.join("sweep.sbatch");
+    let text = std::fs::read_to_string(&script).unwrap();
+    assert!(text.contains("#SBATCH --array=0-2") && text.contains("#SBATCH --cpus-per-task=1"), "{text}");
+    assert_eq!(text.matches(" run ").count(), 3, "one array task per run");
+    assert!(Command::new("bash").arg("-n").arg(&script).status().unwrap().success(), "bash -n");
+
+    let o = bin().args(&args).args(["--emit", "parallel"]).output().unwrap();
+    let list = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(list.lines().count(), 3);
+    // GNU parallel (Debian package `parallel`; .ci/run installs it) runs the list for real.
+    let jobs = out.join("jobs.txt");
+    std::fs::write(&jobs, &list).unwrap();
+    let st = Command::new("parallel")
+        .args(["--will-cite", "-j", "2", "--halt", "now,fail=1", "-a", jobs.to_str().unwrap()])
+        .output()
+        .expect("GNU parallel is installed (apt-get install parallel)");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    for q in ["fp", "bc", "tc"] {
+        assert!(sweep::is_complete(&out, &format!("ptb_char_fp_none_quantizer-{q}")), "{q} ran");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn table_lays_out_runs_in_the_papers_order() {
+    let out = scratch("table");
+    // a fixture run: ptb_char H=512 bc/weight, with made-up numbers
+    let run = out.join("some/where/ptb_bc_weight");
+    std::fs::create_dir_all(&run).unwrap();
+    let spec = qlstm::spec::Spec::load(&root().join("configs/ptb_bc_weight.toml"), &[]).unwrap();
+    std::fs::write(run.join("spec.toml"), spec.to_toml()).unwrap();
+    std::fs::write(
+        run.join("summary.csv"),
+        "name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step\n\
+         ptb_bc_weight,ptb_char,1,512,bc,weight,3,2352,3,bpc,1.5,1.5,1.04,165,30000,600,ok,\n",
+    )
+    .unwrap();
+    let o = bin().args(["table", out.to_str().unwrap(), "--layout", "table2"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let h = r.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    let col = |row: &csv::StringRecord, c: &str| row[h.iter().position(|x| x == c).unwrap()].to_string();
+    // the paper's order is the reference file's order
+    let reference = std::fs::read_to_string(root().join("results/reference/table2_char.csv")).unwrap();
+    let mut rr = csv::Reader::from_reader(reference.as_bytes());
+    let rh = rr.headers().unwrap().clone();
+    let refs: Vec<csv::StringRecord> = rr.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), refs.len());
+    for (ours, paper) in rows.iter().zip(&refs) {
+        let p = |c: &str| paper[rh.iter().position(|x| x == c).unwrap()].to_string();
+        assert_eq!(
+            (col(ours, "dataset"), col(ours, "quantizer"), col(ours, "normalization")),
+            (p("dataset"), p("quantizer"), p("normalization"))
+        );
+        assert_eq!(col(ours, "paper"), p("paper_test_bpc"));
+    }
+    let filled: Vec<&csv::StringRecord> = rows.iter().filter(|r| !col(r, "ours").is_empty()).collect();
+    assert_eq!(filled.len(), 1, "only the cell that ran is filled");
+    let f = filled[0];
+    assert_eq!(
+        (col(f, "dataset").as_str(), col(f, "quantizer").as_str(), col(f, "normalization").as_str()),
+        ("ptb_char", "bc", "weight")
+    );
+    assert_eq!(col(f, "ours"), "1.500");
+    assert_eq!(col(f, "steps"), "2352");
+    assert_eq!(col(f, "paper_size_kb"), col(f, "ours_size_kb"));
+    let _ = std::fs::remove_dir_all(&out);
+}
