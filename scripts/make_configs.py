@@ -23,6 +23,24 @@ DATASETS = {
     "seq_mnist": ("seq_mnist", {}),
 }
 QUANTIZERS = ["fp", "bc", "bwn", "lab", "tc", "twn", "lat"]
+
+# Budget profile: per dataset, the fields that shrink the paper's recipe so that a table's block
+# of runs fits in about two hours on 2 cores (measured throughput in results/bench/). README,
+# "Reproducing the paper", gives the reasons; `--profile paper` uses the full recipe.
+BUDGETS = {
+    # 784 steps of 64×100 characters (one epoch) at H = 512: ~3 min per run
+    "ptb_char": {"train.epochs": 1},
+    # two epochs of the 2.56M-byte training split (800 steps)
+    "warpeace": {"train.epochs": 2},
+    # H = 2000 on 90M bytes: 1,000 steps (text8 is not fetched here; for users who have it)
+    "text8": {"train.epochs": 1, "train.max_steps": 1000},
+    # six epochs with the plateau schedule (lr ÷ 4 when validation stalls): ~10 min per run
+    "ptb_word": {"train.epochs": 6},
+    "ptb_word650": {"train.epochs": 2},
+    "ptb_word_2x650": {"train.epochs": 1},
+    # three epochs; lr 0.002 → 0.001 compressed into them (× 0.5^(1/3) per epoch)
+    "seq_mnist": {"train.epochs": 3, "train.lr_decay": round(0.5 ** (1 / 3), 12)},
+}
 NORMALIZATIONS = ["none", "weight", "layer", "batch_shared", "batch_separate"]
 
 
@@ -65,7 +83,11 @@ def main():
     ap.add_argument("--quantizers", default="fp,bc,tc")
     ap.add_argument("--normalizations", default=",".join(NORMALIZATIONS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--profile", choices=["paper", "budget"],
+                    help="write into OUT/PROFILE; budget adds each dataset's reduced budget")
     a = ap.parse_args()
+    if a.profile:
+        a.out = os.path.join(a.out, a.profile)
     extra = {}
     for s in a.set:
         k, _, v = s.partition("=")
@@ -86,6 +108,8 @@ def main():
                 f = dict(fields)
                 f["model.quantizer"] = q
                 f["model.normalization"] = norm
+                if a.profile == "budget":
+                    f.update(BUDGETS[d])
                 f.update(extra)
                 with open(os.path.join(a.out, name + ".toml"), "w") as fh:
                     fh.write(render(name, task, f))

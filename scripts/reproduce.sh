@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproduce one of the paper's tables: sweep its cells (resuming where a previous call
+# stopped), then lay the results out beside the published numbers.
+#
+# usage: scripts/reproduce.sh TABLE [--profile budget|paper] [--jobs N] [--out DIR]
+#   TABLE    table2 (char: ptb_char, warpeace, text8) | table3 (ptb_word 300 and 650)
+#            | table4 (seq_mnist) | two_layer (ptb_word 2×650)
+#   profile  budget (default): reduced budgets that fit about two hours per table block on
+#            2 cores (README, "Reproducing the paper"); paper: the full recipes of SPEC §3.
+# writes <out>/<profile>/<table>/<run>/... and <out>/<profile>/<table>.{csv,md}
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$here/.."
+table="${1:?usage: scripts/reproduce.sh TABLE [--profile budget|paper] [--jobs N] [--out DIR]}"
+shift
+profile=budget; jobs=1; out="$root/results"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="$2"; shift 2 ;;
+    --jobs) jobs="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    *) echo "reproduce: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+case "$profile" in budget|paper) ;; *) echo "reproduce: --profile budget|paper" >&2; exit 2 ;; esac
+case "$table" in
+  table2) datasets="ptb_char warpeace text8" ;;
+  table3) datasets="ptb_word ptb_word650" ;;
+  table4) datasets="seq_mnist" ;;
+  two_layer) datasets="ptb_word_2x650" ;;
+  *) echo "reproduce: TABLE is table2, table3, table4 or two_layer" >&2; exit 2 ;;
+esac
+(cd "$root" && cargo build --release --quiet)
+qlstm="$root/target/release/qlstm"
+specs=()
+for d in $datasets; do
+  for q in fp bc tc; do
+    for f in "$root/configs/$profile/${d}_${q}_"*.toml; do specs+=("$f"); done
+  done
+done
+# fetch what the specs need (text8 only if it can be had: its only source is the original URL)
+"$root/scripts/get_data.sh" ptb warpeace mnist >/dev/null
+runs="$out/$profile/$table"
+# A run that fails (e.g. text8 without its data) is reported and left empty in the table.
+"$qlstm" sweep "${specs[@]}" --jobs "$jobs" --out "$runs" || echo "reproduce: some runs did not finish (see above)"
+"$qlstm" table "$runs" --layout "$table" --out "$out/$profile/$table.csv"
+"$qlstm" table "$runs" --layout "$table" --markdown --out "$out/$profile/$table.md"
+echo "reproduce: $out/$profile/$table.csv and $table.md"

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Reproduce the paper's table3: see scripts/reproduce.sh (options: --profile budget|paper, --jobs N, --out DIR).
+exec "$(dirname "${BASH_SOURCE[0]}")/reproduce.sh" table3 "$@"
