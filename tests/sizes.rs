@@ -70,7 +70,9 @@ fn every_published_size_is_reproduced() {
 fn every_config_validates_and_sizes() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut n = 0;
-    let files = ["", "paper", "budget"].iter().flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap().flatten().map(|e| e.path()));
+    let files = ["", "paper", "budget"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap().flatten().map(|e| e.path()));
     for path in files {
         if path.extension().is_some_and(|e| e == "toml") {
             let o = std::process::Command::new(env!("CARGO_BIN_EXE_qlstm"))

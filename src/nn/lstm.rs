@@ -351,7 +351,7 @@ impl<T: Real> LstmLayer<T> {
                     dg: dgates.slice_mut(s![r0..r1, ..]),
                 };
                 let sq = std::sync::Mutex::new(0.0f64);
-                split_grad_rows(part, batch, &|p: GradRows<T>, par| {
+                split_rows(part, batch, &|p: GradRows<T>, par| {
                     let GradRows { gates, c_prev, tanh_c, d_out, mut dh, dc, mut dg } = p;
                     let n = cell_backward(gates, c_prev, tanh_c, d_out, dh.view_mut(), dc, dg.view_mut(), h);
                     gemm_with(dh, false, dg.view(), cache.wh_t.t(), T::one(), par);
@@ -440,7 +440,12 @@ struct StepRows<'a, T> {
     h: ArrayViewMut2<'a, T>,
 }
 
-impl<'a, T> StepRows<'a, T> {
+/// Views over the rows of one step that can be cut into two disjoint halves.
+trait SplitRows: Sized + Send {
+    fn split(self, m: usize) -> (Self, Self);
+}
+
+impl<'a, T: Real> SplitRows for StepRows<'a, T> {
     fn split(self, m: usize) -> (Self, Self) {
         let (g0, g1) = self.gates.split_at(Axis(0), m);
         let (hp0, hp1) = self.h_prev.split_at(Axis(0), m);
@@ -466,7 +471,7 @@ struct GradRows<'a, T> {
     dg: ArrayViewMut2<'a, T>,
 }
 
-impl<'a, T> GradRows<'a, T> {
+impl<'a, T: Real> SplitRows for GradRows<'a, T> {
     fn split(self, m: usize) -> (Self, Self) {
         let (g0, g1) = self.gates.split_at(Axis(0), m);
         let (cp0, cp1) = self.c_prev.split_at(Axis(0), m);
@@ -487,16 +492,7 @@ const SPLIT_MIN_BATCH: usize = 16;
 
 /// Run `f` on the rows, or on two halves in parallel when there are two threads and enough
 /// rows (each half then runs its GEMM on one thread: `par` = false).
-fn split_rows<'a, T: Real>(rows: StepRows<'a, T>, batch: usize, f: &(dyn Fn(StepRows<'a, T>, bool) + Sync)) {
-    if threads() > 1 && batch >= SPLIT_MIN_BATCH {
-        let (a, b) = rows.split(batch / 2);
-        rayon::join(|| f(a, false), || f(b, false));
-    } else {
-        f(rows, true);
-    }
-}
-
-fn split_grad_rows<'a, T: Real>(rows: GradRows<'a, T>, batch: usize, f: &(dyn Fn(GradRows<'a, T>, bool) + Sync)) {
+fn split_rows<R: SplitRows>(rows: R, batch: usize, f: &(dyn Fn(R, bool) + Sync)) {
     if threads() > 1 && batch >= SPLIT_MIN_BATCH {
         let (a, b) = rows.split(batch / 2);
         rayon::join(|| f(a, false), || f(b, false));

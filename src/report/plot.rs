@@ -135,6 +135,41 @@ fn sci(y: &f64) -> String {
     format!("{y:.0e}")
 }
 
+/// One chart with a log y axis, a line and a legend entry per (label, points).
+fn log_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let points: Vec<Vec<(f64, f64)>> = series.iter().map(|(_, p)| p.clone()).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max(&points), y_range(&points).log_scale())?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).y_label_formatter(&sci).draw()?;
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).mix(0.9);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, runs: &[Traces]) -> DrawResult
@@ -146,51 +181,16 @@ where
     let lambdas: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| loggable(&r.lambda)).collect();
     let grads: Vec<Vec<(f64, f64)>> = runs.iter().map(|r| loggable(&r.grad)).collect();
 
-    let mut chart = ChartBuilder::on(&left)
-        .caption("λ1 (layer 0) during training", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max(&lambdas), y_range(&lambdas).log_scale())?;
-    chart.configure_mesh().x_desc("optimizer step").y_desc("λ1").y_label_formatter(&sci).draw()?;
-    for (i, (run, pts)) in runs.iter().zip(&lambdas).enumerate() {
-        let color = Palette99::pick(i).mix(0.9);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(run.name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-
-    let mut chart = ChartBuilder::on(&right)
-        .caption("‖∂ξ/∂h_t‖ within a window (layer 0)", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max(&grads), y_range(&grads).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("t (time step in the window)")
-        .y_desc("gradient norm")
-        .y_label_formatter(&sci)
-        .draw()?;
-    for (i, (run, pts)) in runs.iter().zip(&grads).enumerate() {
-        let color = Palette99::pick(i).mix(0.9);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(format!("{} (step {})", run.name, run.grad_step))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    let lambda_series = runs.iter().zip(lambdas).map(|(r, pts)| (r.name.clone(), pts)).collect::<Vec<_>>();
+    log_chart(&left, "λ1 (layer 0) during training", "optimizer step", "λ1", &lambda_series)?;
+    let grad_series =
+        runs.iter().zip(grads).map(|(r, pts)| (format!("{} (step {})", r.name, r.grad_step), pts)).collect::<Vec<_>>();
+    log_chart(
+        &right,
+        "‖∂ξ/∂h_t‖ within a window (layer 0)",
+        "t (time step in the window)",
+        "gradient norm",
+        &grad_series,
+    )?;
     Ok(())
 }
