@@ -43,6 +43,7 @@ pub struct Progress {
     pub epoch_stats: Stats,
     pub epoch_tokens: usize,
     pub epoch_secs: f64,
+    /// Input tokens and training seconds of the whole run (all sessions).
     pub total_tokens: usize,
     pub total_secs: f64,
     /// Wall seconds spent in earlier sessions of a resumed run.
@@ -285,8 +286,7 @@ impl Trainer {
             test_metric: b.map_or(f64::NAN, |r| r.test_metric),
             test_loss_nats: b.map_or(f64::NAN, |r| r.test_loss),
             size_kb: crate::size::size_kb(&self.spec, self.data.vocab()),
-            train_tokens_per_s: (p.total_tokens + p.epoch_tokens * (status != "ok") as usize) as f64
-                / (p.total_secs + p.epoch_secs * (status != "ok") as u8 as f64).max(1e-9),
+            train_tokens_per_s: p.total_tokens as f64 / p.total_secs.max(1e-9),
             wall_s: p.wall_before + start.elapsed().as_secs_f64(),
             status: status.into(),
             diverged_step: p.diverged_step,
@@ -337,7 +337,7 @@ impl Trainer {
         let windows = self.train_windows(epoch);
         let bar = self.progress_bar(epoch, windows.len());
         let t0 = Instant::now();
-        let secs_before = self.progress.epoch_secs;
+        let (secs_before, total_secs_before) = (self.progress.epoch_secs, self.progress.total_secs);
         let mut end = EpochEnd::Done;
         for (i, w) in windows.iter().enumerate().skip(self.progress.window) {
             if self.budget_spent() {
@@ -384,8 +384,10 @@ impl Trainer {
             let p = &mut self.progress;
             p.epoch_stats.add(s);
             p.epoch_tokens += n;
+            p.total_tokens += n;
             p.window = i + 1;
             p.epoch_secs = secs_before + t0.elapsed().as_secs_f64();
+            p.total_secs = total_secs_before + t0.elapsed().as_secs_f64();
             if let Some(b) = &bar {
                 b.set_position(i as u64 + 1);
                 b.set_message(format!(
@@ -405,11 +407,6 @@ impl Trainer {
         }
         if let Some(b) = bar {
             b.finish_and_clear();
-        }
-        self.progress.epoch_secs = secs_before + t0.elapsed().as_secs_f64();
-        if end == EpochEnd::Done {
-            self.progress.total_tokens += self.progress.epoch_tokens;
-            self.progress.total_secs += self.progress.epoch_secs;
         }
         Ok(end)
     }
