@@ -10,7 +10,7 @@
 #        results/bench/README.md (tokens/s side by side, ratios, machine, date).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$here/.."
+root="$(cd "$here/.." && pwd)"
 venv="${1:?usage: scripts/bench_vs_pytorch.sh VENV_DIR [THREADS] [STEPS]}"
 threads="${2:-2}"
 steps="${3:-10}"

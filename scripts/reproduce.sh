@@ -10,7 +10,7 @@
 # writes <out>/<profile>/<table>/<run>/... and <out>/<profile>/<table>.{csv,md}
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$here/.."
+root="$(cd "$here/.." && pwd)"
 table="${1:?usage: scripts/reproduce.sh TABLE [--profile budget|paper] [--jobs N] [--out DIR]}"
 shift
 profile=budget; jobs=1; out="$root/results"
