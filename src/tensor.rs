@@ -72,6 +72,86 @@ impl Real for f32 {
 }
 impl Real for f64 {}
 
+/// Independent accumulators of the lane-wise reductions below: a single float accumulator
+/// forbids the reordering that vectorization needs, 16 of them let it happen (two AVX2
+/// registers of f32).
+const LANES: usize = 16;
+
+/// Σ x² of a slice, vectorizable.
+#[inline(always)]
+pub fn sum_sq<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l] * c[l];
+        }
+    }
+    acc.iter().copied().sum::<T>() + rest.iter().map(|&v| v * v).sum::<T>()
+}
+
+/// Σ x of a slice, vectorizable.
+#[inline(always)]
+pub fn sum<T: Real>(x: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    acc.iter().copied().sum::<T>() + rest.iter().copied().sum::<T>()
+}
+
+/// Σ (x − m)² of a slice, vectorizable.
+#[inline(always)]
+pub fn sum_sq_dev<T: Real>(x: &[T], m: T) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += (c[l] - m) * (c[l] - m);
+        }
+    }
+    acc.iter().copied().sum::<T>() + rest.iter().map(|&v| (v - m) * (v - m)).sum::<T>()
+}
+
+/// max of a non-empty slice, vectorizable.
+#[inline(always)]
+pub fn max<T: Real>(x: &[T]) -> T {
+    let mut acc = [x[0]; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    acc.iter().chain(rest).copied().fold(x[0], |m, v| if v > m { v } else { m })
+}
+
+/// x ← e^(x − m) in place, returning Σ e^(x − m); vectorizable.
+#[inline(always)]
+pub fn exp_shift_sum<T: Real>(x: &mut [T], m: T) -> T {
+    let mut acc = [T::zero(); LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = (c[l] - m).exp_fast();
+            acc[l] += c[l];
+        }
+    }
+    let mut s = acc.iter().copied().sum::<T>();
+    for v in chunks.into_remainder() {
+        *v = (*v - m).exp_fast();
+        s += *v;
+    }
+    s
+}
+
 /// e^x for f32: Cephes' expf (range reduction by ln 2 split in two parts, degree-5 polynomial,
 /// 2^n through the exponent bits), written branch-free so loops over it vectorize.
 /// Inputs are clamped to [−87.3, 88] (the normal range of f32).

@@ -83,18 +83,11 @@ fn rows<T: Real>(data: &mut [T], targets: &[u32], v: usize, grad_scale: T) -> (f
     let mut loss = 0.0f64;
     let mut correct = 0;
     for (row, &y) in data.chunks_exact_mut(v).zip(targets) {
-        let (mut best, mut max) = (0, row[0]);
-        for (j, &x) in row.iter().enumerate() {
-            if x > max {
-                (best, max) = (j, x);
-            }
-        }
+        let max = crate::tensor::max(row);
+        // the arg-max is the first entry equal to the max
+        let best = row.iter().position(|&x| x == max).unwrap_or(0);
         correct += (best == y as usize) as usize;
-        let mut sum = T::zero();
-        for x in row.iter_mut() {
-            *x = (*x - max).exp_fast();
-            sum += *x;
-        }
+        let sum = crate::tensor::exp_shift_sum(row, max);
         let p_y = row[y as usize] / sum;
         loss -= p_y.f64().ln().max(-1e30);
         let inv = grad_scale / sum;

@@ -124,8 +124,8 @@ impl<T: Real> ProductNorm<T> {
                     let xr = xhat.row_mut(r).into_slice().unwrap();
                     for k in 0..4 {
                         let zs = &zr[k * h..(k + 1) * h];
-                        let mean = zs.iter().copied().sum::<T>() / hn;
-                        let var = zs.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / hn;
+                        let mean = crate::tensor::sum(zs) / hn;
+                        let var = crate::tensor::sum_sq_dev(zs, mean) / hn;
                         let inv = T::one() / (var + eps).sqrt();
                         rstd[[r, k]] = inv;
                         for (x, &v) in xr[k * h..(k + 1) * h].iter_mut().zip(zs) {

@@ -91,9 +91,9 @@ fn adam<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T
     }
 }
 
-/// Σ g² in blocks: each block of 256 summed in T (vectorizes), the blocks in f64.
+/// Σ g² in blocks: each block of 4096 summed in T (vectorized), the blocks in f64.
 fn sum_squares<T: Real>(g: &[T]) -> f64 {
-    g.chunks(256).map(|c| c.iter().fold(T::zero(), |a, &x| a + x * x).f64()).sum()
+    g.chunks(4096).map(|c| crate::tensor::sum_sq(c).f64()).sum()
 }
 
 /// Scale all gradients so their global L2 norm is at most `max_norm` (0: no clipping), as
