@@ -64,7 +64,23 @@ struct AdamConsts<T> {
     eps: T,
 }
 
+/// The update is memory-bound: large tensors are split across the threads.
 fn adam_dispatch<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
+    let t = crate::tensor::threads();
+    if t > 1 && w.len() >= 1 << 16 {
+        use rayon::prelude::*;
+        let chunk = w.len().div_ceil(t);
+        w.par_chunks_mut(chunk)
+            .zip(g.par_chunks(chunk))
+            .zip(m.par_chunks_mut(chunk))
+            .zip(v.par_chunks_mut(chunk))
+            .for_each(|(((w, g), m), v)| adam_kernel(w, g, m, v, k));
+    } else {
+        adam_kernel(w, g, m, v, k)
+    }
+}
+
+fn adam_kernel<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
     #[cfg(target_arch = "x86_64")]
     if crate::tensor::has_avx2() {
         // SAFETY: the CPU has the features `adam_avx2` is compiled for.
