@@ -68,7 +68,7 @@ fn normalize(x: &mut [f64]) {
 }
 
 /// One row of lambda.csv.
-#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct LambdaRow {
     pub step: u64,
     pub epoch: usize,
@@ -91,7 +91,7 @@ pub struct LambdaRow {
 }
 
 /// One row of grad_norm.csv.
-#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct GradNormRow {
     pub step: u64,
     pub epoch: usize,

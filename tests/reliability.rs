@@ -100,6 +100,19 @@ fn sigint_then_resume_equals_an_uninterrupted_run() {
     assert_eq!(csv_rows(&dir.join("metrics.csv")), csv_rows(&out.join("straight/metrics.csv")));
     assert_eq!(csv_rows(&dir.join("summary.csv")), csv_rows(&out.join("straight/summary.csv")));
 
+    // diagnostics written before the interruption are kept, later ones recomputed, none twice
+    let steps: Vec<u64> = csv::Reader::from_path(dir.join("lambda.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[0].parse().unwrap())
+        .collect();
+    let straight: Vec<u64> = csv::Reader::from_path(out.join("straight/lambda.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[0].parse().unwrap())
+        .collect();
+    assert_eq!(steps, straight, "λ rows at the same steps as the uninterrupted run");
+
     // eval from the run directory (best.safetensors) equals the reported test metric
     let o = bin().args(["eval", dir.to_str().unwrap(), "--threads", "1", "--set", &data()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

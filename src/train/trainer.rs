@@ -676,57 +676,23 @@ impl Trainer {
     /// The diagnostics rows written before the checkpoint (later ones are recomputed).
     fn restore_diagnostics(&mut self, dir: &Path) -> Result<()> {
         let step = self.step;
-        let read = |name: &str| -> Result<Vec<HashMap<String, String>>> {
-            let path = dir.join(name);
-            if !path.exists() {
-                return Ok(Vec::new());
-            }
-            let mut r = csv::Reader::from_path(&path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-            r.deserialize()
-                .collect::<std::result::Result<Vec<HashMap<String, String>>, _>>()
-                .map_err(|e| Error::new(format!("{}: {e}", path.display())))
-        };
-        let num = |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok());
-        for m in read("grad_norm.csv")? {
-            let s = num(&m, "step").unwrap_or(f64::MAX) as u64;
-            if s < step {
-                self.grad_rows.push(GradNormRow {
-                    step: s,
-                    epoch: num(&m, "epoch").unwrap_or(0.0) as usize,
-                    layer: num(&m, "layer").unwrap_or(0.0) as usize,
-                    t: num(&m, "t").unwrap_or(0.0) as usize,
-                    grad_norm: num(&m, "grad_norm").unwrap_or(f64::NAN),
-                });
-            }
-        }
-        for m in read("lambda.csv")? {
-            let s = num(&m, "step").unwrap_or(f64::MAX) as u64;
-            if s < step {
-                let g = |k: &str| num(&m, k);
-                self.lambda_rows.push(LambdaRow {
-                    step: s,
-                    epoch: g("epoch").unwrap_or(0.0) as usize,
-                    layer: g("layer").unwrap_or(0.0) as usize,
-                    lambda1: g("lambda1").unwrap_or(f64::NAN),
-                    lambda2: g("lambda2").unwrap_or(f64::NAN),
-                    gamma1: g("gamma1").unwrap_or(f64::NAN),
-                    norm_i: g("norm_i").unwrap_or(f64::NAN),
-                    g_i: g("g_i"),
-                    sigma_i: g("sigma_i"),
-                    norm_f: g("norm_f").unwrap_or(f64::NAN),
-                    g_f: g("g_f"),
-                    sigma_f: g("sigma_f"),
-                    norm_a: g("norm_a").unwrap_or(f64::NAN),
-                    g_a: g("g_a"),
-                    sigma_a: g("sigma_a"),
-                    norm_o: g("norm_o").unwrap_or(f64::NAN),
-                    g_o: g("g_o"),
-                    sigma_o: g("sigma_o"),
-                });
-            }
-        }
+        self.lambda_rows =
+            read_rows::<LambdaRow>(&dir.join("lambda.csv"))?.into_iter().filter(|r| r.step < step).collect();
+        self.grad_rows =
+            read_rows::<GradNormRow>(&dir.join("grad_norm.csv"))?.into_iter().filter(|r| r.step < step).collect();
         Ok(())
     }
+}
+
+/// All rows of a CSV file written by `to_csv` (none if the file does not exist).
+fn read_rows<R: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<R>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r = csv::Reader::from_path(path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    r.deserialize()
+        .collect::<std::result::Result<Vec<R>, _>>()
+        .map_err(|e| Error::new(format!("{}: {e}", path.display())))
 }
 
 /// The gradient of one window: zero the grads, forward in training mode, backward (skipped
