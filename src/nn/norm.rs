@@ -111,29 +111,13 @@ impl<T: Real> ProductNorm<T> {
         train: bool,
         mut xhat: ArrayViewMut2<T>,
         mut rstd: ArrayViewMut2<T>,
-        mut out: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
     ) {
         let (rows, g) = z.dim();
         let h = self.hidden;
         let eps = T::r(EPS);
         match self.kind {
-            NormKind::Layer => {
-                let hn = T::r(h as f64);
-                for r in 0..rows {
-                    let zr = z.row(r).to_slice().unwrap();
-                    let xr = xhat.row_mut(r).into_slice().unwrap();
-                    for k in 0..4 {
-                        let zs = &zr[k * h..(k + 1) * h];
-                        let mean = crate::tensor::sum(zs) / hn;
-                        let var = crate::tensor::sum_sq_dev(zs, mean) / hn;
-                        let inv = T::one() / (var + eps).sqrt();
-                        rstd[[r, k]] = inv;
-                        for (x, &v) in xr[k * h..(k + 1) * h].iter_mut().zip(zs) {
-                            *x = (v - mean) * inv;
-                        }
-                    }
-                }
-            }
+            NormKind::Layer => layer_stats(z, h, eps, xhat.view_mut(), rstd.view_mut()),
             NormKind::Batch { .. } => {
                 let slot = t.min(self.slots() - 1);
                 let inv_r = rstd.row_mut(0).into_slice().unwrap();
@@ -181,14 +165,99 @@ impl<T: Real> ProductNorm<T> {
                 }
             }
         }
+        self.add_affine(xhat.view(), out);
+    }
+
+    /// out += γ ⊙ x̂ + β
+    #[inline(always)]
+    fn add_affine(&self, xhat: ArrayView2<T>, mut out: ArrayViewMut2<T>) {
         let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
-        for r in 0..rows {
+        for r in 0..xhat.nrows() {
             let xr = xhat.row(r).to_slice().unwrap();
             let or = out.row_mut(r).into_slice().unwrap();
-            for j in 0..g {
+            for j in 0..or.len() {
                 or[j] += gain[j] * xr[j] + bias[j];
             }
         }
+    }
+
+    /// Layer norm of some rows, for callers that split a step's rows across threads: as
+    /// `forward`, but without touching `self` (layer norm keeps no statistics).
+    pub fn layer_forward_rows(
+        &self,
+        z: ArrayView2<T>,
+        xhat: ArrayViewMut2<T>,
+        rstd: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
+    ) {
+        debug_assert_eq!(self.kind, NormKind::Layer);
+        #[cfg(target_arch = "x86_64")]
+        if crate::tensor::has_avx2() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { self.layer_forward_rows_avx2(z, xhat, rstd, out) };
+        }
+        self.layer_forward_rows_impl(z, xhat, rstd, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn layer_forward_rows_avx2(
+        &self,
+        z: ArrayView2<T>,
+        xhat: ArrayViewMut2<T>,
+        rstd: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
+    ) {
+        self.layer_forward_rows_impl(z, xhat, rstd, out)
+    }
+
+    #[inline(always)]
+    fn layer_forward_rows_impl(
+        &self,
+        z: ArrayView2<T>,
+        mut xhat: ArrayViewMut2<T>,
+        rstd: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
+    ) {
+        layer_stats(z, self.hidden, T::r(EPS), xhat.view_mut(), rstd);
+        self.add_affine(xhat.view(), out);
+    }
+
+    /// ∂L/∂γ += Σ dy ⊙ x̂, ∂L/∂β += Σ dy over the rows (a whole window at once is fine).
+    pub fn param_grads(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>) {
+        let g = dy.ncols();
+        let dgain = self.gain.grad.as_slice_mut().unwrap();
+        let dbias = self.bias.grad.as_slice_mut().unwrap();
+        for r in 0..dy.nrows() {
+            let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
+            for j in 0..g {
+                dgain[j] += dr[j] * xr[j];
+                dbias[j] += dr[j];
+            }
+        }
+    }
+
+    /// ∂L/∂z of layer norm for some rows, without touching `self` (see `layer_forward_rows`);
+    /// the gain and bias gradients come from `param_grads`.
+    pub fn layer_input_grad(&self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::tensor::has_avx2() {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { self.layer_input_grad_avx2(dy, xhat, rstd, dz) };
+        }
+        layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn layer_input_grad_avx2(
+        &self,
+        dy: ArrayView2<T>,
+        xhat: ArrayView2<T>,
+        rstd: ArrayView2<T>,
+        dz: ArrayViewMut2<T>,
+    ) {
+        layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz)
     }
 
     /// Backward of `forward` in training mode: from ∂L/∂out `dy` to ∂L/∂z (written to `dz`),
@@ -219,41 +288,10 @@ impl<T: Real> ProductNorm<T> {
     #[inline(always)]
     fn backward_impl(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>) {
         let (rows, g) = dy.dim();
-        let h = self.hidden;
+        self.param_grads(dy, xhat);
         let gain = self.gain.value.as_slice().unwrap();
-        {
-            let dgain = self.gain.grad.as_slice_mut().unwrap();
-            let dbias = self.bias.grad.as_slice_mut().unwrap();
-            for r in 0..rows {
-                let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
-                for j in 0..g {
-                    dgain[j] += dr[j] * xr[j];
-                    dbias[j] += dr[j];
-                }
-            }
-        }
         match self.kind {
-            NormKind::Layer => {
-                let hn = T::r(h as f64);
-                for r in 0..rows {
-                    let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
-                    let zr = dz.row_mut(r).into_slice().unwrap();
-                    for k in 0..4 {
-                        let blk = k * h..(k + 1) * h;
-                        let (mut m1, mut m2) = (T::zero(), T::zero());
-                        for j in blk.clone() {
-                            let dx = gain[j] * dr[j];
-                            m1 += dx;
-                            m2 += dx * xr[j];
-                        }
-                        let (m1, m2) = (m1 / hn, m2 / hn);
-                        let inv = rstd[[r, k]];
-                        for j in blk {
-                            zr[j] = inv * (gain[j] * dr[j] - m1 - xr[j] * m2);
-                        }
-                    }
-                }
-            }
+            NormKind::Layer => layer_input_grad(gain, self.hidden, dy, xhat, rstd, dz.view_mut()),
             NormKind::Batch { .. } => {
                 let n = T::r(rows as f64);
                 let inv = rstd.row(0).to_slice().unwrap();
@@ -287,6 +325,57 @@ impl<T: Real> ProductNorm<T> {
         match self.kind {
             NormKind::Layer => 4,
             NormKind::Batch { .. } => 4 * self.hidden,
+        }
+    }
+}
+
+/// Layer-norm statistics of each gate block of each row: x̂ and 1/√(σ² + ε).
+#[inline(always)]
+fn layer_stats<T: Real>(z: ArrayView2<T>, h: usize, eps: T, mut xhat: ArrayViewMut2<T>, mut rstd: ArrayViewMut2<T>) {
+    let hn = T::r(h as f64);
+    for r in 0..z.nrows() {
+        let zr = z.row(r).to_slice().unwrap();
+        let xr = xhat.row_mut(r).into_slice().unwrap();
+        for k in 0..4 {
+            let zs = &zr[k * h..(k + 1) * h];
+            let mean = crate::tensor::sum(zs) / hn;
+            let var = crate::tensor::sum_sq_dev(zs, mean) / hn;
+            let inv = T::one() / (var + eps).sqrt();
+            rstd[[r, k]] = inv;
+            for (x, &v) in xr[k * h..(k + 1) * h].iter_mut().zip(zs) {
+                *x = (v - mean) * inv;
+            }
+        }
+    }
+}
+
+/// ∂L/∂z of layer norm: per row and gate block, (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)).
+#[inline(always)]
+fn layer_input_grad<T: Real>(
+    gain: &[T],
+    h: usize,
+    dy: ArrayView2<T>,
+    xhat: ArrayView2<T>,
+    rstd: ArrayView2<T>,
+    mut dz: ArrayViewMut2<T>,
+) {
+    let hn = T::r(h as f64);
+    for r in 0..dy.nrows() {
+        let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
+        let zr = dz.row_mut(r).into_slice().unwrap();
+        for k in 0..4 {
+            let blk = k * h..(k + 1) * h;
+            let (mut m1, mut m2) = (T::zero(), T::zero());
+            for j in blk.clone() {
+                let dx = gain[j] * dr[j];
+                m1 += dx;
+                m2 += dx * xr[j];
+            }
+            let (m1, m2) = (m1 / hn, m2 / hn);
+            let inv = rstd[[r, k]];
+            for j in blk {
+                zr[j] = inv * (gain[j] * dr[j] - m1 - xr[j] * m2);
+            }
         }
     }
 }
