@@ -283,10 +283,38 @@ impl<T: Real> LstmLayer<T> {
                         c: c_next.slice_move(s![..batch, ..]),
                         tanh_c: tanh_c.slice_mut(s![r0..r1, ..]),
                         h: h_next.slice_move(s![..batch, ..]),
+                        ln: None,
                     };
                     split_rows(part, batch, &|mut p: StepRows<T>, par| {
                         gemm_with(p.gates.view_mut(), true, p.h_prev, wh_t.view(), T::one(), par);
                         cell_forward(p.gates, p.c_prev, p.c, p.tanh_c, p.h, h);
+                    });
+                    continue;
+                }
+                // Layer norm works row by row, so the step splits by batch halves as above.
+                Some(nh) if nh.kind == NormKind::Layer => {
+                    let nh: &ProductNorm<T> = nh;
+                    let (h_prev, h_next) = hs.view_mut().split_at(Axis(0), r1);
+                    let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
+                    let part = StepRows {
+                        gates: gates.slice_mut(s![r0..r1, ..]),
+                        h_prev: h_prev.slice(s![r0.., ..]),
+                        c_prev: c_prev.slice(s![r0.., ..]),
+                        c: c_next.slice_move(s![..batch, ..]),
+                        tanh_c: tanh_c.slice_mut(s![r0..r1, ..]),
+                        h: h_next.slice_move(s![..batch, ..]),
+                        ln: Some(LnRows {
+                            z: z.slice_mut(s![..batch, ..]),
+                            xhat: xhat_h.slice_mut(s![r0..r1, ..]),
+                            rstd: rstd_h.slice_mut(s![r0..r1, ..]),
+                        }),
+                    };
+                    split_rows(part, batch, &|p: StepRows<T>, par| {
+                        let StepRows { mut gates, h_prev, c_prev, c, tanh_c, h: h_out, ln } = p;
+                        let mut ln = ln.unwrap();
+                        gemm_with(ln.z.view_mut(), false, h_prev, wh_t.view(), T::one(), par);
+                        nh.layer_forward_rows(ln.z.view(), ln.xhat.view_mut(), ln.rstd, gates.view_mut());
+                        cell_forward(gates, c_prev, c, tanh_c, h_out, h);
                     });
                     continue;
                 }
@@ -339,8 +367,10 @@ impl<T: Real> LstmLayer<T> {
         let LstmGrads { dgates, dz, dh, dc, h_grad_norms, .. } = grads;
         for t in (0..steps).rev() {
             let (r0, r1) = (t * batch, (t + 1) * batch);
-            if self.norm_h.is_none() {
-                // cell backward and ∂L/∂h_{t-1} = dG_t·W_h, fused per half of the batch
+            let layer_norm = self.norm_h.as_ref().filter(|n| n.kind == NormKind::Layer);
+            if self.norm_h.is_none() || layer_norm.is_some() {
+                // cell backward and ∂L/∂h_{t-1} = dG_t·W_h (through layer norm's row-wise
+                // backward if there is one), fused per half of the batch
                 let part = GradRows {
                     gates: cache.gates.slice(s![r0..r1, ..]),
                     c_prev: cache.cs.slice(s![r0..r1, ..]),
@@ -349,12 +379,23 @@ impl<T: Real> LstmLayer<T> {
                     dh: dh.view_mut(),
                     dc: dc.view_mut(),
                     dg: dgates.slice_mut(s![r0..r1, ..]),
+                    ln: layer_norm.map(|_| LnGradRows {
+                        xhat: cache.xhat_h.slice(s![r0..r1, ..]),
+                        rstd: cache.rstd_h.slice(s![r0..r1, ..]),
+                        dz: dz.slice_mut(s![r0..r1, ..]),
+                    }),
                 };
                 let sq = std::sync::Mutex::new(0.0f64);
                 split_rows(part, batch, &|p: GradRows<T>, par| {
-                    let GradRows { gates, c_prev, tanh_c, d_out, mut dh, dc, mut dg } = p;
+                    let GradRows { gates, c_prev, tanh_c, d_out, mut dh, dc, mut dg, ln } = p;
                     let n = cell_backward(gates, c_prev, tanh_c, d_out, dh.view_mut(), dc, dg.view_mut(), h);
-                    gemm_with(dh, false, dg.view(), cache.wh_t.t(), T::one(), par);
+                    match (ln, layer_norm) {
+                        (Some(mut l), Some(nh)) => {
+                            nh.layer_input_grad(dg.view(), l.xhat, l.rstd, l.dz.view_mut());
+                            gemm_with(dh, false, l.dz.view(), cache.wh_t.t(), T::one(), par);
+                        }
+                        _ => gemm_with(dh, false, dg.view(), cache.wh_t.t(), T::one(), par),
+                    }
                     *sq.lock().unwrap() += n * n;
                 });
                 h_grad_norms[t] = sq.into_inner().unwrap().sqrt();
@@ -387,6 +428,10 @@ impl<T: Real> LstmLayer<T> {
             gemm(dh.view_mut(), false, d_product, cache.wh_t.t(), T::one());
         }
 
+        // Layer norm's γ, β gradients of the recurrent product, for the whole window at once.
+        if let Some(nh) = self.norm_h.as_mut().filter(|n| n.kind == NormKind::Layer) {
+            nh.param_grads(grads.dgates.view(), cache.xhat_h.view());
+        }
         // Window-batched weight gradients w.r.t. the effective (transposed) weights.
         ensure_shape(&mut grads.dwh_t, h, g);
         let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { grads.dgates.view() };
@@ -438,6 +483,20 @@ struct StepRows<'a, T> {
     c: ArrayViewMut2<'a, T>,
     tanh_c: ArrayViewMut2<'a, T>,
     h: ArrayViewMut2<'a, T>,
+    /// Layer norm of the recurrent product: its scratch product and caches for these rows.
+    ln: Option<LnRows<'a, T>>,
+}
+
+struct LnRows<'a, T> {
+    z: ArrayViewMut2<'a, T>,
+    xhat: ArrayViewMut2<'a, T>,
+    rstd: ArrayViewMut2<'a, T>,
+}
+
+struct LnGradRows<'a, T> {
+    xhat: ArrayView2<'a, T>,
+    rstd: ArrayView2<'a, T>,
+    dz: ArrayViewMut2<'a, T>,
 }
 
 /// Views over the rows of one step that can be cut into two disjoint halves.
@@ -453,9 +512,18 @@ impl<'a, T: Real> SplitRows for StepRows<'a, T> {
         let (c0, c1) = self.c.split_at(Axis(0), m);
         let (t0, t1) = self.tanh_c.split_at(Axis(0), m);
         let (h0, h1) = self.h.split_at(Axis(0), m);
+        let (ln0, ln1) = match self.ln {
+            Some(l) => {
+                let (z0, z1) = l.z.split_at(Axis(0), m);
+                let (x0, x1) = l.xhat.split_at(Axis(0), m);
+                let (r0, r1) = l.rstd.split_at(Axis(0), m);
+                (Some(LnRows { z: z0, xhat: x0, rstd: r0 }), Some(LnRows { z: z1, xhat: x1, rstd: r1 }))
+            }
+            None => (None, None),
+        };
         (
-            StepRows { gates: g0, h_prev: hp0, c_prev: cp0, c: c0, tanh_c: t0, h: h0 },
-            StepRows { gates: g1, h_prev: hp1, c_prev: cp1, c: c1, tanh_c: t1, h: h1 },
+            StepRows { gates: g0, h_prev: hp0, c_prev: cp0, c: c0, tanh_c: t0, h: h0, ln: ln0 },
+            StepRows { gates: g1, h_prev: hp1, c_prev: cp1, c: c1, tanh_c: t1, h: h1, ln: ln1 },
         )
     }
 }
@@ -469,6 +537,7 @@ struct GradRows<'a, T> {
     dh: ArrayViewMut2<'a, T>,
     dc: ArrayViewMut2<'a, T>,
     dg: ArrayViewMut2<'a, T>,
+    ln: Option<LnGradRows<'a, T>>,
 }
 
 impl<'a, T: Real> SplitRows for GradRows<'a, T> {
@@ -480,9 +549,18 @@ impl<'a, T: Real> SplitRows for GradRows<'a, T> {
         let (dh0, dh1) = self.dh.split_at(Axis(0), m);
         let (dc0, dc1) = self.dc.split_at(Axis(0), m);
         let (dg0, dg1) = self.dg.split_at(Axis(0), m);
+        let (ln0, ln1) = match self.ln {
+            Some(l) => {
+                let (x0, x1) = l.xhat.split_at(Axis(0), m);
+                let (r0, r1) = l.rstd.split_at(Axis(0), m);
+                let (z0, z1) = l.dz.split_at(Axis(0), m);
+                (Some(LnGradRows { xhat: x0, rstd: r0, dz: z0 }), Some(LnGradRows { xhat: x1, rstd: r1, dz: z1 }))
+            }
+            None => (None, None),
+        };
         (
-            GradRows { gates: g0, c_prev: cp0, tanh_c: t0, d_out: d0, dh: dh0, dc: dc0, dg: dg0 },
-            GradRows { gates: g1, c_prev: cp1, tanh_c: t1, d_out: d1, dh: dh1, dc: dc1, dg: dg1 },
+            GradRows { gates: g0, c_prev: cp0, tanh_c: t0, d_out: d0, dh: dh0, dc: dc0, dg: dg0, ln: ln0 },
+            GradRows { gates: g1, c_prev: cp1, tanh_c: t1, d_out: d1, dh: dh1, dc: dc1, dg: dg1, ln: ln1 },
         )
     }
 }
