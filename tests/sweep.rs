@@ -34,7 +34,7 @@ fn tiny_sets() -> Vec<String> {
 fn grid_expansion_and_deterministic_names() {
     let spec = root().join("configs/ptb_char_fp_none.toml");
     let grids = ["model.quantizer=fp,bc".to_string(), "model.normalization=none,layer,weight".to_string()];
-    let jobs = sweep::expand(&[spec.clone()], &grids, &tiny_sets()).unwrap();
+    let jobs = sweep::expand(std::slice::from_ref(&spec), &grids, &tiny_sets()).unwrap();
     let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(
         names,
@@ -47,7 +47,7 @@ fn grid_expansion_and_deterministic_names() {
             "ptb_char_fp_none_quantizer-bc_normalization-weight",
         ]
     );
-    assert_eq!(sweep::expand(&[spec.clone()], &grids, &tiny_sets()).unwrap(), jobs, "same input, same jobs");
+    assert_eq!(sweep::expand(std::slice::from_ref(&spec), &grids, &tiny_sets()).unwrap(), jobs, "same input, same jobs");
     assert!(jobs[4].sets.contains(&"model.normalization=layer".to_string()));
     // a bad grid value fails before anything runs, naming the key
     let e = sweep::expand(&[spec], &["model.quantizer=fp,xnor".into()], &[]).unwrap_err().0;
