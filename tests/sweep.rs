@@ -47,7 +47,11 @@ fn grid_expansion_and_deterministic_names() {
             "ptb_char_fp_none_quantizer-bc_normalization-weight",
         ]
     );
-    assert_eq!(sweep::expand(std::slice::from_ref(&spec), &grids, &tiny_sets()).unwrap(), jobs, "same input, same jobs");
+    assert_eq!(
+        sweep::expand(std::slice::from_ref(&spec), &grids, &tiny_sets()).unwrap(),
+        jobs,
+        "same input, same jobs"
+    );
     assert!(jobs[4].sets.contains(&"model.normalization=layer".to_string()));
     // a bad grid value fails before anything runs, naming the key
     let e = sweep::expand(&[spec], &["model.quantizer=fp,xnor".into()], &[]).unwrap_err().0;

@@ -270,69 +270,52 @@ impl<T: Real> LstmLayer<T> {
         let LstmCache { wh_t, gates, hs, cs, tanh_c, z, xhat_h, rstd_h, .. } = cache;
         for t in 0..steps {
             let (r0, r1) = (t * batch, (t + 1) * batch);
-            match &mut self.norm_h {
-                // G_t += h_{t-1}·W_hᵀ (the only per-step GEMM), then the cell: fused per half
-                // of the batch on each thread (one join per step instead of two GEMM syncs).
-                None => {
-                    let (h_prev, h_next) = hs.view_mut().split_at(Axis(0), r1);
-                    let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
-                    let part = StepRows {
-                        gates: gates.slice_mut(s![r0..r1, ..]),
-                        h_prev: h_prev.slice(s![r0.., ..]),
-                        c_prev: c_prev.slice(s![r0.., ..]),
-                        c: c_next.slice_move(s![..batch, ..]),
-                        tanh_c: tanh_c.slice_mut(s![r0..r1, ..]),
-                        h: h_next.slice_move(s![..batch, ..]),
-                        ln: None,
-                    };
-                    split_rows(part, batch, &|mut p: StepRows<T>, par| {
-                        gemm_with(p.gates.view_mut(), true, p.h_prev, wh_t.view(), T::one(), par);
-                        cell_forward(p.gates, p.c_prev, p.c, p.tanh_c, p.h, h);
-                    });
-                    continue;
-                }
-                // Layer norm works row by row, so the step splits by batch halves as above.
-                Some(nh) if nh.kind == NormKind::Layer => {
-                    let nh: &ProductNorm<T> = nh;
-                    let (h_prev, h_next) = hs.view_mut().split_at(Axis(0), r1);
-                    let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
-                    let part = StepRows {
-                        gates: gates.slice_mut(s![r0..r1, ..]),
-                        h_prev: h_prev.slice(s![r0.., ..]),
-                        c_prev: c_prev.slice(s![r0.., ..]),
-                        c: c_next.slice_move(s![..batch, ..]),
-                        tanh_c: tanh_c.slice_mut(s![r0..r1, ..]),
-                        h: h_next.slice_move(s![..batch, ..]),
-                        ln: Some(LnRows {
-                            z: z.slice_mut(s![..batch, ..]),
-                            xhat: xhat_h.slice_mut(s![r0..r1, ..]),
-                            rstd: rstd_h.slice_mut(s![r0..r1, ..]),
-                        }),
-                    };
-                    split_rows(part, batch, &|p: StepRows<T>, par| {
-                        let StepRows { mut gates, h_prev, c_prev, c, tanh_c, h: h_out, ln } = p;
-                        let mut ln = ln.unwrap();
-                        gemm_with(ln.z.view_mut(), false, h_prev, wh_t.view(), T::one(), par);
-                        nh.layer_forward_rows(ln.z.view(), ln.xhat.view_mut(), ln.rstd, gates.view_mut());
-                        cell_forward(gates, c_prev, c, tanh_c, h_out, h);
-                    });
-                    continue;
-                }
-                // G_t += N_h(h_{t-1}·W_hᵀ)
-                Some(nh) => {
-                    let zt = z.slice_mut(s![..batch, ..]);
-                    gemm(zt, false, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one());
-                    let rr = rstd_rows_kind(nh.kind, t, batch);
-                    nh.forward(
-                        z.slice(s![..batch, ..]),
-                        t,
-                        train,
-                        xhat_h.slice_mut(s![r0..r1, ..]),
-                        rstd_h.slice_mut(s![rr, ..]),
-                        gates.slice_mut(s![r0..r1, ..]),
-                    );
-                }
+            // Without a recurrent normalizer, or with layer norm (row-wise), the step is fused
+            // per half of the batch on each thread: G_t += N_h(h_{t-1}·W_hᵀ) (the only per-step
+            // GEMM), then the cell; one join per step instead of two GEMM syncs.
+            if self.norm_h.as_ref().is_none_or(|n| n.kind == NormKind::Layer) {
+                let layer_norm = self.norm_h.as_ref();
+                let (h_prev, h_next) = hs.view_mut().split_at(Axis(0), r1);
+                let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
+                let part = StepRows {
+                    gates: gates.slice_mut(s![r0..r1, ..]),
+                    h_prev: h_prev.slice(s![r0.., ..]),
+                    c_prev: c_prev.slice(s![r0.., ..]),
+                    c: c_next.slice_move(s![..batch, ..]),
+                    tanh_c: tanh_c.slice_mut(s![r0..r1, ..]),
+                    h: h_next.slice_move(s![..batch, ..]),
+                    ln: layer_norm.map(|_| LnRows {
+                        z: z.slice_mut(s![..batch, ..]),
+                        xhat: xhat_h.slice_mut(s![r0..r1, ..]),
+                        rstd: rstd_h.slice_mut(s![r0..r1, ..]),
+                    }),
+                };
+                split_rows(part, batch, &|p: StepRows<T>, par| {
+                    let StepRows { mut gates, h_prev, c_prev, c, tanh_c, h: h_out, ln } = p;
+                    match (ln, layer_norm) {
+                        (Some(mut l), Some(nh)) => {
+                            gemm_with(l.z.view_mut(), false, h_prev, wh_t.view(), T::one(), par);
+                            nh.layer_forward_rows(l.z.view(), l.xhat, l.rstd, gates.view_mut());
+                        }
+                        _ => gemm_with(gates.view_mut(), true, h_prev, wh_t.view(), T::one(), par),
+                    }
+                    cell_forward(gates, c_prev, c, tanh_c, h_out, h);
+                });
+                continue;
             }
+            // Batch norm needs the statistics of the whole batch at this step: the GEMM runs on
+            // all rows (threaded inside), then G_t += N_h(h_{t-1}·W_hᵀ), then the cell.
+            let nh = self.norm_h.as_mut().expect("handled above");
+            gemm(z.slice_mut(s![..batch, ..]), false, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one());
+            let rr = rstd_rows_kind(nh.kind, t, batch);
+            nh.forward(
+                z.slice(s![..batch, ..]),
+                t,
+                train,
+                xhat_h.slice_mut(s![r0..r1, ..]),
+                rstd_h.slice_mut(s![rr, ..]),
+                gates.slice_mut(s![r0..r1, ..]),
+            );
             let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
             let gt = gates.slice_mut(s![r0..r1, ..]);
             let tc = tanh_c.slice_mut(s![r0..r1, ..]);
@@ -411,21 +394,17 @@ impl<T: Real> LstmLayer<T> {
                 dgates.slice_mut(s![r0..r1, ..]),
                 h,
             );
-            // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through N_h when there is one.
-            let d_product = match &mut self.norm_h {
-                None => dgates.slice(s![r0..r1, ..]),
-                Some(nh) => {
-                    let rr = rstd_rows_kind(nh.kind, t, batch);
-                    nh.backward(
-                        dgates.slice(s![r0..r1, ..]),
-                        cache.xhat_h.slice(s![r0..r1, ..]),
-                        cache.rstd_h.slice(s![rr, ..]),
-                        dz.slice_mut(s![r0..r1, ..]),
-                    );
-                    dz.slice(s![r0..r1, ..])
-                }
-            };
-            gemm(dh.view_mut(), false, d_product, cache.wh_t.t(), T::one());
+            // Batch norm: ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h through N_h, whose backward needs
+            // the whole batch of the step.
+            let nh = self.norm_h.as_mut().expect("handled above");
+            let rr = rstd_rows_kind(nh.kind, t, batch);
+            nh.backward(
+                dgates.slice(s![r0..r1, ..]),
+                cache.xhat_h.slice(s![r0..r1, ..]),
+                cache.rstd_h.slice(s![rr, ..]),
+                dz.slice_mut(s![r0..r1, ..]),
+            );
+            gemm(dh.view_mut(), false, dz.slice(s![r0..r1, ..]), cache.wh_t.t(), T::one());
         }
 
         // Layer norm's γ, β gradients of the recurrent product, for the whole window at once.
