@@ -14,7 +14,7 @@ use crate::nn::norm::{NormKind, ProductNorm};
 use crate::nn::{quant, weight_norm};
 use crate::spec::{Normalization, Quantizer};
 use crate::tensor::{Group, Param, Real, ensure_shape, gemm, gemm_with, threads};
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
 #[derive(Clone, Copy)]
@@ -268,44 +268,31 @@ impl<T: Real> LstmLayer<T> {
         }
 
         let LstmCache { wh_t, gates, hs, cs, tanh_c, z, xhat_h, rstd_h, .. } = cache;
+        // Without a recurrent normalizer, or with layer norm (row-wise), the rows of the batch
+        // never interact: each thread runs its half of the batch through the whole window
+        // (G_t += N_h(h_{t-1}·W_hᵀ), the only per-step GEMM, then the cell), with no join per step.
+        if self.norm_h.as_ref().is_none_or(|n| n.kind == NormKind::Layer) {
+            let layer_norm = self.norm_h.as_ref();
+            let rows = WindowRows {
+                gates: gates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
+                hs: hs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
+                cs: cs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
+                tanh_c: tanh_c.view_mut().into_shape_with_order((steps, batch, h)).unwrap(),
+                ln: layer_norm.map(|_| LnRows {
+                    z: z.slice_mut(s![..batch, ..]),
+                    xhat: xhat_h.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
+                    rstd: rstd_h.view_mut().into_shape_with_order((steps, batch, 4)).unwrap(),
+                }),
+            };
+            let wh_t = wh_t.view();
+            split_batch(rows, batch, &|r: WindowRows<T>, par| forward_rows(r, wh_t, layer_norm, h, par));
+            return;
+        }
+        // Batch norm needs the statistics of the whole batch at every step: the GEMM runs on
+        // all rows (threaded inside), then G_t += N_h(h_{t-1}·W_hᵀ), then the cell.
+        let nh = self.norm_h.as_mut().expect("batch norm");
         for t in 0..steps {
             let (r0, r1) = (t * batch, (t + 1) * batch);
-            // Without a recurrent normalizer, or with layer norm (row-wise), the step is fused
-            // per half of the batch on each thread: G_t += N_h(h_{t-1}·W_hᵀ) (the only per-step
-            // GEMM), then the cell; one join per step instead of two GEMM syncs.
-            if self.norm_h.as_ref().is_none_or(|n| n.kind == NormKind::Layer) {
-                let layer_norm = self.norm_h.as_ref();
-                let (h_prev, h_next) = hs.view_mut().split_at(Axis(0), r1);
-                let (c_prev, c_next) = cs.view_mut().split_at(Axis(0), r1);
-                let part = StepRows {
-                    gates: gates.slice_mut(s![r0..r1, ..]),
-                    h_prev: h_prev.slice(s![r0.., ..]),
-                    c_prev: c_prev.slice(s![r0.., ..]),
-                    c: c_next.slice_move(s![..batch, ..]),
-                    tanh_c: tanh_c.slice_mut(s![r0..r1, ..]),
-                    h: h_next.slice_move(s![..batch, ..]),
-                    ln: layer_norm.map(|_| LnRows {
-                        z: z.slice_mut(s![..batch, ..]),
-                        xhat: xhat_h.slice_mut(s![r0..r1, ..]),
-                        rstd: rstd_h.slice_mut(s![r0..r1, ..]),
-                    }),
-                };
-                split_rows(part, batch, &|p: StepRows<T>, par| {
-                    let StepRows { mut gates, h_prev, c_prev, c, tanh_c, h: h_out, ln } = p;
-                    match (ln, layer_norm) {
-                        (Some(mut l), Some(nh)) => {
-                            gemm_with(l.z.view_mut(), false, h_prev, wh_t.view(), T::one(), par);
-                            nh.layer_forward_rows(l.z.view(), l.xhat, l.rstd, gates.view_mut());
-                        }
-                        _ => gemm_with(gates.view_mut(), true, h_prev, wh_t.view(), T::one(), par),
-                    }
-                    cell_forward(gates, c_prev, c, tanh_c, h_out, h);
-                });
-                continue;
-            }
-            // Batch norm needs the statistics of the whole batch at this step: the GEMM runs on
-            // all rows (threaded inside), then G_t += N_h(h_{t-1}·W_hᵀ), then the cell.
-            let nh = self.norm_h.as_mut().expect("handled above");
             gemm(z.slice_mut(s![..batch, ..]), false, hs.slice(s![r0..r1, ..]), wh_t.view(), T::one());
             let rr = rstd_rows_kind(nh.kind, t, batch);
             nh.forward(
@@ -348,63 +335,59 @@ impl<T: Real> LstmLayer<T> {
         grads.dc.fill(T::zero());
         grads.h_grad_norms.resize(steps, 0.0);
         let LstmGrads { dgates, dz, dh, dc, h_grad_norms, .. } = grads;
-        for t in (0..steps).rev() {
-            let (r0, r1) = (t * batch, (t + 1) * batch);
-            let layer_norm = self.norm_h.as_ref().filter(|n| n.kind == NormKind::Layer);
-            if self.norm_h.is_none() || layer_norm.is_some() {
-                // cell backward and ∂L/∂h_{t-1} = dG_t·W_h (through layer norm's row-wise
-                // backward if there is one), fused per half of the batch
-                let part = GradRows {
-                    gates: cache.gates.slice(s![r0..r1, ..]),
-                    c_prev: cache.cs.slice(s![r0..r1, ..]),
-                    tanh_c: cache.tanh_c.slice(s![r0..r1, ..]),
-                    d_out: d_out.slice(s![r0..r1, ..]),
-                    dh: dh.view_mut(),
-                    dc: dc.view_mut(),
-                    dg: dgates.slice_mut(s![r0..r1, ..]),
-                    ln: layer_norm.map(|_| LnGradRows {
-                        xhat: cache.xhat_h.slice(s![r0..r1, ..]),
-                        rstd: cache.rstd_h.slice(s![r0..r1, ..]),
-                        dz: dz.slice_mut(s![r0..r1, ..]),
-                    }),
-                };
-                let sq = std::sync::Mutex::new(0.0f64);
-                split_rows(part, batch, &|p: GradRows<T>, par| {
-                    let GradRows { gates, c_prev, tanh_c, d_out, mut dh, dc, mut dg, ln } = p;
-                    let n = cell_backward(gates, c_prev, tanh_c, d_out, dh.view_mut(), dc, dg.view_mut(), h);
-                    match (ln, layer_norm) {
-                        (Some(mut l), Some(nh)) => {
-                            nh.layer_input_grad(dg.view(), l.xhat, l.rstd, l.dz.view_mut());
-                            gemm_with(dh, false, l.dz.view(), cache.wh_t.t(), T::one(), par);
-                        }
-                        _ => gemm_with(dh, false, dg.view(), cache.wh_t.t(), T::one(), par),
-                    }
-                    *sq.lock().unwrap() += n * n;
-                });
-                h_grad_norms[t] = sq.into_inner().unwrap().sqrt();
-                continue;
+        if self.norm_h.as_ref().is_none_or(|n| n.kind == NormKind::Layer) {
+            // As in the forward: each thread takes half the batch through the whole window.
+            let layer_norm = self.norm_h.as_ref();
+            let rows = GradWindowRows {
+                gates: cache.gates.view().into_shape_with_order((steps, batch, g)).unwrap(),
+                cs: cache.cs.view().into_shape_with_order((steps + 1, batch, h)).unwrap(),
+                tanh_c: cache.tanh_c.view().into_shape_with_order((steps, batch, h)).unwrap(),
+                d_out: d_out.into_shape_with_order((steps, batch, h)).unwrap(),
+                dh: dh.view_mut(),
+                dc: dc.view_mut(),
+                dg: dgates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
+                ln: layer_norm.map(|_| LnGradRows {
+                    xhat: cache.xhat_h.view().into_shape_with_order((steps, batch, g)).unwrap(),
+                    rstd: cache.rstd_h.view().into_shape_with_order((steps, batch, 4)).unwrap(),
+                    dz: dz.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
+                }),
+            };
+            let sq = std::sync::Mutex::new(vec![0.0f64; steps]);
+            let wh_t = cache.wh_t.view();
+            split_batch(rows, batch, &|r: GradWindowRows<T>, par| {
+                let part = backward_rows(r, wh_t, layer_norm, h, par);
+                let mut total = sq.lock().unwrap();
+                total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            });
+            for (n, s) in h_grad_norms.iter_mut().zip(sq.into_inner().unwrap()) {
+                *n = s.sqrt();
             }
-            h_grad_norms[t] = cell_backward(
-                cache.gates.slice(s![r0..r1, ..]),
-                cache.cs.slice(s![r0..r1, ..]),
-                cache.tanh_c.slice(s![r0..r1, ..]),
-                d_out.slice(s![r0..r1, ..]),
-                dh.view_mut(),
-                dc.view_mut(),
-                dgates.slice_mut(s![r0..r1, ..]),
-                h,
-            );
-            // Batch norm: ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h through N_h, whose backward needs
-            // the whole batch of the step.
-            let nh = self.norm_h.as_mut().expect("handled above");
-            let rr = rstd_rows_kind(nh.kind, t, batch);
-            nh.backward(
-                dgates.slice(s![r0..r1, ..]),
-                cache.xhat_h.slice(s![r0..r1, ..]),
-                cache.rstd_h.slice(s![rr, ..]),
-                dz.slice_mut(s![r0..r1, ..]),
-            );
-            gemm(dh.view_mut(), false, dz.slice(s![r0..r1, ..]), cache.wh_t.t(), T::one());
+        } else {
+            let nh = self.norm_h.as_mut().expect("batch norm");
+            for t in (0..steps).rev() {
+                let (r0, r1) = (t * batch, (t + 1) * batch);
+                h_grad_norms[t] = cell_backward(
+                    cache.gates.slice(s![r0..r1, ..]),
+                    cache.cs.slice(s![r0..r1, ..]),
+                    cache.tanh_c.slice(s![r0..r1, ..]),
+                    d_out.slice(s![r0..r1, ..]),
+                    dh.view_mut(),
+                    dc.view_mut(),
+                    dgates.slice_mut(s![r0..r1, ..]),
+                    h,
+                )
+                .sqrt();
+                // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h through N_h, whose backward needs the
+                // whole batch of the step.
+                let rr = rstd_rows_kind(nh.kind, t, batch);
+                nh.backward(
+                    dgates.slice(s![r0..r1, ..]),
+                    cache.xhat_h.slice(s![r0..r1, ..]),
+                    cache.rstd_h.slice(s![rr, ..]),
+                    dz.slice_mut(s![r0..r1, ..]),
+                );
+                gemm(dh.view_mut(), false, dz.slice(s![r0..r1, ..]), cache.wh_t.t(), T::one());
+            }
         }
 
         // Layer norm's γ, β gradients of the recurrent product, for the whole window at once.
@@ -454,108 +437,182 @@ impl<T: Real> LstmLayer<T> {
     }
 }
 
-/// The rows of one time step the forward cell touches.
-struct StepRows<'a, T> {
-    gates: ArrayViewMut2<'a, T>,
-    h_prev: ArrayView2<'a, T>,
-    c_prev: ArrayView2<'a, T>,
-    c: ArrayViewMut2<'a, T>,
-    tanh_c: ArrayViewMut2<'a, T>,
-    h: ArrayViewMut2<'a, T>,
-    /// Layer norm of the recurrent product: its scratch product and caches for these rows.
+/// One half of the batch (or all of it) over the whole window, as 3-D views (time, row, ·):
+/// what the forward touches.
+struct WindowRows<'a, T> {
+    gates: ArrayViewMut3<'a, T>,
+    /// h_{-1} … h_{T-1} and c likewise: (T+1, rows, H)
+    hs: ArrayViewMut3<'a, T>,
+    cs: ArrayViewMut3<'a, T>,
+    tanh_c: ArrayViewMut3<'a, T>,
+    /// Layer norm of the recurrent product: the step's scratch product and the caches.
     ln: Option<LnRows<'a, T>>,
 }
 
 struct LnRows<'a, T> {
     z: ArrayViewMut2<'a, T>,
-    xhat: ArrayViewMut2<'a, T>,
-    rstd: ArrayViewMut2<'a, T>,
+    xhat: ArrayViewMut3<'a, T>,
+    rstd: ArrayViewMut3<'a, T>,
+}
+
+/// What the backward touches, for the same rows.
+struct GradWindowRows<'a, T> {
+    gates: ArrayView3<'a, T>,
+    cs: ArrayView3<'a, T>,
+    tanh_c: ArrayView3<'a, T>,
+    d_out: ArrayView3<'a, T>,
+    dh: ArrayViewMut2<'a, T>,
+    dc: ArrayViewMut2<'a, T>,
+    dg: ArrayViewMut3<'a, T>,
+    ln: Option<LnGradRows<'a, T>>,
 }
 
 struct LnGradRows<'a, T> {
-    xhat: ArrayView2<'a, T>,
-    rstd: ArrayView2<'a, T>,
-    dz: ArrayViewMut2<'a, T>,
+    xhat: ArrayView3<'a, T>,
+    rstd: ArrayView3<'a, T>,
+    dz: ArrayViewMut3<'a, T>,
 }
 
-/// Views over the rows of one step that can be cut into two disjoint halves.
-trait SplitRows: Sized + Send {
+/// Views that can be cut into two disjoint halves of the batch.
+trait SplitBatch: Sized + Send {
     fn split(self, m: usize) -> (Self, Self);
 }
 
-impl<'a, T: Real> SplitRows for StepRows<'a, T> {
+impl<'a, T: Real> SplitBatch for WindowRows<'a, T> {
     fn split(self, m: usize) -> (Self, Self) {
-        let (g0, g1) = self.gates.split_at(Axis(0), m);
-        let (hp0, hp1) = self.h_prev.split_at(Axis(0), m);
-        let (cp0, cp1) = self.c_prev.split_at(Axis(0), m);
-        let (c0, c1) = self.c.split_at(Axis(0), m);
-        let (t0, t1) = self.tanh_c.split_at(Axis(0), m);
-        let (h0, h1) = self.h.split_at(Axis(0), m);
-        let (ln0, ln1) = match self.ln {
+        let (g0, g1) = self.gates.split_at(Axis(1), m);
+        let (h0, h1) = self.hs.split_at(Axis(1), m);
+        let (c0, c1) = self.cs.split_at(Axis(1), m);
+        let (t0, t1) = self.tanh_c.split_at(Axis(1), m);
+        let (l0, l1) = match self.ln {
             Some(l) => {
                 let (z0, z1) = l.z.split_at(Axis(0), m);
-                let (x0, x1) = l.xhat.split_at(Axis(0), m);
-                let (r0, r1) = l.rstd.split_at(Axis(0), m);
+                let (x0, x1) = l.xhat.split_at(Axis(1), m);
+                let (r0, r1) = l.rstd.split_at(Axis(1), m);
                 (Some(LnRows { z: z0, xhat: x0, rstd: r0 }), Some(LnRows { z: z1, xhat: x1, rstd: r1 }))
             }
             None => (None, None),
         };
         (
-            StepRows { gates: g0, h_prev: hp0, c_prev: cp0, c: c0, tanh_c: t0, h: h0, ln: ln0 },
-            StepRows { gates: g1, h_prev: hp1, c_prev: cp1, c: c1, tanh_c: t1, h: h1, ln: ln1 },
+            WindowRows { gates: g0, hs: h0, cs: c0, tanh_c: t0, ln: l0 },
+            WindowRows { gates: g1, hs: h1, cs: c1, tanh_c: t1, ln: l1 },
         )
     }
 }
 
-/// The rows of one time step the backward cell touches.
-struct GradRows<'a, T> {
-    gates: ArrayView2<'a, T>,
-    c_prev: ArrayView2<'a, T>,
-    tanh_c: ArrayView2<'a, T>,
-    d_out: ArrayView2<'a, T>,
-    dh: ArrayViewMut2<'a, T>,
-    dc: ArrayViewMut2<'a, T>,
-    dg: ArrayViewMut2<'a, T>,
-    ln: Option<LnGradRows<'a, T>>,
-}
-
-impl<'a, T: Real> SplitRows for GradRows<'a, T> {
+impl<'a, T: Real> SplitBatch for GradWindowRows<'a, T> {
     fn split(self, m: usize) -> (Self, Self) {
-        let (g0, g1) = self.gates.split_at(Axis(0), m);
-        let (cp0, cp1) = self.c_prev.split_at(Axis(0), m);
-        let (t0, t1) = self.tanh_c.split_at(Axis(0), m);
-        let (d0, d1) = self.d_out.split_at(Axis(0), m);
+        let (g0, g1) = self.gates.split_at(Axis(1), m);
+        let (c0, c1) = self.cs.split_at(Axis(1), m);
+        let (t0, t1) = self.tanh_c.split_at(Axis(1), m);
+        let (o0, o1) = self.d_out.split_at(Axis(1), m);
         let (dh0, dh1) = self.dh.split_at(Axis(0), m);
         let (dc0, dc1) = self.dc.split_at(Axis(0), m);
-        let (dg0, dg1) = self.dg.split_at(Axis(0), m);
-        let (ln0, ln1) = match self.ln {
+        let (dg0, dg1) = self.dg.split_at(Axis(1), m);
+        let (l0, l1) = match self.ln {
             Some(l) => {
-                let (x0, x1) = l.xhat.split_at(Axis(0), m);
-                let (r0, r1) = l.rstd.split_at(Axis(0), m);
-                let (z0, z1) = l.dz.split_at(Axis(0), m);
+                let (x0, x1) = l.xhat.split_at(Axis(1), m);
+                let (r0, r1) = l.rstd.split_at(Axis(1), m);
+                let (z0, z1) = l.dz.split_at(Axis(1), m);
                 (Some(LnGradRows { xhat: x0, rstd: r0, dz: z0 }), Some(LnGradRows { xhat: x1, rstd: r1, dz: z1 }))
             }
             None => (None, None),
         };
         (
-            GradRows { gates: g0, c_prev: cp0, tanh_c: t0, d_out: d0, dh: dh0, dc: dc0, dg: dg0, ln: ln0 },
-            GradRows { gates: g1, c_prev: cp1, tanh_c: t1, d_out: d1, dh: dh1, dc: dc1, dg: dg1, ln: ln1 },
+            GradWindowRows { gates: g0, cs: c0, tanh_c: t0, d_out: o0, dh: dh0, dc: dc0, dg: dg0, ln: l0 },
+            GradWindowRows { gates: g1, cs: c1, tanh_c: t1, d_out: o1, dh: dh1, dc: dc1, dg: dg1, ln: l1 },
         )
     }
 }
 
-/// Batches at least this large are split in two halves, one per thread, for the per-step work.
+/// Batches at least this large are split in two halves, one per thread.
 const SPLIT_MIN_BATCH: usize = 16;
 
-/// Run `f` on the rows, or on two halves in parallel when there are two threads and enough
-/// rows (each half then runs its GEMM on one thread: `par` = false).
-fn split_rows<R: SplitRows>(rows: R, batch: usize, f: &(dyn Fn(R, bool) + Sync)) {
+/// Run `f` on all rows, or on two halves in parallel when there are two threads and enough
+/// rows (each half's GEMMs then run on one thread: `par` = false).
+fn split_batch<R: SplitBatch>(rows: R, batch: usize, f: &(dyn Fn(R, bool) + Sync)) {
     if threads() > 1 && batch >= SPLIT_MIN_BATCH {
         let (a, b) = rows.split(batch / 2);
         rayon::join(|| f(a, false), || f(b, false));
     } else {
         f(rows, true);
     }
+}
+
+/// The forward time loop over some rows of the batch (no normalizer or layer norm).
+fn forward_rows<T: Real>(
+    mut r: WindowRows<T>,
+    wh_t: ArrayView2<T>,
+    layer_norm: Option<&ProductNorm<T>>,
+    hidden: usize,
+    par: bool,
+) {
+    for t in 0..r.gates.len_of(Axis(0)) {
+        let mut gates = r.gates.index_axis_mut(Axis(0), t);
+        let (h_prev, mut h_next) = r.hs.view_mut().split_at(Axis(0), t + 1);
+        let (c_prev, mut c_next) = r.cs.view_mut().split_at(Axis(0), t + 1);
+        let h_prev = h_prev.index_axis(Axis(0), t);
+        match (&mut r.ln, layer_norm) {
+            (Some(l), Some(nh)) => {
+                gemm_with(l.z.view_mut(), false, h_prev, wh_t, T::one(), par);
+                nh.layer_forward_rows(
+                    l.z.view(),
+                    l.xhat.index_axis_mut(Axis(0), t),
+                    l.rstd.index_axis_mut(Axis(0), t),
+                    gates.view_mut(),
+                );
+            }
+            _ => gemm_with(gates.view_mut(), true, h_prev, wh_t, T::one(), par),
+        }
+        cell_forward(
+            gates,
+            c_prev.index_axis(Axis(0), t),
+            c_next.index_axis_mut(Axis(0), 0),
+            r.tanh_c.index_axis_mut(Axis(0), t),
+            h_next.index_axis_mut(Axis(0), 0),
+            hidden,
+        );
+    }
+}
+
+/// The backward time loop over some rows; returns Σ (∂L/∂h_t)² over those rows for every t.
+fn backward_rows<T: Real>(
+    mut r: GradWindowRows<T>,
+    wh_t: ArrayView2<T>,
+    layer_norm: Option<&ProductNorm<T>>,
+    hidden: usize,
+    par: bool,
+) -> Vec<f64> {
+    let steps = r.gates.len_of(Axis(0));
+    let mut sq = vec![0.0; steps];
+    for t in (0..steps).rev() {
+        let mut dg = r.dg.index_axis_mut(Axis(0), t);
+        sq[t] = cell_backward(
+            r.gates.index_axis(Axis(0), t),
+            r.cs.index_axis(Axis(0), t),
+            r.tanh_c.index_axis(Axis(0), t),
+            r.d_out.index_axis(Axis(0), t),
+            r.dh.view_mut(),
+            r.dc.view_mut(),
+            dg.view_mut(),
+            hidden,
+        );
+        // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through layer norm's row-wise backward.
+        match (&mut r.ln, layer_norm) {
+            (Some(l), Some(nh)) => {
+                let mut dz = l.dz.index_axis_mut(Axis(0), t);
+                nh.layer_input_grad(
+                    dg.view(),
+                    l.xhat.index_axis(Axis(0), t),
+                    l.rstd.index_axis(Axis(0), t),
+                    dz.view_mut(),
+                );
+                gemm_with(r.dh.view_mut(), false, dz.view(), wh_t.t(), T::one(), par);
+            }
+            _ => gemm_with(r.dh.view_mut(), false, dg.view(), wh_t.t(), T::one(), par),
+        }
+    }
+    sq
 }
 
 /// Rows of step t in a cache of 1/σ: B rows per step for layer norm, one row for batch norm.
@@ -661,7 +718,7 @@ fn cell_forward_row<T: Real>(r: CellRow<T>, hidden: usize) {
 
 /// One step back through the cell. On entry `dh` holds ∂L/∂h_t from the future (recurrent
 /// path) and `dc` ∂L/∂c_t from the future; `d_out` adds the gradient from above. Writes the
-/// pre-activation gradients into `dg`, leaves ∂L/∂c_{t-1} in `dc`, and returns ‖∂L/∂h_t‖.
+/// pre-activation gradients into `dg`, leaves ∂L/∂c_{t-1} in `dc`, and returns ‖∂L/∂h_t‖².
 #[allow(clippy::too_many_arguments)]
 fn cell_backward<T: Real>(
     gates: ArrayView2<T>,
@@ -686,7 +743,7 @@ fn cell_backward<T: Real>(
         };
         sq += simd::dispatch_backward(rows, hidden);
     }
-    sq.sqrt()
+    sq
 }
 
 struct CellGradRow<'a, T> {
