@@ -36,6 +36,9 @@ fn main() {
         ("word2 step", 20, 650, 2600, false, false),
         ("mnist step", 100, 100, 400, false, false),
         ("mnist step back", 100, 400, 100, false, true),
+        ("mnist input X·W_xᵀ (K=1)", 78400, 1, 400, false, false),
+        ("mnist dW_x = Xᵀ·dG", 1, 78400, 400, true, false),
+        ("mnist dW_h = Hᵀ·dG", 100, 78400, 400, true, false),
         ("square 2048", 2048, 2048, 2048, false, false),
     ] {
         println!("{what:<28} {m}×{k}·{k}×{n} {:>7.1}", time(m, k, n, ta, tb));

@@ -259,6 +259,9 @@ pub fn gemm_with<T: Real>(
         return;
     }
     let t = threads();
+    if parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS && k >= 8 * (m + n) && m * n <= 1 << 18 {
+        return gemm_split_k(c, accumulate, a, b, alpha, t);
+    }
     let par = if parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS { Par::rayon(t) } else { Par::Seq };
     let (as_, bs) = (a.strides(), b.strides());
     let cs = [c.strides()[0], c.strides()[1]];
@@ -270,6 +273,46 @@ pub fn gemm_with<T: Real>(
         let cm = MatMut::from_raw_parts_mut(c.as_mut_ptr(), m, n, cs[0], cs[1]);
         let acc = if accumulate { Accum::Add } else { Accum::Replace };
         faer::linalg::matmul::matmul(cm, acc, ar, br, alpha, par);
+    }
+}
+
+/// A small output with a long inner dimension (a weight gradient summed over a long window,
+/// e.g. sequential MNIST's 100×78400·78400×400): faer's split of the output leaves threads
+/// idle, so each thread sums its share of k into its own buffer and the buffers are added.
+/// One (m, n) buffer per thread per call: these products run once per window.
+fn gemm_split_k<T: Real>(
+    mut c: ArrayViewMut2<T>,
+    accumulate: bool,
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    alpha: T,
+    t: usize,
+) {
+    use rayon::prelude::*;
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let chunk = k.div_ceil(t);
+    let parts: Vec<Array2<T>> = (0..t)
+        .into_par_iter()
+        .map(|i| {
+            let (k0, k1) = (i * chunk, ((i + 1) * chunk).min(k));
+            let mut part = Array2::zeros((m, n));
+            gemm_with(
+                part.view_mut(),
+                false,
+                a.slice(ndarray::s![.., k0..k1]),
+                b.slice(ndarray::s![k0..k1, ..]),
+                alpha,
+                false,
+            );
+            part
+        })
+        .collect();
+    if !accumulate {
+        c.fill(T::zero());
+    }
+    for p in parts {
+        c += &p;
     }
 }
 
@@ -331,6 +374,18 @@ mod tests {
         assert!(worst.0 < 4e-7 && worst.1 < 4e-7 && worst.2 < 4e-7, "{worst:?}");
         assert_eq!(expf(-200.0), expf(-87.3));
         assert!(tanhf(50.0) == 1.0 && tanhf(-50.0) == -1.0 && tanhf(0.0) == 0.0);
+    }
+
+    #[test]
+    fn split_k_gemm_matches_the_plain_one() {
+        set_threads(2);
+        // 40×20000·20000×30: long inner dimension, small output → the k-split path
+        let a = Array2::from_shape_fn((20000, 40), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+        let b = Array2::from_shape_fn((20000, 30), |(i, j)| ((i * 5 + j) % 13) as f64 - 6.0);
+        let mut c = Array2::<f64>::ones((40, 30));
+        gemm(c.view_mut(), true, a.t(), b.view(), 0.5);
+        let want = a.t().dot(&b) * 0.5 + 1.0;
+        assert_eq!(c, want, "integer-valued inputs: exact in f64 whatever the summation order");
     }
 
     #[test]
