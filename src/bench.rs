@@ -197,3 +197,63 @@ pub fn bench_one(c: &BenchConfig, q: Quantizer, n: Normalization, steps: usize, 
         peak_rss_mb()
     )
 }
+
+/// `qlstm bench`: one config in this process, or every config in a child process each so
+/// that each row's peak memory is its own.
+pub fn run(config: &str, quantizers: &str, norms: &str, steps: usize, no_header: bool) -> Result<()> {
+    let parse = |list: &str, allowed: &[&str], what: &str| -> Result<Vec<String>> {
+        list.split(',')
+            .map(|x| {
+                if allowed.contains(&x) {
+                    Ok(x.to_string())
+                } else {
+                    Err(crate::error::Error::new(format!("--{what} {x}: allowed: {}", allowed.join(", "))))
+                }
+            })
+            .collect()
+    };
+    let qs = parse(quantizers, &Quantizer::ALL, "quantizer")?;
+    let ns = parse(norms, &Normalization::ALL, "normalization")?;
+    if !no_header {
+        println!("{HEADER}");
+    }
+    if config == "all" {
+        let exe = std::env::current_exe().map_err(|e| crate::error::Error::new(e.to_string()))?;
+        for c in CONFIGS {
+            let t = threads().to_string();
+            let s = steps.to_string();
+            let args = [
+                "bench",
+                "--config",
+                c.name,
+                "--quantizer",
+                quantizers,
+                "--normalization",
+                norms,
+                "--threads",
+                &t,
+                "--steps",
+                &s,
+                "--no-header",
+            ];
+            let status = std::process::Command::new(&exe)
+                .args(args)
+                .status()
+                .map_err(|e| crate::error::Error::new(e.to_string()))?;
+            if !status.success() {
+                return Err(crate::error::Error::new(format!("bench {} failed", c.name)));
+            }
+        }
+        return Ok(());
+    }
+    let c = BenchConfig::by_name(config)?;
+    let roof = sgemm_roof(&c);
+    for q in &qs {
+        for n in &ns {
+            let q: Quantizer = toml::Value::String(q.clone()).try_into().unwrap();
+            let n: Normalization = toml::Value::String(n.clone()).try_into().unwrap();
+            println!("{}", bench_one(&c, q, n, steps, roof));
+        }
+    }
+    Ok(())
+}

@@ -196,7 +196,15 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep { specs, grid, set, jobs, threads, out, emit } => {
-            sweep(&specs, &grid, &set, jobs, threads, &out, emit)
+            let emit = emit.map(|e| match e {
+                Emit::Parallel => qlstm::sweep::Emit::Parallel,
+                Emit::Slurm => qlstm::sweep::Emit::Slurm,
+            });
+            Ok(match qlstm::sweep::run(&specs, &grid, &set, jobs, threads, &out, emit)? {
+                qlstm::sweep::SweepEnd::Done => ExitCode::SUCCESS,
+                qlstm::sweep::SweepEnd::Unfinished => ExitCode::FAILURE,
+                qlstm::sweep::SweepEnd::Interrupted => ExitCode::from(qlstm::signal::INTERRUPTED_EXIT as u8),
+            })
         }
         Command::Table { results, layout, out, markdown } => {
             qlstm::report::table::table(&results, &layout, out.as_deref(), markdown)?;
@@ -204,7 +212,7 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
         }
         Command::Bench { config, quantizer, normalization, threads, steps, no_header } => {
             set_threads(threads);
-            bench(&config, &quantizer, &normalization, steps, no_header)?;
+            qlstm::bench::run(&config, &quantizer, &normalization, steps, no_header)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Size { spec, set, csv } => qlstm::report::size_report(&spec, &set, csv).map(|_| ExitCode::SUCCESS),
@@ -212,117 +220,6 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             qlstm::report::plot::plot(&runs, &out)?;
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-/// `qlstm bench`: one config in this process, or every config in a child process each so
-/// that each row's peak memory is its own.
-fn bench(config: &str, quantizers: &str, norms: &str, steps: usize, no_header: bool) -> Result<()> {
-    use qlstm::bench::{BenchConfig, CONFIGS, HEADER, bench_one, sgemm_roof};
-    use qlstm::spec::{Normalization, Quantizer};
-    let parse = |list: &str, allowed: &[&str], what: &str| -> Result<Vec<String>> {
-        list.split(',')
-            .map(|x| {
-                if allowed.contains(&x) {
-                    Ok(x.to_string())
-                } else {
-                    Err(qlstm::error::Error::new(format!("--{what} {x}: allowed: {}", allowed.join(", "))))
-                }
-            })
-            .collect()
-    };
-    let qs = parse(quantizers, &Quantizer::ALL, "quantizer")?;
-    let ns = parse(norms, &Normalization::ALL, "normalization")?;
-    if !no_header {
-        println!("{HEADER}");
-    }
-    if config == "all" {
-        let exe = std::env::current_exe().map_err(|e| qlstm::error::Error::new(e.to_string()))?;
-        for c in CONFIGS {
-            let t = qlstm::tensor::threads().to_string();
-            let s = steps.to_string();
-            let args = [
-                "bench",
-                "--config",
-                c.name,
-                "--quantizer",
-                quantizers,
-                "--normalization",
-                norms,
-                "--threads",
-                &t,
-                "--steps",
-                &s,
-                "--no-header",
-            ];
-            let status = std::process::Command::new(&exe)
-                .args(args)
-                .status()
-                .map_err(|e| qlstm::error::Error::new(e.to_string()))?;
-            if !status.success() {
-                return Err(qlstm::error::Error::new(format!("bench {} failed", c.name)));
-            }
-        }
-        return Ok(());
-    }
-    let c = BenchConfig::by_name(config)?;
-    let roof = sgemm_roof(&c);
-    for q in &qs {
-        for n in &ns {
-            let q: Quantizer = toml::Value::String(q.clone()).try_into().unwrap();
-            let n: Normalization = toml::Value::String(n.clone()).try_into().unwrap();
-            println!("{}", bench_one(&c, q, n, steps, roof));
-        }
-    }
-    Ok(())
-}
-
-fn sweep(
-    specs: &[PathBuf],
-    grid: &[String],
-    set: &[String],
-    jobs: usize,
-    threads: Option<usize>,
-    out: &std::path::Path,
-    emit: Option<Emit>,
-) -> Result<ExitCode> {
-    use qlstm::error::Error;
-    use qlstm::sweep;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = jobs.max(1);
-    let threads = threads.unwrap_or((cores / jobs).max(1));
-    let list = sweep::expand(&sweep::spec_files(specs)?, grid, set)?;
-    let exe = std::env::current_exe().map_err(|e| Error::new(e.to_string()))?;
-    let out = std::path::absolute(out).map_err(|e| Error::new(e.to_string()))?;
-    match emit {
-        Some(Emit::Parallel) => {
-            for j in list.iter().filter(|j| !sweep::is_complete(&out, &j.name)) {
-                println!("{}", sweep::command_line(&exe, j, &out, threads));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(Emit::Slurm) => {
-            std::fs::create_dir_all(&out).map_err(|e| qlstm::error::io_err(&out, e))?;
-            let todo: Vec<_> = list.into_iter().filter(|j| !sweep::is_complete(&out, &j.name)).collect();
-            let path = out.join("sweep.sbatch");
-            qlstm::report::write_atomic(&path, sweep::slurm_script(&exe, &todo, &out, threads).as_bytes())?;
-            println!("wrote {} ({} array tasks); submit with: sbatch {}", path.display(), todo.len(), path.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        None => {
-            if jobs * threads > cores {
-                eprintln!("qlstm: note: {jobs} jobs × {threads} threads exceeds {cores} cores");
-            }
-            qlstm::signal::install()?;
-            let unfinished = sweep::run_local(&exe, &list, &out, jobs, threads)?;
-            Ok(if qlstm::signal::interrupted() {
-                ExitCode::from(qlstm::signal::INTERRUPTED_EXIT as u8)
-            } else if unfinished > 0 {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
         }
     }
 }

@@ -226,3 +226,66 @@ fn summary_detail(out: &Path, name: &str) -> String {
     let get = |c: &str| h.iter().position(|x| x == c).map(|i| rec[i].to_string()).unwrap_or_default();
     format!(", test {} {}, {} steps", get("metric"), get("test_metric"), get("steps"))
 }
+
+/// Where to send a sweep's runs instead of running them here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    Parallel,
+    Slurm,
+}
+
+/// How a local sweep ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepEnd {
+    Done,
+    Unfinished,
+    Interrupted,
+}
+
+/// `qlstm sweep`: expand, then run locally or emit job lists.
+pub fn run(
+    specs: &[PathBuf],
+    grid: &[String],
+    set: &[String],
+    jobs: usize,
+    threads: Option<usize>,
+    out: &Path,
+    emit: Option<Emit>,
+) -> Result<SweepEnd> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = jobs.max(1);
+    let threads = threads.unwrap_or((cores / jobs).max(1));
+    let list = expand(&spec_files(specs)?, grid, set)?;
+    let exe = std::env::current_exe().map_err(|e| Error::new(e.to_string()))?;
+    let out = std::path::absolute(out).map_err(|e| Error::new(e.to_string()))?;
+    match emit {
+        Some(Emit::Parallel) => {
+            for j in list.iter().filter(|j| !is_complete(&out, &j.name)) {
+                println!("{}", command_line(&exe, j, &out, threads));
+            }
+            Ok(SweepEnd::Done)
+        }
+        Some(Emit::Slurm) => {
+            std::fs::create_dir_all(&out).map_err(|e| crate::error::io_err(&out, e))?;
+            let todo: Vec<_> = list.into_iter().filter(|j| !is_complete(&out, &j.name)).collect();
+            let path = out.join("sweep.sbatch");
+            crate::report::write_atomic(&path, slurm_script(&exe, &todo, &out, threads).as_bytes())?;
+            println!("wrote {} ({} array tasks); submit with: sbatch {}", path.display(), todo.len(), path.display());
+            Ok(SweepEnd::Done)
+        }
+        None => {
+            if jobs * threads > cores {
+                eprintln!("qlstm: note: {jobs} jobs × {threads} threads exceeds {cores} cores");
+            }
+            crate::signal::install()?;
+            let unfinished = run_local(&exe, &list, &out, jobs, threads)?;
+            Ok(if crate::signal::interrupted() {
+                SweepEnd::Interrupted
+            } else if unfinished > 0 {
+                SweepEnd::Unfinished
+            } else {
+                SweepEnd::Done
+            })
+        }
+    }
+}
