@@ -177,7 +177,9 @@ pub fn build(layout: &str, runs: &[Run]) -> Result<Vec<Row>> {
         let (ours, size, status, epochs, steps, run) = match best {
             Some(r) => {
                 let status = r.get("status").to_string();
-                let ours = if status == "diverged" { String::new() } else { round(r.get("test_metric")) };
+                // only a finished run has a test figure (diverged: the paper's N/A; interrupted:
+                // not there yet)
+                let ours = if status == "ok" { round(r.get("test_metric")) } else { String::new() };
                 (
                     ours,
                     r.get("size_kb").to_string(),
