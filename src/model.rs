@@ -342,7 +342,8 @@ impl<T: Real> Model<T> {
         let out = ws.caches[nl - 1].output();
         // Language models predict at every step; the classifier only from the last h.
         let top = if self.task.is_mnist() { out.slice_move(s![rows - batch.., ..]) } else { out };
-        ws.top.clone_from(&top.to_owned());
+        ensure_shape(&mut ws.top, top.nrows(), top.ncols());
+        ws.top.assign(&top);
         if train && self.dropout_output > 0.0 {
             let (r, c) = ws.top.dim();
             sample_mask(rng, self.dropout_output, r, c, &mut ws.mask_out);

@@ -542,10 +542,7 @@ impl Trainer {
             ("step".to_string(), self.step.to_string()),
             ("epoch".to_string(), self.progress.epoch.to_string()),
         ]);
-        let owned: Vec<(String, Array2<f32>)> =
-            self.model.named_tensors_mut().into_iter().map(|(n, a)| (n, a.to_owned())).collect();
-        let views: Vec<(String, ArrayView2<f32>)> = owned.iter().map(|(n, a)| (n.clone(), a.view())).collect();
-        checkpoint::write(path, &views, meta)
+        checkpoint::write(path, &model_views(&mut self.model), meta)
     }
 
     /// Everything needed to continue exactly: model, optimizer moments, carried state,
@@ -572,22 +569,18 @@ impl Trainer {
             ("best".to_string(), p.best.map_or(String::new(), |b| b.to_string())),
             ("metrics".to_string(), String::from_utf8(to_csv(&p.rows)?).unwrap()),
         ]);
-        let mut owned: Vec<(String, Array2<f32>)> =
-            self.model.named_tensors_mut().into_iter().map(|(n, a)| (n, a.to_owned())).collect();
         let names: Vec<String> = self.model.params_mut().iter().map(|p| p.name.clone()).collect();
-        for (i, n) in names.iter().enumerate() {
-            if let (Some(m), Some(v)) = (self.opt.m.get(i), self.opt.v.get(i)) {
-                owned.push((format!("optimizer.m.{n}"), m.clone()));
-                owned.push((format!("optimizer.v.{n}"), v.clone()));
-            }
+        let mut views = model_views(&mut self.model);
+        for (n, (m, v)) in names.iter().zip(self.opt.m.iter().zip(&self.opt.v)) {
+            views.push((format!("optimizer.m.{n}"), m.view()));
+            views.push((format!("optimizer.v.{n}"), v.view()));
         }
         if let (Some(st), true) = (&self.carried, self.progress.window > 0) {
             for (l, (h, c)) in st.h.iter().zip(&st.c).enumerate() {
-                owned.push((format!("state.h.{l}"), h.clone()));
-                owned.push((format!("state.c.{l}"), c.clone()));
+                views.push((format!("state.h.{l}"), h.view()));
+                views.push((format!("state.c.{l}"), c.view()));
             }
         }
-        let views: Vec<(String, ArrayView2<f32>)> = owned.iter().map(|(n, a)| (n.clone(), a.view())).collect();
         checkpoint::write(path, &views, meta)?;
         if let Some(dir) = path.parent() {
             self.write_diagnostics(dir)?;
@@ -693,6 +686,18 @@ fn read_rows<R: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<R>> {
     r.deserialize()
         .collect::<std::result::Result<Vec<R>, _>>()
         .map_err(|e| Error::new(format!("{}: {e}", path.display())))
+}
+
+/// Views of every model tensor a checkpoint holds, by name (no copies).
+fn model_views(model: &mut Model<f32>) -> Vec<(String, ArrayView2<'_, f32>)> {
+    model
+        .named_tensors_mut()
+        .into_iter()
+        .map(|(n, a)| {
+            let a: &Array2<f32> = a;
+            (n, a.view())
+        })
+        .collect()
 }
 
 /// The gradient of one window: zero the grads, forward in training mode, backward (skipped
