@@ -92,13 +92,15 @@ pub fn expand(specs: &[PathBuf], grids: &[String], sets: &[String]) -> Result<Ve
     Ok(jobs)
 }
 
+/// The run's summary.csv row, if the run got that far (an unreadable one counts as absent:
+/// the run is redone).
+fn summary(out: &Path, name: &str) -> Option<std::collections::HashMap<String, String>> {
+    crate::report::csv::read_first_row(&out.join(name).join("summary.csv")).ok().flatten()
+}
+
 /// The status in `<out>/<name>/summary.csv`, if the run got that far.
 pub fn run_status(out: &Path, name: &str) -> Option<String> {
-    let mut r = csv::Reader::from_path(out.join(name).join("summary.csv")).ok()?;
-    let h = r.headers().ok()?.clone();
-    let rec = r.records().next()?.ok()?;
-    let i = h.iter().position(|c| c == "status")?;
-    Some(rec[i].to_string())
+    summary(out, name)?.remove("status")
 }
 
 /// A run is done when its summary says ok or diverged (both are results).
@@ -220,10 +222,8 @@ pub fn run_local(exe: &Path, jobs: &[Job], out: &Path, parallel: usize, threads:
 }
 
 fn summary_detail(out: &Path, name: &str) -> String {
-    let Ok(mut r) = csv::Reader::from_path(out.join(name).join("summary.csv")) else { return String::new() };
-    let Ok(h) = r.headers().cloned() else { return String::new() };
-    let Some(Ok(rec)) = r.records().next() else { return String::new() };
-    let get = |c: &str| h.iter().position(|x| x == c).map(|i| rec[i].to_string()).unwrap_or_default();
+    let Some(s) = summary(out, name) else { return String::new() };
+    let get = |c: &str| s.get(c).map_or("", String::as_str);
     format!(", test {} {}, {} steps", get("metric"), get("test_metric"), get("steps"))
 }
 

@@ -34,6 +34,23 @@ pub fn to_csv<R: Serialize>(rows: &[R]) -> Result<Vec<u8>> {
     w.into_inner().map_err(|e| Error::new(format!("csv: {e}")))
 }
 
+/// The first data row of a CSV file (a run's summary.csv) as column → value; None if the file
+/// is missing or has no row. Read by column name, so it tolerates added columns.
+pub fn read_first_row(path: &Path) -> Result<Option<std::collections::HashMap<String, String>>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let err = |e: ::csv::Error| Error::new(format!("{}: {e}", path.display()));
+    let mut r = ::csv::Reader::from_path(path).map_err(err)?;
+    let h = r.headers().map_err(err)?.clone();
+    match r.records().next() {
+        Some(rec) => {
+            Ok(Some(h.iter().zip(rec.map_err(err)?.iter()).map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+        }
+        None => Ok(None),
+    }
+}
+
 /// One row of metrics.csv: an epoch (or the partial epoch a step budget ended in).
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct EpochRow {

@@ -52,10 +52,7 @@ fn walk(dir: &Path, runs: &mut Vec<Run>) -> Result<()> {
     let spec = dir.join("spec.toml");
     if summary.exists() && spec.exists() {
         let spec = Spec::load(&spec, &[])?;
-        let mut r = csv::Reader::from_path(&summary).map_err(|e| Error::new(format!("{}: {e}", summary.display())))?;
-        let h = r.headers().map_err(|e| Error::new(format!("{}: {e}", summary.display())))?.clone();
-        if let Some(Ok(rec)) = r.records().next() {
-            let summary = h.iter().zip(rec.iter()).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Some(summary) = crate::report::csv::read_first_row(&summary)? {
             runs.push(Run { dir: dir.to_path_buf(), spec, summary });
         }
         return Ok(());
