@@ -1,22 +1,14 @@
 //! The binary driven as users drive it: real runs on real data, and bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{data_set, root, scratch};
 
 fn qlstm(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qlstm")).args(args).current_dir(cwd).output().expect("run qlstm")
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh scratch directory per test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qlstm-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::bin().args(args).current_dir(cwd).output().expect("run qlstm")
 }
 
 fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
@@ -25,10 +17,6 @@ fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
     r.records()
         .map(|rec| headers.iter().zip(rec.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
         .collect()
-}
-
-fn data_arg() -> String {
-    format!("data.dir={}", root().join("data").display())
 }
 
 /// Unigram entropy of PTB-char training text in bits, computed from the file.
@@ -50,7 +38,7 @@ fn ptb_char_trains_far_below_unigram_entropy() {
             "--set",
             "train.max_steps=300",
             "--set",
-            &data_arg(),
+            &data_set(),
             "--threads",
             "2",
             "--out",
@@ -106,7 +94,7 @@ fn same_seed_same_numbers() {
                 "--set",
                 "train.max_steps=20",
                 "--set",
-                &data_arg(),
+                &data_set(),
                 "--threads",
                 "1",
                 "--out",

@@ -1,18 +1,18 @@
 //! The paper's explanation, measured: λ1 at initialisation and the gradient norms within a
 //! window, on real PTB-char text at H = 128.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{data_set, root};
 
 use qlstm::spec::Spec;
 use qlstm::train::Trainer;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn trainer(q: &str, n: &str, steps: usize) -> Trainer {
     let sets = [
-        format!("data.dir={}", root().join("data").display()),
+        data_set(),
         format!("model.quantizer={q}"),
         format!("model.normalization={n}"),
         "model.hidden=128".into(),
@@ -60,7 +60,7 @@ fn csv_columns_and_the_plot_command() {
     let bin = env!("CARGO_BIN_EXE_qlstm");
     for (q, n) in [("bc", "none"), ("bc", "layer")] {
         let spec = root().join(format!("configs/ptb_char_{q}_{n}.toml"));
-        let d = format!("data.dir={}", root().join("data").display());
+        let d = data_set();
         let o = std::process::Command::new(bin)
             .args([
                 "run",

@@ -1,33 +1,18 @@
 //! Runs that survive: interruption and resume, divergence, evaluation from checkpoints, and
 //! bad input of every kind — each driven through the binary as users drive it.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qlstm"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qlstm-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn data() -> String {
-    format!("data.dir={}", root().join("data").display())
-}
+use common::{bin, data_set, root, scratch};
 
 /// `qlstm run` of the ptb_char recipe with extra `--set`s.
 fn run_args(out: &Path, sets: &[&str]) -> Vec<String> {
     let mut a = vec!["run".into(), root().join("configs/ptb_char_fp_none.toml").display().to_string()];
-    for s in [data().as_str()].into_iter().chain(sets.iter().copied()) {
+    for s in [data_set().as_str()].into_iter().chain(sets.iter().copied()) {
         a.push("--set".into());
         a.push(s.into());
     }
@@ -114,7 +99,7 @@ fn sigint_then_resume_equals_an_uninterrupted_run() {
     assert_eq!(steps, straight, "λ rows at the same steps as the uninterrupted run");
 
     // eval from the run directory (best.safetensors) equals the reported test metric
-    let o = bin().args(["eval", dir.to_str().unwrap(), "--threads", "1", "--set", &data()]).output().unwrap();
+    let o = bin().args(["eval", dir.to_str().unwrap(), "--threads", "1", "--set", &data_set()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
     let value: f64 = text.lines().nth(1).unwrap().split(',').nth(4).unwrap().parse().unwrap();
@@ -198,7 +183,7 @@ fn every_bad_spec_in_the_corpus_is_rejected_clearly() {
                 .to_string(),
         };
         let out = scratch("bad");
-        let sets = if text.contains("[data]") { vec![] } else { vec!["--set".to_string(), data()] };
+        let sets = if text.contains("[data]") { vec![] } else { vec!["--set".to_string(), data_set()] };
         let o =
             bin().arg("run").arg(&path).args(&sets).args(["--out", out.join("o").to_str().unwrap()]).output().unwrap();
         rejected(&o, &out.join("o"), &expect, &path.display().to_string());
@@ -240,7 +225,7 @@ fn corrupt_checkpoints_and_unwritable_outputs_are_reported() {
     let ck = out.join("real/checkpoint.safetensors");
     let bytes = std::fs::read(&ck).unwrap();
     std::fs::write(&ck, &bytes[..bytes.len() / 2]).unwrap();
-    let o = bin().args(["eval", ck.to_str().unwrap(), "--set", &data()]).output().unwrap();
+    let o = bin().args(["eval", ck.to_str().unwrap(), "--set", &data_set()]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("real/checkpoint.safetensors"), "{err}");
     // A checkpoint of another spec.

@@ -1,33 +1,16 @@
 //! Sweeps and tables: grid expansion and names, resuming a sweep, the job lists it emits (run
 //! by GNU parallel here), and the paper-layout table on a fixture results directory.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
+use common::{bin, data_set, root, scratch};
 use qlstm::sweep;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qlstm-sweep-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qlstm"))
-}
-
 fn tiny_sets() -> Vec<String> {
-    vec![
-        format!("data.dir={}", root().join("data").display()),
-        "model.hidden=16".into(),
-        "train.max_steps=3".into(),
-        "diagnostics.enabled=false".into(),
-    ]
+    vec![data_set(), "model.hidden=16".into(), "train.max_steps=3".into(), "diagnostics.enabled=false".into()]
 }
 
 #[test]

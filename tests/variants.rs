@@ -1,21 +1,15 @@
 //! Every quantizer × normalization pair trains on real PTB-char text with a finite loss, and
 //! the paper's effect shows on a short run.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{data_set, root};
 
 use qlstm::spec::{Normalization, Quantizer, Spec};
 use qlstm::train::Trainer;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn spec(q: &str, n: &str, sets: &[String]) -> Spec {
-    let mut all = vec![
-        format!("data.dir={}", root().join("data").display()),
-        format!("model.quantizer={q}"),
-        format!("model.normalization={n}"),
-    ];
+    let mut all = vec![data_set(), format!("model.quantizer={q}"), format!("model.normalization={n}")];
     all.extend(sets.iter().cloned());
     Spec::load(&root().join("configs/ptb_char_fp_none.toml"), &all).unwrap()
 }
