@@ -25,21 +25,23 @@ DATASETS = {
 QUANTIZERS = ["fp", "bc", "bwn", "lab", "tc", "twn", "lat"]
 
 # Budget profile: per dataset, the fields that shrink the paper's recipe so that a table's block
-# of runs fits in about two hours on 2 cores (measured throughput in results/bench/). README,
+# of runs fits in about an hour on 2 cores (measured throughput in results/bench/). README,
 # "Reproducing the paper", gives the reasons; `--profile paper` uses the full recipe.
 BUDGETS = {
     # 784 steps of 64×100 characters (one epoch) at H = 512: ~3 min per run
     "ptb_char": {"train.epochs": 1},
-    # two epochs of the 2.56M-byte training split (800 steps)
-    "warpeace": {"train.epochs": 2},
+    # one epoch of the 2.56M-byte training split (400 steps): ~1.5 min per run
+    "warpeace": {"train.epochs": 1},
     # H = 2000 on 90M bytes: 1,000 steps (text8 is not fetched here; for users who have it)
     "text8": {"train.epochs": 1, "train.max_steps": 1000},
-    # six epochs with the plateau schedule (lr ÷ 4 when validation stalls): ~10 min per run
-    "ptb_word": {"train.epochs": 6},
+    # two epochs (2 × ~1,330 steps of 20×35 words, ~80 s each at 12k words/s): ~3 min per run;
+    # the plateau schedule (lr ÷ 4 when validation stalls) rarely acts this early
+    "ptb_word": {"train.epochs": 2},
     "ptb_word650": {"train.epochs": 2},
     "ptb_word_2x650": {"train.epochs": 1},
-    # three epochs; lr 0.002 → 0.001 compressed into them (× 0.5^(1/3) per epoch)
-    "seq_mnist": {"train.epochs": 3, "train.lr_decay": round(0.5 ** (1 / 3), 12)},
+    # two epochs (2 × 500 steps of 100 images; 1–2.5 min per epoch by normalization); lr 0.002
+    # → 0.001 compressed into them (× 0.5^(1/2) per epoch)
+    "seq_mnist": {"train.epochs": 2, "train.lr_decay": round(0.5 ** (1 / 2), 12)},
 }
 NORMALIZATIONS = ["none", "weight", "layer", "batch_shared", "batch_separate"]
 
