@@ -91,6 +91,23 @@ pub fn sum_sq<T: Real>(x: &[T]) -> T {
     acc.iter().copied().sum::<T>() + rest.iter().map(|&v| v * v).sum::<T>()
 }
 
+/// Σ x² of a slice accumulated in f64, vectorizable: for norms of gradients, whose squares can
+/// overflow f32 while the gradients themselves are finite (plain bc at H = 512 reaches 1e20
+/// at step 0; PyTorch's CPU norm accumulates f32 in double too).
+#[inline(always)]
+pub fn sum_sq_f64<T: Real>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            let v = c[l].f64();
+            acc[l] += v * v;
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&v| v.f64() * v.f64()).sum::<f64>()
+}
+
 /// Σ x of a slice, vectorizable.
 #[inline(always)]
 pub fn sum<T: Real>(x: &[T]) -> T {

@@ -55,3 +55,21 @@ fn binarized_without_normalization_is_clearly_worse() {
         assert!(bpc["bc/none"] > bpc[other] + 0.5, "bc/none {} vs {other} {}", bpc["bc/none"], bpc[other]);
     }
 }
+
+/// Plain BinaryConnect at the paper's H = 512 explodes at once: ‖∂ξ/∂h_0‖ of the first
+/// 100-step window is ~3e36 (measured), finite in f32 but with a square far past f32's range.
+/// Clipping must still see a finite norm (the paper trains this cell to 2.51 BPC); an f32
+/// sum of squares made the first step look diverged.
+#[test]
+fn exploding_but_finite_gradients_are_clipped_not_called_diverged() {
+    qlstm::tensor::set_threads(1);
+    let sets = ["model.hidden=512", "train.max_steps=2", "diagnostics.grad_every=1"].map(String::from);
+    let mut t = Trainer::new(spec("bc", "none", &sets)).unwrap();
+    t.verbose = false;
+    let end = t.train_epoch(1).unwrap();
+    assert_eq!(end, qlstm::train::trainer::EpochEnd::Done, "2 steps of plain bc at H = 512");
+    assert_eq!(t.step, 2);
+    let at_h0 = t.grad_rows.iter().filter(|r| r.t == 0).map(|r| r.grad_norm).fold(0.0, f64::max);
+    assert!(at_h0.is_finite() && at_h0 > 1e20, "‖∂ξ/∂h_0‖ = {at_h0}: the explosion the paper describes");
+    assert!(t.progress.epoch_stats.mean_loss().is_finite());
+}

@@ -781,17 +781,18 @@ fn cell_backward_row<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
         dgo[j] = dht * tc * o * (one - o);
         dcr[j] = dct * f;
     }
-    // ‖∂L/∂h_t‖² of the row, in its own loop so the one above has no reduction to serialize
-    let mut acc = [T::zero(); 16];
+    // ‖∂L/∂h_t‖² of the row, in its own loop so the one above has no reduction to serialize;
+    // in f64, since exploding gradients (plain bc) square past f32's range while finite
+    let mut acc = [0.0f64; 16];
     let n = hidden / 16 * 16;
     for j in (0..n).step_by(16) {
         for l in 0..16 {
-            let d = dhr[j + l] + dor[j + l];
+            let d = (dhr[j + l] + dor[j + l]).f64();
             acc[l] += d * d;
         }
     }
-    let tail: T = (n..hidden).map(|j| (dhr[j] + dor[j]) * (dhr[j] + dor[j])).sum();
-    (acc.iter().copied().sum::<T>() + tail).f64()
+    let tail: f64 = (n..hidden).map(|j| (dhr[j] + dor[j]).f64().powi(2)).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// The cell's row kernels compiled twice: for the build target, and with AVX2 + FMA, chosen

@@ -4,7 +4,7 @@
 use ndarray::Array2;
 
 use crate::spec::Optimizer as Kind;
-use crate::tensor::{Group, Param, Real};
+use crate::tensor::{Group, Param, Real, sum_sq_f64};
 
 pub struct Optimizer<T> {
     pub kind: Kind,
@@ -108,14 +108,11 @@ fn adam<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T
 }
 
 /// Σ g² in blocks: each block of 4096 summed in T (vectorized), the blocks in f64.
-fn sum_squares<T: Real>(g: &[T]) -> f64 {
-    g.chunks(4096).map(|c| crate::tensor::sum_sq(c).f64()).sum()
-}
 
 /// Scale all gradients so their global L2 norm is at most `max_norm` (0: no clipping), as
 /// PyTorch's clip_grad_norm_ does (factor max/(norm + 1e-6)). Returns the norm before clipping.
 pub fn clip_grad_norm<T: Real>(params: &mut [&mut Param<T>], max_norm: f64) -> f64 {
-    let norm = params.iter().map(|p| sum_squares(p.grad.as_slice().unwrap())).sum::<f64>().sqrt();
+    let norm = params.iter().map(|p| sum_sq_f64(p.grad.as_slice().unwrap())).sum::<f64>().sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = T::r(max_norm / (norm + 1e-6));
         for p in params.iter_mut() {
@@ -153,5 +150,16 @@ mod tests {
         assert_eq!(clip_grad_norm(&mut ps, 1.0), 5.0);
         assert!((ps[0].grad[[0, 0]] - 3.0 / (5.0 + 1e-6)).abs() < 1e-15);
         assert_eq!(clip_grad_norm(&mut ps, 0.0), (ps[0].grad[[0, 0]].powi(2) + ps[1].grad[[0, 0]].powi(2)).sqrt());
+    }
+
+    #[test]
+    fn clipping_f32_gradients_whose_squares_overflow_f32() {
+        // 3e20² = 9e40 > f32::MAX: the norm must come out finite (5e20) and the clip exact.
+        let mut a = Param::new("a", array![[0.0f32, 0.0]], Group::Other);
+        a.grad = array![[3e20f32, -4e20]];
+        let mut ps = [&mut a];
+        let norm = clip_grad_norm(&mut ps, 5.0);
+        assert!((norm / 5e20 - 1.0).abs() < 1e-6, "{norm}");
+        assert!((ps[0].grad[[0, 0]] - 3.0).abs() < 1e-5 && (ps[0].grad[[0, 1]] + 4.0).abs() < 1e-5);
     }
 }
