@@ -3,7 +3,7 @@
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
 
-use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
+use crate::tensor::{Group, Param, Real, ensure_shape, gemm, simd_kernel};
 
 pub struct Linear<T> {
     /// (out, in), PyTorch layout.
@@ -56,26 +56,17 @@ pub fn softmax_cross_entropy<T: Real>(logits: &mut Array2<T>, targets: &[u32], g
         let rows_per = targets.len().div_ceil(threads);
         data.par_chunks_mut(rows_per * v)
             .zip(targets.par_chunks(rows_per))
-            .map(|(d, t)| rows_dispatch(d, t, v, grad_scale))
+            .map(|(d, t)| softmax_rows(d, t, v, grad_scale))
             .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     } else {
-        rows_dispatch(data, targets, v, grad_scale)
+        softmax_rows(data, targets, v, grad_scale)
     }
 }
 
-fn rows_dispatch<T: Real>(data: &mut [T], targets: &[u32], v: usize, grad_scale: T) -> (f64, usize) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::tensor::has_avx2() {
-        // SAFETY: the CPU has the features `rows_avx2` is compiled for.
-        return unsafe { rows_avx2(data, targets, v, grad_scale) };
+simd_kernel! {
+    fn softmax_rows<T: Real>(data: &mut [T], targets: &[u32], v: usize, grad_scale: T) -> (f64, usize) {
+        rows(data, targets, v, grad_scale)
     }
-    rows(data, targets, v, grad_scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2<T: Real>(data: &mut [T], targets: &[u32], v: usize, grad_scale: T) -> (f64, usize) {
-    rows(data, targets, v, grad_scale)
 }
 
 #[inline(always)]

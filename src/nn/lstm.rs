@@ -13,7 +13,7 @@
 use crate::nn::norm::{NormKind, ProductNorm};
 use crate::nn::{quant, weight_norm};
 use crate::spec::{Normalization, Quantizer};
-use crate::tensor::{Group, Param, Real, ensure_shape, gemm, gemm_with, threads};
+use crate::tensor::{Group, Param, Real, ensure_shape, gemm, gemm_with, simd_kernel, threads};
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
@@ -690,7 +690,7 @@ fn cell_forward<T: Real>(
             tanh_c: tanh_c.row_mut(b).into_slice().unwrap(),
             h: h_out.row_mut(b).into_slice().unwrap(),
         };
-        simd::dispatch_forward(rows, hidden);
+        cell_forward_row(rows, hidden);
     }
 }
 
@@ -703,23 +703,25 @@ struct CellRow<'a, T> {
     h: &'a mut [T],
 }
 
-#[inline(always)]
-fn cell_forward_row<T: Real>(r: CellRow<T>, hidden: usize) {
-    let (gi, rest) = r.g.split_at_mut(hidden);
-    let (gf, rest) = rest.split_at_mut(hidden);
-    let (ga, go) = rest.split_at_mut(hidden);
-    let (cp, cr, tr, hr) = (&r.c_prev[..hidden], &mut r.c[..hidden], &mut r.tanh_c[..hidden], &mut r.h[..hidden]);
-    for j in 0..hidden {
-        let i = gi[j].sigmoid();
-        let f = gf[j].sigmoid();
-        let a = ga[j].tanh_fast();
-        let o = go[j].sigmoid();
-        let cj = i * a + f * cp[j];
-        let tc = cj.tanh_fast();
-        (gi[j], gf[j], ga[j], go[j]) = (i, f, a, o);
-        cr[j] = cj;
-        tr[j] = tc;
-        hr[j] = o * tc;
+simd_kernel! {
+    /// The cell's forward on one batch row (a kernel: compiled for AVX-512 and AVX2).
+    fn cell_forward_row<T: Real>(r: CellRow<T>, hidden: usize) {
+        let (gi, rest) = r.g.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (ga, go) = rest.split_at_mut(hidden);
+        let (cp, cr, tr, hr) = (&r.c_prev[..hidden], &mut r.c[..hidden], &mut r.tanh_c[..hidden], &mut r.h[..hidden]);
+        for j in 0..hidden {
+            let i = gi[j].sigmoid();
+            let f = gf[j].sigmoid();
+            let a = ga[j].tanh_fast();
+            let o = go[j].sigmoid();
+            let cj = i * a + f * cp[j];
+            let tc = cj.tanh_fast();
+            (gi[j], gf[j], ga[j], go[j]) = (i, f, a, o);
+            cr[j] = cj;
+            tr[j] = tc;
+            hr[j] = o * tc;
+        }
     }
 }
 
@@ -748,7 +750,7 @@ fn cell_backward<T: Real>(
             dc: dc.row_mut(b).into_slice().unwrap(),
             dg: dg.row_mut(b).into_slice().unwrap(),
         };
-        sq += simd::dispatch_backward(rows, hidden);
+        sq += cell_backward_row(rows, hidden);
     }
     sq
 }
@@ -763,79 +765,42 @@ struct CellGradRow<'a, T> {
     dg: &'a mut [T],
 }
 
-/// Returns Σ_j (∂L/∂h_t[j])² of the row.
-#[inline(always)]
-fn cell_backward_row<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
-    let one = T::one();
-    let (gi, gf, ga, go) = (
-        &r.gates[..hidden],
-        &r.gates[hidden..2 * hidden],
-        &r.gates[2 * hidden..3 * hidden],
-        &r.gates[3 * hidden..4 * hidden],
-    );
-    let (cp, tr, dor) = (&r.c_prev[..hidden], &r.tanh_c[..hidden], &r.d_out[..hidden]);
-    let (dhr, dcr) = (&mut r.dh[..hidden], &mut r.dc[..hidden]);
-    let (dgi, rest) = r.dg.split_at_mut(hidden);
-    let (dgf, rest) = rest.split_at_mut(hidden);
-    let (dga, dgo) = rest.split_at_mut(hidden);
-    for j in 0..hidden {
-        let (i, f, a, o, tc) = (gi[j], gf[j], ga[j], go[j], tr[j]);
-        let dht = dhr[j] + dor[j];
-        let dct = dcr[j] + dht * o * (one - tc * tc);
-        dgi[j] = dct * a * i * (one - i);
-        dgf[j] = dct * cp[j] * f * (one - f);
-        dga[j] = dct * i * (one - a * a);
-        dgo[j] = dht * tc * o * (one - o);
-        dcr[j] = dct * f;
-    }
-    // ‖∂L/∂h_t‖² of the row, in its own loop so the one above has no reduction to serialize;
-    // in f64, since exploding gradients (plain bc) square past f32's range while finite
-    let mut acc = [0.0f64; 16];
-    let n = hidden / 16 * 16;
-    for j in (0..n).step_by(16) {
-        for l in 0..16 {
-            let d = (dhr[j + l] + dor[j + l]).f64();
-            acc[l] += d * d;
+simd_kernel! {
+    /// The cell's backward on one batch row; returns Σ_j (∂L/∂h_t[j])² of the row.
+    fn cell_backward_row<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
+        let one = T::one();
+        let (gi, gf, ga, go) = (
+            &r.gates[..hidden],
+            &r.gates[hidden..2 * hidden],
+            &r.gates[2 * hidden..3 * hidden],
+            &r.gates[3 * hidden..4 * hidden],
+        );
+        let (cp, tr, dor) = (&r.c_prev[..hidden], &r.tanh_c[..hidden], &r.d_out[..hidden]);
+        let (dhr, dcr) = (&mut r.dh[..hidden], &mut r.dc[..hidden]);
+        let (dgi, rest) = r.dg.split_at_mut(hidden);
+        let (dgf, rest) = rest.split_at_mut(hidden);
+        let (dga, dgo) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let (i, f, a, o, tc) = (gi[j], gf[j], ga[j], go[j], tr[j]);
+            let dht = dhr[j] + dor[j];
+            let dct = dcr[j] + dht * o * (one - tc * tc);
+            dgi[j] = dct * a * i * (one - i);
+            dgf[j] = dct * cp[j] * f * (one - f);
+            dga[j] = dct * i * (one - a * a);
+            dgo[j] = dht * tc * o * (one - o);
+            dcr[j] = dct * f;
         }
-    }
-    let tail: f64 = (n..hidden).map(|j| (dhr[j] + dor[j]).f64().powi(2)).sum();
-    acc.iter().sum::<f64>() + tail
-}
-
-/// The cell's row kernels compiled twice: for the build target, and with AVX2 + FMA, chosen
-/// at run time (the default x86-64 target has neither, and the cell is the one hot loop that
-/// is not a GEMM).
-mod simd {
-    use super::{CellGradRow, CellRow, cell_backward_row, cell_forward_row};
-    use crate::tensor::{Real, has_avx2};
-
-    pub(super) fn dispatch_forward<T: Real>(r: CellRow<T>, hidden: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { forward_avx2(r, hidden) };
+        // ‖∂L/∂h_t‖² of the row, in its own loop so the one above has no reduction to serialize;
+        // in f64, since exploding gradients (plain bc) square past f32's range while finite
+        let mut acc = [0.0f64; 16];
+        let n = hidden / 16 * 16;
+        for j in (0..n).step_by(16) {
+            for l in 0..16 {
+                let d = (dhr[j + l] + dor[j + l]).f64();
+                acc[l] += d * d;
+            }
         }
-        cell_forward_row(r, hidden)
-    }
-
-    pub(super) fn dispatch_backward<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: as above.
-            return unsafe { backward_avx2(r, hidden) };
-        }
-        cell_backward_row(r, hidden)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2<T: Real>(r: CellRow<T>, hidden: usize) {
-        cell_forward_row(r, hidden)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_avx2<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
-        cell_backward_row(r, hidden)
+        let tail: f64 = (n..hidden).map(|j| (dhr[j] + dor[j]).f64().powi(2)).sum();
+        acc.iter().sum::<f64>() + tail
     }
 }

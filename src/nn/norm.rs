@@ -67,40 +67,21 @@ impl<T: Real> ProductNorm<T> {
         [&mut self.gain, &mut self.bias]
     }
 
-    /// Normalize the rows `z` of in-window step `t` (B rows for batch norm; any rows for layer
-    /// norm) and add γ ⊙ x̂ + β to `out`. Writes x̂ into `xhat` and the divisors' inverses
-    /// 1/√(σ² + ε) into `rstd` ((rows, 4) for layer norm, (1, 4H) for batch norm).
-    /// `train` selects batch statistics (and updates the running ones) over running ones.
-    /// All views must be in standard (row-major, contiguous-row) layout.
-    pub fn forward(
-        &mut self,
-        z: ArrayView2<T>,
-        t: usize,
-        train: bool,
-        xhat: ArrayViewMut2<T>,
-        rstd: ArrayViewMut2<T>,
-        out: ArrayViewMut2<T>,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::tensor::has_avx2() {
-            // SAFETY: the CPU has the features `forward_avx2` is compiled for.
-            return unsafe { self.forward_avx2(z, t, train, xhat, rstd, out) };
-        }
-        self.forward_impl(z, t, train, xhat, rstd, out)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(
-        &mut self,
-        z: ArrayView2<T>,
-        t: usize,
-        train: bool,
-        xhat: ArrayViewMut2<T>,
-        rstd: ArrayViewMut2<T>,
-        out: ArrayViewMut2<T>,
-    ) {
-        self.forward_impl(z, t, train, xhat, rstd, out)
+    crate::tensor::simd_method! {
+        /// Normalize the rows `z` of in-window step `t` (B rows for batch norm; any rows for layer
+        /// norm) and add γ ⊙ x̂ + β to `out`. Writes x̂ into `xhat` and the divisors' inverses
+        /// 1/√(σ² + ε) into `rstd` ((rows, 4) for layer norm, (1, 4H) for batch norm).
+        /// `train` selects batch statistics (and updates the running ones) over running ones.
+        /// All views must be in standard (row-major, contiguous-row) layout.
+        pub fn forward(
+            &mut self,
+            z: ArrayView2<T>,
+            t: usize,
+            train: bool,
+            xhat: ArrayViewMut2<T>,
+            rstd: ArrayViewMut2<T>,
+            out: ArrayViewMut2<T>,
+        ) => forward_impl, forward_avx512, forward_avx2
     }
 
     #[inline(always)]
@@ -181,34 +162,16 @@ impl<T: Real> ProductNorm<T> {
         }
     }
 
-    /// Layer norm of some rows, for callers that split a step's rows across threads: as
-    /// `forward`, but without touching `self` (layer norm keeps no statistics).
-    pub fn layer_forward_rows(
-        &self,
-        z: ArrayView2<T>,
-        xhat: ArrayViewMut2<T>,
-        rstd: ArrayViewMut2<T>,
-        out: ArrayViewMut2<T>,
-    ) {
-        debug_assert_eq!(self.kind, NormKind::Layer);
-        #[cfg(target_arch = "x86_64")]
-        if crate::tensor::has_avx2() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { self.layer_forward_rows_avx2(z, xhat, rstd, out) };
-        }
-        self.layer_forward_rows_impl(z, xhat, rstd, out)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn layer_forward_rows_avx2(
-        &self,
-        z: ArrayView2<T>,
-        xhat: ArrayViewMut2<T>,
-        rstd: ArrayViewMut2<T>,
-        out: ArrayViewMut2<T>,
-    ) {
-        self.layer_forward_rows_impl(z, xhat, rstd, out)
+    crate::tensor::simd_method! {
+        /// Layer norm of some rows, for callers that split a step's rows across threads: as
+        /// `forward`, but without touching `self` (layer norm keeps no statistics).
+        pub fn layer_forward_rows(
+            &self,
+            z: ArrayView2<T>,
+            xhat: ArrayViewMut2<T>,
+            rstd: ArrayViewMut2<T>,
+            out: ArrayViewMut2<T>,
+        ) => layer_forward_rows_impl, layer_forward_rows_avx512, layer_forward_rows_avx2
     }
 
     #[inline(always)]
@@ -219,6 +182,7 @@ impl<T: Real> ProductNorm<T> {
         rstd: ArrayViewMut2<T>,
         out: ArrayViewMut2<T>,
     ) {
+        debug_assert_eq!(self.kind, NormKind::Layer);
         layer_stats(z, self.hidden, T::r(EPS), xhat.view_mut(), rstd);
         self.add_affine(xhat.view(), out);
     }
@@ -237,52 +201,35 @@ impl<T: Real> ProductNorm<T> {
         }
     }
 
-    /// ∂L/∂z of layer norm for some rows, without touching `self` (see `layer_forward_rows`);
-    /// the gain and bias gradients come from `param_grads`.
-    pub fn layer_input_grad(&self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::tensor::has_avx2() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { self.layer_input_grad_avx2(dy, xhat, rstd, dz) };
-        }
+    crate::tensor::simd_method! {
+        /// ∂L/∂z of layer norm for some rows, without touching `self` (see `layer_forward_rows`);
+        /// the gain and bias gradients come from `param_grads`.
+        pub fn layer_input_grad(
+            &self,
+            dy: ArrayView2<T>,
+            xhat: ArrayView2<T>,
+            rstd: ArrayView2<T>,
+            dz: ArrayViewMut2<T>,
+        ) => layer_input_grad_impl, layer_input_grad_avx512, layer_input_grad_avx2
+    }
+
+    #[inline(always)]
+    fn layer_input_grad_impl(&self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
         layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn layer_input_grad_avx2(
-        &self,
-        dy: ArrayView2<T>,
-        xhat: ArrayView2<T>,
-        rstd: ArrayView2<T>,
-        dz: ArrayViewMut2<T>,
-    ) {
-        layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz)
-    }
-
-    /// Backward of `forward` in training mode: from ∂L/∂out `dy` to ∂L/∂z (written to `dz`),
-    /// accumulating ∂L/∂γ = Σ dy ⊙ x̂ and ∂L/∂β = Σ dy. With dx̂ = γ ⊙ dy and means over the
-    /// normalized set (a gate block of a row, or a column of the batch):
-    ///   ∂L/∂z = (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))
-    pub fn backward(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
-        #[cfg(target_arch = "x86_64")]
-        if crate::tensor::has_avx2() {
-            // SAFETY: the CPU has the features `backward_avx2` is compiled for.
-            return unsafe { self.backward_avx2(dy, xhat, rstd, dz) };
-        }
-        self.backward_impl(dy, xhat, rstd, dz)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_avx2(
-        &mut self,
-        dy: ArrayView2<T>,
-        xhat: ArrayView2<T>,
-        rstd: ArrayView2<T>,
-        dz: ArrayViewMut2<T>,
-    ) {
-        self.backward_impl(dy, xhat, rstd, dz)
+    crate::tensor::simd_method! {
+        /// Backward of `forward` in training mode: from ∂L/∂out `dy` to ∂L/∂z (written to `dz`),
+        /// accumulating ∂L/∂γ = Σ dy ⊙ x̂ and ∂L/∂β = Σ dy. With dx̂ = γ ⊙ dy and means over the
+        /// normalized set (a gate block of a row, or a column of the batch):
+        ///   ∂L/∂z = (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))
+        pub fn backward(
+            &mut self,
+            dy: ArrayView2<T>,
+            xhat: ArrayView2<T>,
+            rstd: ArrayView2<T>,
+            dz: ArrayViewMut2<T>,
+        ) => backward_impl, backward_avx512, backward_avx2
     }
 
     #[inline(always)]

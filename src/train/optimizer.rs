@@ -80,19 +80,10 @@ fn adam_dispatch<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: Ada
     }
 }
 
-fn adam_kernel<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::tensor::has_avx2() {
-        // SAFETY: the CPU has the features `adam_avx2` is compiled for.
-        return unsafe { adam_avx2(w, g, m, v, k) };
+crate::tensor::simd_kernel! {
+    fn adam_kernel<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
+        adam(w, g, m, v, k)
     }
-    adam(w, g, m, v, k)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn adam_avx2<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T>) {
-    adam(w, g, m, v, k)
 }
 
 #[inline(always)]
