@@ -112,6 +112,10 @@ enum Command {
         /// Output file: .svg (default) or .png.
         #[arg(long, default_value = "diagnostics.svg")]
         out: PathBuf,
+        /// Gradient panel: the trace recorded nearest this optimizer step (default: the last;
+        /// 0 shows the initial model, where plain bc/tc explode).
+        #[arg(long, value_name = "STEP")]
+        grad_step: Option<u64>,
     },
     /// Print the model size of a spec (SPEC §4) without training.
     Size {
@@ -216,8 +220,8 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Size { spec, set, csv } => qlstm::report::size_report(&spec, &set, csv).map(|_| ExitCode::SUCCESS),
-        Command::Plot { runs, out } => {
-            qlstm::report::plot::plot(&runs, &out)?;
+        Command::Plot { runs, out, grad_step } => {
+            qlstm::report::plot::plot(&runs, &out, grad_step)?;
             println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -72,7 +72,8 @@ fn csv_columns_and_the_plot_command() {
                 "--set",
                 &d,
             ])
-            .args(["--set", "diagnostics.lambda_every=5", "--out", out.to_str().unwrap()])
+            .args(["--set", "diagnostics.lambda_every=5", "--set", "diagnostics.grad_every=5"])
+            .args(["--out", out.to_str().unwrap()])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -102,5 +103,13 @@ fn csv_columns_and_the_plot_command() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.starts_with("<svg") && text.contains("<polyline") && text.contains("ptb_char_bc_layer"));
+    assert!(!text.contains("(step 0)"), "by default the gradient panel shows the last recorded step");
+    // --grad-step picks the recorded trace nearest the step asked for: 1 → the initial model's
+    let o = std::process::Command::new(bin)
+        .args(["plot", run.to_str().unwrap(), "--grad-step", "1", "--out", svg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("ptb_char_bc_layer (step 0)"));
     let _ = std::fs::remove_dir_all(&out);
 }

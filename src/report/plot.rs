@@ -12,8 +12,8 @@ use crate::bail;
 use crate::error::{Error, Result};
 use crate::report::write_atomic;
 
-/// One run's traces: λ1 by step (layer 0) and the gradient norms by t at the last recorded
-/// step (layer 0).
+/// One run's traces: λ1 by step (layer 0) and the gradient norms by t at one recorded step
+/// (layer 0).
 struct Traces {
     name: String,
     lambda: Vec<(f64, f64)>,
@@ -37,7 +37,8 @@ fn column(header: &[String], name: &str, path: &Path) -> Result<usize> {
     header.iter().position(|h| h == name).ok_or_else(|| Error::new(format!("{}: no column `{name}`", path.display())))
 }
 
-fn load(dir: &Path) -> Result<Traces> {
+/// `grad_step`: show the gradient trace recorded nearest this optimizer step (None: the last).
+fn load(dir: &Path, grad_step: Option<u64>) -> Result<Traces> {
     let lpath = dir.join("lambda.csv");
     let gpath = dir.join("grad_norm.csv");
     if !lpath.exists() || !gpath.exists() {
@@ -65,7 +66,11 @@ fn load(dir: &Path) -> Result<Traces> {
     for r in rows.iter().filter(|r| r[cl] == "0") {
         by_step.entry(num(&r[cs], &gpath)? as u64).or_default().push((num(&r[ct], &gpath)?, num(&r[cg], &gpath)?));
     }
-    let (grad_step, grad) = by_step.into_iter().next_back().unwrap_or((0, Vec::new()));
+    let chosen = match grad_step {
+        Some(want) => by_step.keys().copied().min_by_key(|&s| s.abs_diff(want)),
+        None => by_step.keys().copied().next_back(),
+    };
+    let (grad_step, grad) = chosen.and_then(|s| by_step.remove_entry(&s)).unwrap_or((0, Vec::new()));
     let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
     Ok(Traces { name, lambda, grad_step, grad })
 }
@@ -103,11 +108,13 @@ fn register_font() -> Result<()> {
     bail!("qlstm plot needs a TrueType font: install Debian's fonts-dejavu-core or set QLSTM_FONT=/path/to/font.ttf")
 }
 
-pub fn plot(dirs: &[PathBuf], out: &Path) -> Result<()> {
+/// Draw the λ1 and gradient-norm panels of `dirs` into `out` (.svg or .png); the gradient
+/// panel shows each run's trace recorded nearest `grad_step` (None: its last).
+pub fn plot(dirs: &[PathBuf], out: &Path, grad_step: Option<u64>) -> Result<()> {
     if dirs.is_empty() {
         bail!("qlstm plot: name at least one run directory");
     }
-    let runs = dirs.iter().map(|d| load(d)).collect::<Result<Vec<_>>>()?;
+    let runs = dirs.iter().map(|d| load(d, grad_step)).collect::<Result<Vec<_>>>()?;
     register_font()?;
     let size = (1400, 560);
     let png = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
