@@ -38,6 +38,7 @@ for config in char word1 word2 mnist; do
   done
 done
 mv "$tmp" "$csv"
+chmod 644 "$csv"
 TORCH_VERSION="$("$venv/bin/python" -c 'import torch; print(torch.__version__)')" \
   python3 "$here/bench_table.py" "$csv" "$threads" > "$out/README.md.part" && mv "$out/README.md.part" "$out/README.md"
 echo "bench: wrote $csv and $out/README.md"

@@ -98,8 +98,6 @@ fn adam<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T
     }
 }
 
-/// Σ g² in blocks: each block of 4096 summed in T (vectorized), the blocks in f64.
-
 /// Scale all gradients so their global L2 norm is at most `max_norm` (0: no clipping), as
 /// PyTorch's clip_grad_norm_ does (factor max/(norm + 1e-6)). Returns the norm before clipping.
 pub fn clip_grad_norm<T: Real>(params: &mut [&mut Param<T>], max_norm: f64) -> f64 {
