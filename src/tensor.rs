@@ -232,8 +232,9 @@ pub fn threads() -> usize {
 /// thread, 20×650·650×2600 (34M) and 64×512·512×2048 (67M) on two.
 const PARALLEL_MIN_MACS: usize = 1 << 24;
 
-/// The widest vector extension of this CPU that the hot elementwise kernels are compiled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The widest vector extension of this CPU that the hot elementwise kernels are compiled for
+/// (ordered: a level includes the ones before it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Simd {
     /// The build target's baseline (SSE2 on default x86-64).
     Base,
@@ -244,23 +245,33 @@ pub enum Simd {
 }
 
 /// Detected once (`is_x86_feature_detected!` caches too, but several lookups per call add up
-/// in the per-row cell kernels).
+/// in the per-row cell kernels). The environment variable `QLSTM_SIMD` = `base`, `avx2` or
+/// `avx512` caps it (to compare the compiled copies, or to rule one out when debugging).
 #[inline]
 pub fn simd() -> Simd {
     static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
-                return Simd::Avx512;
-            }
-            if has!("avx2") && has!("fma") {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Base
+        let cap = match std::env::var("QLSTM_SIMD").as_deref() {
+            Ok("base") => Simd::Base,
+            Ok("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
+        detected_simd().min(cap)
     })
+}
+
+fn detected_simd() -> Simd {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
+            return Simd::Avx512;
+        }
+        if has!("avx2") && has!("fma") {
+            return Simd::Avx2;
+        }
+    }
+    Simd::Base
 }
 
 /// The hot elementwise kernels (cell, normalizations, softmax, Adam) are compiled three times

@@ -114,6 +114,58 @@ fn same_seed_same_numbers() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// The elementwise kernels (cell, layer and batch norm, softmax, Adam) are compiled three
+/// times — baseline x86-64, AVX2 + FMA, AVX-512 — and one copy is picked at run time;
+/// `QLSTM_SIMD` caps the pick. Every copy must train to the same numbers up to rounding (FMA
+/// contraction and lane order differ): 20 steps with layer norm and with batch norm (full
+/// precision, so no sign flips amplify rounding), losses within 1e-4 relative. On a CPU
+/// without AVX-512 the cap leaves AVX2, and the test compares fewer copies.
+#[test]
+fn every_compiled_simd_copy_trains_to_the_same_numbers() {
+    let out = scratch("simd");
+    for norm in ["layer", "batch_shared"] {
+        let mut losses = Vec::new();
+        for level in ["base", "avx2", "avx512"] {
+            let name = format!("name=\"{norm}_{level}\"");
+            let o = common::bin()
+                .env("QLSTM_SIMD", level)
+                .current_dir(&out)
+                .args([
+                    "run",
+                    root().join("configs/ptb_char_fp_none.toml").to_str().unwrap(),
+                    "--set",
+                    &name,
+                    "--set",
+                    &format!("model.normalization={norm}"),
+                    "--set",
+                    "model.hidden=32",
+                    "--set",
+                    "train.max_steps=20",
+                    "--set",
+                    &data_set(),
+                    "--threads",
+                    "1",
+                    "--out",
+                    out.to_str().unwrap(),
+                ])
+                .output()
+                .expect("run qlstm");
+            assert!(o.status.success(), "{level}: {}", String::from_utf8_lossy(&o.stderr));
+            let m = read_csv(&out.join(format!("{norm}_{level}/metrics.csv")));
+            let l: Vec<f64> =
+                ["train_loss", "valid_loss", "test_loss"].iter().map(|k| m[0][*k].parse().unwrap()).collect();
+            losses.push((level, l));
+        }
+        let (_, reference) = &losses[0];
+        for (level, l) in &losses[1..] {
+            for (a, b) in l.iter().zip(reference) {
+                assert!((a - b).abs() <= 1e-4 * b.abs(), "{norm}: {level} gives {l:?}, base {reference:?}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// Every bad input: non-zero exit, a one-line message naming the problem, no panic, and no
 /// result files.
 fn assert_rejected(name: &str, spec_text: Option<&str>, sets: &[&str], expect: &[&str]) {
