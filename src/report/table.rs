@@ -131,7 +131,42 @@ fn cells(layout: &str) -> Result<Vec<(HashMap<String, String>, bool)>> {
         }
         other => bail!("--layout {other}: allowed: {}", LAYOUTS.join(", ")),
     };
-    Ok(parse_reference(text).into_iter().map(|r| (r, with_layers)).collect())
+    Ok(complete_blocks(parse_reference(text)).into_iter().map(|r| (r, with_layers)).collect())
+}
+
+/// Every fp/bc/tc × normalization cell of each block (dataset, layers, hidden, embedding) the
+/// paper has, in the paper's order: a cell it did not publish (Table 3 prints full precision
+/// only without normalization) is inserted after its quantizer's last published row, with
+/// no paper value, so that our runs of it show.
+fn complete_blocks(refs: Vec<HashMap<String, String>>) -> Vec<HashMap<String, String>> {
+    let field = |r: &HashMap<String, String>, k: &str| r.get(k).cloned().unwrap_or_default();
+    let block = |r: &HashMap<String, String>| ["dataset", "layers", "hidden", "embedding"].map(|k| field(r, k));
+    let mut out = refs.clone();
+    for q in ["fp", "bc", "tc"] {
+        let mut blocks: Vec<[String; 4]> = refs.iter().map(block).collect();
+        blocks.dedup();
+        for b in blocks {
+            for n in crate::spec::Normalization::ALL {
+                let same = |r: &HashMap<String, String>| block(r) == b && field(r, "quantizer") == q;
+                if out.iter().any(|r| same(r) && field(r, "normalization") == n) {
+                    continue;
+                }
+                let Some(anchor) = out.iter().rposition(same).or_else(|| out.iter().rposition(|r| block(r) == b))
+                else {
+                    continue;
+                };
+                let mut cell: HashMap<String, String> = ["table", "dataset", "layers", "hidden", "embedding", "bptt"]
+                    .iter()
+                    .map(|k| (k.to_string(), field(&out[anchor], k)))
+                    .collect();
+                cell.insert("quantizer".into(), q.into());
+                cell.insert("normalization".into(), n.into());
+                cell.insert("note".into(), "not published".into());
+                out.insert(anchor + 1, cell);
+            }
+        }
+    }
+    out
 }
 
 /// Does this run fill this cell?
@@ -252,4 +287,39 @@ pub fn table(roots: &[PathBuf], layout: &str, out: Option<&Path>, markdown: bool
         None => print!("{text}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(rows: &[HashMap<String, String>]) -> Vec<(String, String, String)> {
+        rows.iter().map(|r| (r["hidden"].clone(), r["quantizer"].clone(), r["normalization"].clone())).collect()
+    }
+
+    #[test]
+    fn unpublished_cells_join_their_block_after_the_published_ones() {
+        // Table 2 publishes every cell: nothing is added.
+        assert_eq!(complete_blocks(parse_reference(TABLE2)).len(), parse_reference(TABLE2).len());
+        // Table 3 publishes full precision only without normalization: the other four follow it.
+        let k = keys(&complete_blocks(parse_reference(TABLE3)));
+        let fp300: Vec<_> = k.iter().skip_while(|c| c.0 != "300").take(5).cloned().collect();
+        let want: Vec<_> = crate::spec::Normalization::ALL
+            .iter()
+            .map(|n| ("300".to_string(), "fp".to_string(), n.to_string()))
+            .collect();
+        assert_eq!(fp300, want);
+        for h in ["300", "650"] {
+            for q in ["fp", "bc", "tc"] {
+                for n in crate::spec::Normalization::ALL {
+                    let c = (h.to_string(), q.to_string(), n.to_string());
+                    assert_eq!(k.iter().filter(|x| **x == c).count(), 1, "{c:?}");
+                }
+            }
+        }
+        // the published rows are all there, unchanged and in their order
+        let completed = complete_blocks(parse_reference(TABLE3));
+        let published: Vec<_> = completed.iter().filter(|r| r["note"] != "not published").cloned().collect();
+        assert_eq!(published, parse_reference(TABLE3));
+    }
 }
