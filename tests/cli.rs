@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Output;
 
@@ -11,7 +12,7 @@ fn qlstm(args: &[&str], cwd: &Path) -> Output {
     common::bin().args(args).current_dir(cwd).output().expect("run qlstm")
 }
 
-fn read_csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let headers = r.headers().unwrap().clone();
     r.records()
@@ -76,34 +77,27 @@ fn ptb_char_trains_far_below_unigram_entropy() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// A 20-step PTB-char run at H = 32 on one thread, with extra `--set`s and environment
+/// variables; returns its metrics.csv rows.
+fn tiny_run(out: &Path, name: &str, sets: &[&str], env: &[(&str, &str)]) -> Vec<HashMap<String, String>> {
+    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let (name_set, data, out_s) = (format!("name=\"{name}\""), data_set(), out.to_str().unwrap().to_string());
+    let mut args = vec!["run", spec.to_str().unwrap(), "--set", &name_set, "--set", "model.hidden=32"];
+    args.extend(["--set", "train.max_steps=20", "--set", &data, "--threads", "1", "--out", &out_s]);
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let o = common::bin().envs(env.iter().copied()).current_dir(out).args(&args).output().expect("run qlstm");
+    assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+    read_csv(&out.join(format!("{name}/metrics.csv")))
+}
+
 #[test]
 fn same_seed_same_numbers() {
     let out = scratch("det");
-    let spec = root().join("configs/ptb_char_fp_none.toml");
     let mut runs = Vec::new();
     for i in 0..2 {
-        let name = format!("name=\"det{i}\"");
-        let o = qlstm(
-            &[
-                "run",
-                spec.to_str().unwrap(),
-                "--set",
-                &name,
-                "--set",
-                "model.hidden=32",
-                "--set",
-                "train.max_steps=20",
-                "--set",
-                &data_set(),
-                "--threads",
-                "1",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &out,
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let mut m = read_csv(&out.join(format!("det{i}/metrics.csv")));
+        let mut m = tiny_run(&out, &format!("det{i}"), &[], &[]);
         for row in &mut m {
             row.remove("tokens_per_s");
             row.remove("wall_s");
@@ -126,32 +120,8 @@ fn every_compiled_simd_copy_trains_to_the_same_numbers() {
     for norm in ["layer", "batch_shared"] {
         let mut losses = Vec::new();
         for level in ["base", "avx2", "avx512"] {
-            let name = format!("name=\"{norm}_{level}\"");
-            let o = common::bin()
-                .env("QLSTM_SIMD", level)
-                .current_dir(&out)
-                .args([
-                    "run",
-                    root().join("configs/ptb_char_fp_none.toml").to_str().unwrap(),
-                    "--set",
-                    &name,
-                    "--set",
-                    &format!("model.normalization={norm}"),
-                    "--set",
-                    "model.hidden=32",
-                    "--set",
-                    "train.max_steps=20",
-                    "--set",
-                    &data_set(),
-                    "--threads",
-                    "1",
-                    "--out",
-                    out.to_str().unwrap(),
-                ])
-                .output()
-                .expect("run qlstm");
-            assert!(o.status.success(), "{level}: {}", String::from_utf8_lossy(&o.stderr));
-            let m = read_csv(&out.join(format!("{norm}_{level}/metrics.csv")));
+            let set = format!("model.normalization={norm}");
+            let m = tiny_run(&out, &format!("{norm}_{level}"), &[&set], &[("QLSTM_SIMD", level)]);
             let l: Vec<f64> =
                 ["train_loss", "valid_loss", "test_loss"].iter().map(|k| m[0][*k].parse().unwrap()).collect();
             losses.push((level, l));

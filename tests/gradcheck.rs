@@ -53,6 +53,8 @@ impl Case {
     }
 }
 
+/// A model and a window to check; the arguments are the knobs the cases vary.
+#[allow(clippy::too_many_arguments)]
 fn build(
     task: Task,
     vocab: usize,
