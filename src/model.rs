@@ -76,6 +76,8 @@ struct Workspace<T> {
     top: Array2<T>,
     mask_out: Array2<T>,
     logits: Array2<T>,
+    /// ∂L/∂(decoder bias) of the last window, summed by the softmax pass.
+    d_bias: Vec<T>,
     /// ∂L/∂(top) and ∂L/∂(outputs of the current layer), (N, H).
     d_top: Array2<T>,
     d_out: Array2<T>,
@@ -349,10 +351,16 @@ impl<T: Real> Model<T> {
             sample_mask(rng, self.dropout_output, r, c, &mut ws.mask_out);
             ws.top *= &ws.mask_out;
         }
-        self.decoder.forward(ws.top.view(), &mut ws.logits);
+        self.decoder.forward_unbiased(ws.top.view(), &mut ws.logits);
         let count = targets.len();
         assert_eq!(count, ws.logits.nrows(), "one target per prediction");
-        let (loss_sum, correct) = softmax_cross_entropy(&mut ws.logits, targets, T::r(1.0 / count as f64));
+        let (loss_sum, correct) = softmax_cross_entropy(
+            &mut ws.logits,
+            targets,
+            T::r(1.0 / count as f64),
+            self.decoder.bias.value.as_slice().unwrap(),
+            &mut ws.d_bias,
+        );
         Stats { loss_sum, count, correct }
     }
 
@@ -365,7 +373,7 @@ impl<T: Real> Model<T> {
         let (batch, h) = (ws.batch, self.hidden);
         let top_rows = ws.top.nrows();
         ensure_shape(&mut ws.d_top, top_rows, h);
-        self.decoder.backward(ws.top.view(), ws.logits.view(), Some(ws.d_top.view_mut()));
+        self.decoder.backward(ws.top.view(), ws.logits.view(), &ws.d_bias, Some(ws.d_top.view_mut()));
         if ws.dropout_on && self.dropout_output > 0.0 {
             ws.d_top *= &ws.mask_out;
         }
