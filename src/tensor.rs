@@ -77,18 +77,29 @@ impl Real for f64 {}
 /// registers of f32).
 const LANES: usize = 16;
 
-/// Σ x² of a slice, vectorizable.
+/// Σ f(x) over a slice in `LANES` independent accumulators (then added in order), so that
+/// the loop vectorizes; the reductions below are this with their own `f`.
 #[inline(always)]
-pub fn sum_sq<T: Real>(x: &[T]) -> T {
-    let mut acc = [T::zero(); LANES];
+fn lane_sum<T: Copy, A: Copy + std::ops::Add<Output = A> + std::ops::AddAssign + std::iter::Sum>(
+    x: &[T],
+    zero: A,
+    f: impl Fn(T) -> A,
+) -> A {
+    let mut acc = [zero; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
         for l in 0..LANES {
-            acc[l] += c[l] * c[l];
+            acc[l] += f(c[l]);
         }
     }
-    acc.iter().copied().sum::<T>() + rest.iter().map(|&v| v * v).sum::<T>()
+    acc.iter().copied().sum::<A>() + rest.iter().map(|&v| f(v)).sum::<A>()
+}
+
+/// Σ x² of a slice, vectorizable.
+#[inline(always)]
+pub fn sum_sq<T: Real>(x: &[T]) -> T {
+    lane_sum(x, T::zero(), |v| v * v)
 }
 
 /// Σ x² of a slice accumulated in f64, vectorizable: for norms of gradients, whose squares can
@@ -96,44 +107,19 @@ pub fn sum_sq<T: Real>(x: &[T]) -> T {
 /// at step 0; PyTorch's CPU norm accumulates f32 in double too).
 #[inline(always)]
 pub fn sum_sq_f64<T: Real>(x: &[T]) -> f64 {
-    let mut acc = [0.0f64; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            let v = c[l].f64();
-            acc[l] += v * v;
-        }
-    }
-    acc.iter().sum::<f64>() + rest.iter().map(|&v| v.f64() * v.f64()).sum::<f64>()
+    lane_sum(x, 0.0f64, |v| v.f64() * v.f64())
 }
 
 /// Σ x of a slice, vectorizable.
 #[inline(always)]
 pub fn sum<T: Real>(x: &[T]) -> T {
-    let mut acc = [T::zero(); LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += c[l];
-        }
-    }
-    acc.iter().copied().sum::<T>() + rest.iter().copied().sum::<T>()
+    lane_sum(x, T::zero(), |v| v)
 }
 
 /// Σ (x − m)² of a slice, vectorizable.
 #[inline(always)]
 pub fn sum_sq_dev<T: Real>(x: &[T], m: T) -> T {
-    let mut acc = [T::zero(); LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += (c[l] - m) * (c[l] - m);
-        }
-    }
-    acc.iter().copied().sum::<T>() + rest.iter().map(|&v| (v - m) * (v - m)).sum::<T>()
+    lane_sum(x, T::zero(), |v| (v - m) * (v - m))
 }
 
 /// max of a non-empty slice, vectorizable.
