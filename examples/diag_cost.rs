@@ -7,7 +7,8 @@ use qlstm::diag::Diagnostics;
 use qlstm::model::{Input, Model};
 use qlstm::spec::{Spec, Task};
 use qlstm::train::Optimizer;
-use qlstm::train::trainer::{forward_backward, update};
+use qlstm::train::schedule::LearningRates;
+use qlstm::train::step::{forward_backward, update};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
@@ -15,10 +16,10 @@ fn main() {
     qlstm::tensor::set_threads(2);
     for norm in ["none", "weight", "layer"] {
         let mut spec = Spec::defaults(Task::PtbChar);
-        spec.model.normalization = toml::Value::String(norm.into()).try_into().unwrap();
+        spec.model.normalization = norm.parse().unwrap();
         let mut rng = Pcg64Mcg::seed_from_u64(0);
-        let mut model: Model<f32> = Model::new(&spec, 50, &mut rng);
-        let mut opt = Optimizer::new(spec.train.optimizer, &model.params_mut());
+        let mut model: Model<f32> = Model::new(&spec.model_config(50), &mut rng);
+        let mut opt = Optimizer::new(spec.train.optimizer);
         let tokens: Vec<u32> = (0..6400).map(|_| rng.random_range(0..50)).collect();
         let mut state = model.initial_state(64);
         let mut diag = Diagnostics::default();
@@ -26,7 +27,7 @@ fn main() {
         for i in 0..12 {
             let t0 = Instant::now();
             forward_backward(&mut model, Input::Tokens(&tokens), &tokens, &state, &mut rng);
-            update(&mut model, &mut opt, 5.0, 0.002, 0.002);
+            update(&mut model, &mut opt, 5.0, LearningRates { latent: 0.002, other: 0.002 });
             state = model.final_state();
             let t1 = Instant::now();
             diag.lambda_rows(&model, i, 1);

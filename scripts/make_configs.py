@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
 """Write experiment specs for a grid of datasets × quantizers × normalizations.
 
-usage: scripts/make_configs.py [--out DIR] [--datasets a,b] [--quantizers fp,bc,tc]
-                               [--normalizations none,weight,...] [--set key=value]...
+usage: scripts/make_configs.py [--profile paper|budget] [--out DIR] [--datasets a,b]
+                               [--quantizers fp,bc,tc] [--normalizations none,weight,...]
+                               [--set key=value]...
 
-Each spec names only what differs from the task's built-in recipe (SPEC §3), so a spec stays
+configs/paper/ and configs/budget/ are this script's output (`--profile paper`, the default,
+and `--profile budget`); regenerate them after changing a recipe or a budget here. `--out DIR`
+writes elsewhere (e.g. a grid of your own with --set fields).
+
+Each spec names only what differs from the task's built-in recipe (docs/SPEC.md §3), so a spec stays
 short and every default is visible with `qlstm size` or in a run's resolved spec.toml. File
 names are {dataset}_{quantizer}_{normalization}.toml; `--set` adds fields to every file
 (e.g. --set train.max_steps=2000 for a budget profile).
@@ -81,16 +86,16 @@ def render(name, task, fields):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
+    ap.add_argument("--out", help="directory to write (default: configs/PROFILE)")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--quantizers", default="fp,bc,tc")
     ap.add_argument("--normalizations", default=",".join(NORMALIZATIONS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--profile", choices=["paper", "budget"],
-                    help="write into OUT/PROFILE; budget adds each dataset's reduced budget")
+    ap.add_argument("--profile", choices=["paper", "budget"], default="paper",
+                    help="paper: the recipes of docs/SPEC.md; budget: each dataset's reduced budget")
     a = ap.parse_args()
-    if a.profile:
-        a.out = os.path.join(a.out, a.profile)
+    if not a.out:
+        a.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", a.profile)
     extra = {}
     for s in a.set:
         k, _, v = s.partition("=")

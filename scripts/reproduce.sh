@@ -6,7 +6,7 @@
 #   TABLE    table2 (char: ptb_char, warpeace, text8) | table3 (ptb_word 300 and 650)
 #            | table4 (seq_mnist) | two_layer (ptb_word 2×650)
 #   profile  budget (default): reduced budgets that fit under an hour per 15-run block on
-#            2 cores (README, "Reproducing the paper"); paper: the full recipes of SPEC §3.
+#            2 cores (README, "Reproducing the paper"); paper: the full recipes of docs/SPEC.md §3.
 # writes <out>/<profile>/<table>/<run>/... and <out>/<profile>/<table>.{csv,md}
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -1,4 +1,4 @@
-//! The paper's diagnostics (SPEC §5): λ1/λ2, the bound on how much the backward signal can
+//! The paper's diagnostics (docs/SPEC.md §5): λ1/λ2, the bound on how much the backward signal can
 //! grow through one step, from the spectral norms of the recurrent blocks the forward pass
 //! actually uses, γ1 = max |c_{t−1}|, and the normalizers' gains and divisors; and the norm of
 //! ∂ξ/∂h_t at every step of a window.
@@ -12,9 +12,9 @@
 use ndarray::{ArrayView2, s};
 
 use crate::model::Model;
-use crate::nn::LstmCache;
-use crate::nn::norm::{NormKind, ProductNorm};
-use crate::spec::Normalization;
+use crate::nn::norm::{NormKind, Normalizer};
+use crate::nn::{Cache, Normalization};
+use crate::run_dir::LambdaRow;
 use crate::tensor::Real;
 
 /// Power iteration: at most this many iterations, stopping when the estimate changes by less
@@ -67,39 +67,6 @@ fn normalize(x: &mut [f64]) {
     }
 }
 
-/// One row of lambda.csv.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct LambdaRow {
-    pub step: u64,
-    pub epoch: usize,
-    pub layer: usize,
-    pub lambda1: f64,
-    pub lambda2: f64,
-    pub gamma1: f64,
-    pub norm_i: f64,
-    pub g_i: Option<f64>,
-    pub sigma_i: Option<f64>,
-    pub norm_f: f64,
-    pub g_f: Option<f64>,
-    pub sigma_f: Option<f64>,
-    pub norm_a: f64,
-    pub g_a: Option<f64>,
-    pub sigma_a: Option<f64>,
-    pub norm_o: f64,
-    pub g_o: Option<f64>,
-    pub sigma_o: Option<f64>,
-}
-
-/// One row of grad_norm.csv.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct GradNormRow {
-    pub step: u64,
-    pub epoch: usize,
-    pub layer: usize,
-    pub t: usize,
-    pub grad_norm: f64,
-}
-
 /// Per-gate inputs of the bound for one layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateTerms {
@@ -108,7 +75,7 @@ pub struct GateTerms {
     pub sigma: [Option<f64>; 4],
 }
 
-/// λ1 and λ2 from the per-gate terms (SPEC §5).
+/// λ1 and λ2 from the per-gate terms (docs/SPEC.md §5).
 pub fn lambdas(normalization: Normalization, terms: &GateTerms, gamma1: f64) -> (f64, f64) {
     let f: Vec<f64> = (0..4)
         .map(|k| {
@@ -144,15 +111,14 @@ impl Diagnostics {
         for (l, (layer, cache)) in model.layers.iter().zip(caches).enumerate() {
             let h = layer.hidden;
             let valid = real_state_steps(cache);
-            let gamma1 =
-                cache.cs.slice(s![..cache.steps * cache.batch, ..]).iter().fold(0.0f64, |m, c| m.max(c.f64().abs()));
+            let gamma1 = cache.c_in().iter().fold(0.0f64, |m, c| m.max(c.f64().abs()));
             let mut terms = GateTerms { norm: [0.0; 4], g: [None; 4], sigma: [None; 4] };
             for k in 0..4 {
                 let cols = s![.., k * h..(k + 1) * h];
                 terms.norm[k] = match &layer.wn_gain_h {
                     // ‖D_k⁻¹ W_hk‖: the quantized block with unit rows (columns here: transposed)
                     Some(gain) => {
-                        let q = cache.qh_t.slice(cols);
+                        let q = cache.quantized_recurrent_t().slice_move(cols);
                         let unit = q.to_owned().mapv(|x| x.f64());
                         let mut unit = unit;
                         for mut col in unit.columns_mut() {
@@ -169,7 +135,7 @@ impl Diagnostics {
                         );
                         spectral_norm(unit.view(), &mut self.vectors[l][k]).0
                     }
-                    None => spectral_norm(cache.wh_t.slice(cols), &mut self.vectors[l][k]).0,
+                    None => spectral_norm(cache.recurrent_weights_t().slice_move(cols), &mut self.vectors[l][k]).0,
                 };
                 if let Some(nh) = &layer.norm_h {
                     let (g, sigma) = gain_over_sigma(nh, cache, k, &valid);
@@ -205,25 +171,25 @@ impl Diagnostics {
 
 /// Steps of the window whose incoming h is a real state, not the all-zero state an epoch
 /// starts from (normalizing W·0 divides by √ε).
-fn real_state_steps<T: Real>(cache: &LstmCache<T>) -> Vec<bool> {
-    (0..cache.steps)
-        .map(|t| cache.hs.slice(s![t * cache.batch..(t + 1) * cache.batch, ..]).iter().any(|x| *x != T::zero()))
-        .collect()
+fn real_state_steps<T: Real>(cache: &Cache<T>) -> Vec<bool> {
+    (0..cache.steps()).map(|t| cache.h_in(t).iter().any(|x| *x != T::zero())).collect()
 }
 
 /// (g_k, σ_k) of gate block k of the recurrent normalizer. Layer norm: g_k = max |gain|,
 /// σ_k = the smallest divisor over the samples and real-state steps of the window. Batch
 /// norm: the feature j and step t maximising |g_kj|/σ_kjt.
-fn gain_over_sigma<T: Real>(nh: &ProductNorm<T>, cache: &LstmCache<T>, k: usize, valid: &[bool]) -> (f64, f64) {
+fn gain_over_sigma<T: Real>(nh: &Normalizer<T>, cache: &Cache<T>, k: usize, valid: &[bool]) -> (f64, f64) {
     let h = nh.hidden;
     let gains = nh.gain.value.slice(s![0, k * h..(k + 1) * h]);
+    let rstd = cache.recurrent_rstd();
+    let batch = cache.batch();
     match nh.kind {
         NormKind::Layer => {
             let g = gains.iter().fold(0.0f64, |m, g| m.max(g.f64().abs()));
             let mut max_rstd = 0.0f64;
             for (t, _) in valid.iter().enumerate().filter(|(_, v)| **v) {
-                for r in t * cache.batch..(t + 1) * cache.batch {
-                    max_rstd = max_rstd.max(cache.rstd_h[[r, k]].f64());
+                for r in nh.rstd_rows(t, batch) {
+                    max_rstd = max_rstd.max(rstd[[r, k]].f64());
                 }
             }
             (g, if max_rstd > 0.0 { 1.0 / max_rstd } else { f64::NAN })
@@ -231,8 +197,9 @@ fn gain_over_sigma<T: Real>(nh: &ProductNorm<T>, cache: &LstmCache<T>, k: usize,
         NormKind::Batch { .. } => {
             let mut best = (f64::NAN, f64::NAN, -1.0);
             for (t, _) in valid.iter().enumerate().filter(|(_, v)| **v) {
+                let row = nh.rstd_rows(t, batch).start;
                 for (j, g) in gains.iter().enumerate() {
-                    let rstd = cache.rstd_h[[t, k * h + j]].f64();
+                    let rstd = rstd[[row, k * h + j]].f64();
                     let ratio = g.f64().abs() * rstd;
                     if ratio > best.2 {
                         best = (g.f64().abs(), 1.0 / rstd, ratio);

@@ -1,12 +1,14 @@
-//! The `qlstm` command line: parse, dispatch to a subcommand, print errors — nothing else.
+//! The `qlstm` command line: parse the arguments, hand them to `qlstm::cmd`, turn the outcome
+//! into an exit status.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use qlstm::cmd;
 use qlstm::error::Result;
-use qlstm::spec::Spec;
+use qlstm::train::Split;
 
 #[derive(Parser)]
 #[command(name = "qlstm", version, about = "Train quantized LSTMs on CPU (Hou et al., NeurIPS 2019)")]
@@ -117,7 +119,7 @@ enum Command {
         #[arg(long, value_name = "STEP")]
         grad_step: Option<u64>,
     },
-    /// Print the model size of a spec (SPEC §4) without training.
+    /// Print the model size of a spec (docs/SPEC.md §4) without training.
     Size {
         spec: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -140,9 +142,6 @@ enum SplitArg {
     Test,
 }
 
-/// Exit status of a run that diverged (a result, but not a success).
-const DIVERGED_EXIT: u8 = 3;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli.command) {
@@ -154,76 +153,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn set_threads(threads: Option<usize>) {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    qlstm::tensor::set_threads(n);
-}
-
-fn dispatch(cmd: Command) -> Result<ExitCode> {
-    match cmd {
-        Command::Run { spec, set, out, threads, resume } => {
-            let spec = Spec::load(&spec, &set)?;
-            set_threads(threads);
-            qlstm::signal::install()?;
-            let mut trainer = qlstm::train::Trainer::new(spec)?;
-            let outcome = trainer.run(&out, resume)?;
-            let s = &outcome.summary;
-            println!(
-                "{}: status {}, best epoch {}, valid {} {:.4}, test {} {:.4}, {} KB, {:.0} train tok/s -> {}",
-                s.name,
-                s.status,
-                s.best_epoch,
-                s.metric,
-                s.valid_metric,
-                s.metric,
-                s.test_metric,
-                s.size_kb,
-                s.train_tokens_per_s,
-                outcome.dir.display()
-            );
-            Ok(match s.status.as_str() {
-                "interrupted" => {
-                    eprintln!("qlstm: {} interrupted at step {}; continue with --resume", s.name, s.steps);
-                    ExitCode::from(qlstm::signal::INTERRUPTED_EXIT as u8)
-                }
-                "diverged" => ExitCode::from(DIVERGED_EXIT),
-                _ => ExitCode::SUCCESS,
-            })
-        }
+fn dispatch(command: Command) -> Result<ExitCode> {
+    let ok = |()| ExitCode::SUCCESS;
+    match command {
+        Command::Run { spec, set, out, threads, resume } => cmd::run::run(&spec, &set, &out, threads, resume),
         Command::Eval { path, split, set, threads } => {
-            set_threads(threads);
             let split = match split {
-                SplitArg::Valid => qlstm::train::trainer::Split::Valid,
-                SplitArg::Test => qlstm::train::trainer::Split::Test,
+                SplitArg::Valid => Split::Valid,
+                SplitArg::Test => Split::Test,
             };
-            qlstm::report::eval::eval(&path, split, &set)?;
-            Ok(ExitCode::SUCCESS)
+            cmd::eval::eval(&path, split, &set, threads).map(ok)
         }
         Command::Sweep { specs, grid, set, jobs, threads, out, emit } => {
             let emit = emit.map(|e| match e {
-                Emit::Parallel => qlstm::sweep::Emit::Parallel,
-                Emit::Slurm => qlstm::sweep::Emit::Slurm,
+                Emit::Parallel => cmd::sweep::Emit::Parallel,
+                Emit::Slurm => cmd::sweep::Emit::Slurm,
             });
-            Ok(match qlstm::sweep::run(&specs, &grid, &set, jobs, threads, &out, emit)? {
-                qlstm::sweep::SweepEnd::Done => ExitCode::SUCCESS,
-                qlstm::sweep::SweepEnd::Unfinished => ExitCode::FAILURE,
-                qlstm::sweep::SweepEnd::Interrupted => ExitCode::from(qlstm::signal::INTERRUPTED_EXIT as u8),
+            Ok(match cmd::sweep::run(&specs, &grid, &set, jobs, threads, &out, emit)? {
+                cmd::sweep::SweepEnd::Done => ExitCode::SUCCESS,
+                cmd::sweep::SweepEnd::Unfinished => ExitCode::FAILURE,
+                cmd::sweep::SweepEnd::Interrupted => cmd::interrupted_exit(),
             })
         }
         Command::Table { results, layout, out, markdown } => {
-            qlstm::report::table::table(&results, &layout, out.as_deref(), markdown)?;
-            Ok(ExitCode::SUCCESS)
+            cmd::table::table(&results, &layout, out.as_deref(), markdown).map(ok)
         }
         Command::Bench { config, quantizer, normalization, threads, steps, no_header } => {
-            set_threads(threads);
-            qlstm::bench::run(&config, &quantizer, &normalization, steps, no_header)?;
-            Ok(ExitCode::SUCCESS)
+            cmd::set_threads(threads);
+            cmd::bench::run(&config, &quantizer, &normalization, steps, no_header).map(ok)
         }
-        Command::Size { spec, set, csv } => qlstm::report::size_report(&spec, &set, csv).map(|_| ExitCode::SUCCESS),
-        Command::Plot { runs, out, grad_step } => {
-            qlstm::report::plot::plot(&runs, &out, grad_step)?;
-            println!("wrote {}", out.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Size { spec, set, csv } => cmd::size::size(&spec, &set, csv).map(ok),
+        Command::Plot { runs, out, grad_step } => cmd::plot::plot(&runs, &out, grad_step).map(ok),
     }
 }

@@ -29,7 +29,7 @@ fn unigram_bits() -> f64 {
 #[test]
 fn ptb_char_trains_far_below_unigram_entropy() {
     let out = scratch("e2e");
-    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let spec = root().join("configs/paper/ptb_char_fp_none.toml");
     let o = qlstm(
         &[
             "run",
@@ -80,7 +80,7 @@ fn ptb_char_trains_far_below_unigram_entropy() {
 /// A 20-step PTB-char run at H = 32 on one thread, with extra `--set`s and environment
 /// variables; returns its metrics.csv rows.
 fn tiny_run(out: &Path, name: &str, sets: &[&str], env: &[(&str, &str)]) -> Vec<HashMap<String, String>> {
-    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let spec = root().join("configs/paper/ptb_char_fp_none.toml");
     let (name_set, data, out_s) = (format!("name=\"{name}\""), data_set(), out.to_str().unwrap().to_string());
     let mut args = vec!["run", spec.to_str().unwrap(), "--set", &name_set, "--set", "model.hidden=32"];
     args.extend(["--set", "train.max_steps=20", "--set", &data, "--threads", "1", "--out", &out_s]);
@@ -219,7 +219,13 @@ fn missing_and_corrupt_data_are_rejected_clearly() {
 fn size_works_without_data() {
     let dir = scratch("size");
     let o = qlstm(
-        &["size", root().join("configs/ptb_char_fp_none.toml").to_str().unwrap(), "--set", "data.dir=nowhere", "--csv"],
+        &[
+            "size",
+            root().join("configs/paper/ptb_char_fp_none.toml").to_str().unwrap(),
+            "--set",
+            "data.dir=nowhere",
+            "--csv",
+        ],
         &dir,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

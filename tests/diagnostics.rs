@@ -20,9 +20,7 @@ fn trainer(q: &str, n: &str, steps: usize) -> Trainer {
         "diagnostics.lambda_every=10".into(),
         "diagnostics.grad_every=10".into(),
     ];
-    let mut t = Trainer::new(Spec::load(&root().join("configs/ptb_char_fp_none.toml"), &sets).unwrap()).unwrap();
-    t.verbose = false;
-    t
+    Trainer::new(Spec::load(&root().join("configs/paper/ptb_char_fp_none.toml"), &sets).unwrap()).unwrap()
 }
 
 /// λ1 at step 0 and the growth of ‖∂ξ/∂h_t‖ from the last step of the window back to the
@@ -31,9 +29,10 @@ fn measure(q: &str, n: &str, steps: usize) -> (f64, f64) {
     qlstm::tensor::set_threads(2);
     let mut t = trainer(q, n, steps);
     t.train_epoch(1).unwrap();
-    let lambda0 = t.lambda_rows.iter().find(|r| r.step == 0).unwrap().lambda1;
-    let last = t.grad_rows.iter().map(|r| r.step).max().unwrap();
-    let trace: Vec<f64> = t.grad_rows.iter().filter(|r| r.step == last && r.layer == 0).map(|r| r.grad_norm).collect();
+    let lambda0 = t.lambda_rows().iter().find(|r| r.step == 0).unwrap().lambda1;
+    let last = t.grad_rows().iter().map(|r| r.step).max().unwrap();
+    let trace: Vec<f64> =
+        t.grad_rows().iter().filter(|r| r.step == last && r.layer == 0).map(|r| r.grad_norm).collect();
     (lambda0, trace[0] / trace[trace.len() - 1])
 }
 
@@ -59,7 +58,7 @@ fn csv_columns_and_the_plot_command() {
     let _ = std::fs::remove_dir_all(&out);
     let bin = env!("CARGO_BIN_EXE_qlstm");
     for (q, n) in [("bc", "none"), ("bc", "layer")] {
-        let spec = root().join(format!("configs/ptb_char_{q}_{n}.toml"));
+        let spec = root().join(format!("configs/paper/ptb_char_{q}_{n}.toml"));
         let d = data_set();
         let o = std::process::Command::new(bin)
             .args([

@@ -19,6 +19,8 @@ fn tolerance(a: f64, n: f64) -> f64 {
 
 struct Case {
     model: Model<f64>,
+    /// Sequential MNIST: pixels in, learned initial state, one prediction per sequence.
+    mnist: bool,
     tokens: Vec<u32>,
     pixels: Array2<f64>,
     targets: Vec<u32>,
@@ -28,26 +30,24 @@ struct Case {
 
 impl Case {
     fn input(&self) -> Input<'_, f64> {
-        if self.model.task.is_mnist() { Input::Pixels(self.pixels.view()) } else { Input::Tokens(&self.tokens) }
+        if self.mnist { Input::Pixels(self.pixels.view()) } else { Input::Tokens(&self.tokens) }
     }
 
     /// Mean loss with the dropout masks fixed (the same rng every time).
     fn loss(&mut self) -> f64 {
         let mut rng = Pcg64Mcg::seed_from_u64(self.seed);
-        if self.model.task.is_mnist() {
+        if self.mnist {
             // the learned h0/c0 are parameters: rebuild the state from them every time
             self.state = self.model.initial_state(self.state.h[0].nrows());
         }
-        let input =
-            if self.model.task.is_mnist() { Input::Pixels(self.pixels.view()) } else { Input::Tokens(&self.tokens) };
+        let input = if self.mnist { Input::Pixels(self.pixels.view()) } else { Input::Tokens(&self.tokens) };
         self.model.forward(input, &self.targets, &self.state, true, &mut rng).mean_loss()
     }
 
     fn analytic(&mut self) {
         self.model.zero_grad();
         self.loss();
-        let input =
-            if self.model.task.is_mnist() { Input::Pixels(self.pixels.view()) } else { Input::Tokens(&self.tokens) };
+        let input = if self.mnist { Input::Pixels(self.pixels.view()) } else { Input::Tokens(&self.tokens) };
         self.model.backward(input);
         let _ = self.input();
     }
@@ -78,7 +78,7 @@ fn build(
     spec.model.dropout_between = dropout;
     spec.model.dropout_output = dropout;
     let mut rng = Pcg64Mcg::seed_from_u64(7);
-    let mut model = Model::<f64>::new(&spec, vocab, &mut rng);
+    let mut model = Model::<f64>::new(&spec.model_config(vocab), &mut rng);
     // Scale weights up a little so gates leave the linear regime and every term matters.
     for p in model.params_mut() {
         for x in p.value.iter_mut() {
@@ -98,7 +98,7 @@ fn build(
             a.mapv_inplace(|_| rng.random_range(-0.8..0.8));
         }
     }
-    Case { model, tokens, pixels, targets, state, seed: 99 }
+    Case { model, mnist: task.is_mnist(), tokens, pixels, targets, state, seed: 99 }
 }
 
 fn entry(s: &mut State<f64>, which: usize, l: usize) -> &mut Array2<f64> {
@@ -131,7 +131,7 @@ fn check(case: &mut Case, what: &str) {
             record(grad[[r, c]], (lp - lm) / (2.0 * H_STEP), format!("{name}[{r},{c}]"));
         }
     }
-    if !case.model.task.is_mnist() {
+    if !case.mnist {
         for l in 0..case.state.h.len() {
             for which in 0..2 {
                 let g = if which == 0 { &state_grad.h[l] } else { &state_grad.c[l] };
@@ -237,13 +237,13 @@ fn straight_through_estimator_passes_dl_dq_unchanged() {
             let mut a = build(Task::PtbChar, 6, 4, 2, 3, 2, 0.0, q, norm);
             let mut b = build(Task::PtbChar, 6, 4, 2, 3, 2, 0.0, Quantizer::Fp, norm);
             for (la, lb) in a.model.layers.iter_mut().zip(b.model.layers.iter_mut()) {
-                // a non-uniform curvature for lab/lat, shared by both sides
-                let d = la.w_h.value.mapv(|x| 0.5 + x.abs());
-                la.curvature_h = Some(d);
-                let mut cache = qlstm::nn::LstmCache::default();
+                // a non-uniform curvature for lab/lat (d = √v + 1e-8 from Adam's second moment)
+                let v = la.w_h.value.mapv(|x| (0.5 + x.abs()).powi(2));
+                la.w_h.moments = Some(qlstm::tensor::Moments { m: Array2::zeros(v.dim()), v });
+                let mut cache = qlstm::nn::Cache::default();
                 la.prepare_weights(&mut cache);
-                lb.w_x.value.assign(&cache.qx_t.t());
-                lb.w_h.value.assign(&cache.qh_t.t());
+                lb.w_x.value.assign(&cache.quantized_input_t().t());
+                lb.w_h.value.assign(&cache.quantized_recurrent_t().t());
             }
             a.analytic();
             b.analytic();

@@ -11,7 +11,7 @@ use common::{bin, data_set, root, scratch};
 
 /// `qlstm run` of the ptb_char recipe with extra `--set`s.
 fn run_args(out: &Path, sets: &[&str]) -> Vec<String> {
-    let mut a = vec!["run".into(), root().join("configs/ptb_char_fp_none.toml").display().to_string()];
+    let mut a = vec!["run".into(), root().join("configs/paper/ptb_char_fp_none.toml").display().to_string()];
     for s in [data_set().as_str()].into_iter().chain(sets.iter().copied()) {
         a.push("--set".into());
         a.push(s.into());
@@ -129,7 +129,7 @@ fn a_second_signal_exits_at_once_without_corrupting_files() {
     // whatever exists is whole: the spec parses; a checkpoint, if any, reads
     assert!(qlstm::spec::Spec::load(&dir.join("spec.toml"), &[]).is_ok());
     if dir.join("checkpoint.safetensors").exists() {
-        qlstm::checkpoint::read(&dir.join("checkpoint.safetensors")).unwrap();
+        qlstm::io::checkpoint::read(&dir.join("checkpoint.safetensors")).unwrap();
     }
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -261,7 +261,7 @@ fn a_full_disk_is_an_error_not_a_half_written_file() {
     for f in std::fs::read_dir(out.join("full")).unwrap().flatten() {
         let name = f.file_name().to_string_lossy().to_string();
         if name.ends_with(".safetensors") {
-            qlstm::checkpoint::read(&f.path()).unwrap();
+            qlstm::io::checkpoint::read(&f.path()).unwrap();
         }
         assert!(!name.contains(".tmp-"), "temporary file {name} left behind");
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{bin, data_set, root, scratch};
-use qlstm::sweep;
+use qlstm::cmd::sweep;
 
 fn tiny_sets() -> Vec<String> {
     vec![data_set(), "model.hidden=16".into(), "train.max_steps=3".into(), "diagnostics.enabled=false".into()]
@@ -15,7 +15,7 @@ fn tiny_sets() -> Vec<String> {
 
 #[test]
 fn grid_expansion_and_deterministic_names() {
-    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let spec = root().join("configs/paper/ptb_char_fp_none.toml");
     let grids = ["model.quantizer=fp,bc".to_string(), "model.normalization=none,layer,weight".to_string()];
     let jobs = sweep::expand(std::slice::from_ref(&spec), &grids, &tiny_sets()).unwrap();
     let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
@@ -49,7 +49,7 @@ fn write_summary(dir: &Path, status: &str) {
 #[test]
 fn a_sweep_resumes_skipping_complete_runs() {
     let out = scratch("resume");
-    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let spec = root().join("configs/paper/ptb_char_fp_none.toml");
     let grid = "model.quantizer=fp,bc,tc";
     // pretend bc finished (ok), tc diverged (a result) and fp was interrupted
     write_summary(&out.join("ptb_char_fp_none_quantizer-bc"), "ok");
@@ -80,7 +80,7 @@ fn a_sweep_resumes_skipping_complete_runs() {
 #[test]
 fn emitted_job_lists_run_under_gnu_parallel_and_slurm_scripts_parse() {
     let out = scratch("emit");
-    let spec = root().join("configs/ptb_char_fp_none.toml");
+    let spec = root().join("configs/paper/ptb_char_fp_none.toml");
     let mut args =
         vec!["sweep".to_string(), spec.display().to_string(), "--grid".into(), "model.quantizer=fp,bc,tc".into()];
     args.extend(["--out".into(), out.display().to_string(), "--threads".into(), "1".into()]);

@@ -11,25 +11,24 @@ use qlstm::train::Trainer;
 fn spec(q: &str, n: &str, sets: &[String]) -> Spec {
     let mut all = vec![data_set(), format!("model.quantizer={q}"), format!("model.normalization={n}")];
     all.extend(sets.iter().cloned());
-    Spec::load(&root().join("configs/ptb_char_fp_none.toml"), &all).unwrap()
+    Spec::load(&root().join("configs/paper/ptb_char_fp_none.toml"), &all).unwrap()
 }
 
 #[test]
 fn all_35_variants_train_100_steps_with_finite_loss() {
     qlstm::tensor::set_threads(2);
     let mut failures = Vec::new();
-    for q in Quantizer::ALL {
-        for n in Normalization::ALL {
+    for q in Quantizer::ALL.iter().map(|q| q.name()) {
+        for n in Normalization::ALL.iter().map(|n| n.name()) {
             // 100 steps of 32 streams × 50 characters keep the 35 runs near a minute.
             let sets = ["model.hidden=64", "train.max_steps=100", "train.batch_size=32", "train.bptt=50"];
             let mut t = Trainer::new(spec(q, n, &sets.map(String::from))).unwrap();
-            t.verbose = false;
             let end = t.train_epoch(1).unwrap();
-            let loss = t.progress.epoch_stats.mean_loss();
-            let diverged = end != qlstm::train::trainer::EpochEnd::Done;
+            let loss = t.epoch_stats().mean_loss();
+            let diverged = end != qlstm::train::EpochEnd::Done;
             eprintln!("{q}/{n}: mean train loss over 100 steps {loss:.3} nats");
-            if diverged || !loss.is_finite() || t.step != 100 {
-                failures.push(format!("{q}/{n}: loss {loss}, {} steps", t.step));
+            if diverged || !loss.is_finite() || t.step() != 100 {
+                failures.push(format!("{q}/{n}: loss {loss}, {} steps", t.step()));
             }
         }
     }
@@ -45,9 +44,8 @@ fn binarized_without_normalization_is_clearly_worse() {
     let mut bpc = std::collections::HashMap::new();
     for (q, n) in [("fp", "none"), ("bc", "none"), ("bc", "weight"), ("bc", "layer")] {
         let mut t = Trainer::new(spec(q, n, &["model.hidden=256".into(), "train.max_steps=200".into()])).unwrap();
-        t.verbose = false;
         t.train_epoch(1).unwrap();
-        let v = t.evaluate(qlstm::train::trainer::Split::Valid).mean_loss() / std::f64::consts::LN_2;
+        let v = t.evaluate(qlstm::train::Split::Valid).mean_loss() / std::f64::consts::LN_2;
         eprintln!("{q}/{n}: valid {v:.3} bpc after 200 steps");
         bpc.insert(format!("{q}/{n}"), v);
     }
@@ -65,11 +63,10 @@ fn exploding_but_finite_gradients_are_clipped_not_called_diverged() {
     qlstm::tensor::set_threads(1);
     let sets = ["model.hidden=512", "train.max_steps=2", "diagnostics.grad_every=1"].map(String::from);
     let mut t = Trainer::new(spec("bc", "none", &sets)).unwrap();
-    t.verbose = false;
     let end = t.train_epoch(1).unwrap();
-    assert_eq!(end, qlstm::train::trainer::EpochEnd::Done, "2 steps of plain bc at H = 512");
-    assert_eq!(t.step, 2);
-    let at_h0 = t.grad_rows.iter().filter(|r| r.t == 0).map(|r| r.grad_norm).fold(0.0, f64::max);
+    assert_eq!(end, qlstm::train::EpochEnd::Done, "2 steps of plain bc at H = 512");
+    assert_eq!(t.step(), 2);
+    let at_h0 = t.grad_rows().iter().filter(|r| r.t == 0).map(|r| r.grad_norm).fold(0.0, f64::max);
     assert!(at_h0.is_finite() && at_h0 > 1e20, "‖∂ξ/∂h_0‖ = {at_h0}: the explosion the paper describes");
-    assert!(t.progress.epoch_stats.mean_loss().is_finite());
+    assert!(t.epoch_stats().mean_loss().is_finite());
 }

@@ -1,4 +1,4 @@
-//! Language-model text → token ids, as the reference code tokenizes it (SPEC §3).
+//! Language-model text → token ids, as the reference code tokenizes it (docs/SPEC.md §3).
 //!
 //! - ptb_word / ptb_char: whitespace tokens plus one `<eos>` per line; the vocabulary is built
 //!   from train, then valid, then test, in order of first appearance (PyTorch's data.py).

@@ -1,6 +1,7 @@
-//! Normalization of one product (W_x·x or W_h·h) of an LSTM layer, SPEC §1: layer norm or batch
-//! norm (shared or per-time-step running statistics) of each of the four gate blocks.
-//! Weight norm acts on the weights instead (`weight_norm.rs`); `none` needs no normalizer.
+//! The five normalizations of docs/SPEC.md §1, and the normalizer of one product (W_x·x or
+//! W_h·h) of a recurrent layer: layer norm or batch norm (shared or per-time-step running
+//! statistics) of each gate block. Weight norm acts on the weights instead (`weight_norm.rs`);
+//! `none` needs no normalizer.
 //!
 //!   layer:  per sample, over the H features of a gate block: x̂ = (z − μ)/√(σ² + 1e-5)
 //!   batch:  per feature, over the batch at one time step:     x̂ = (z − μ)/√(σ² + 1e-5)
@@ -11,8 +12,26 @@
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
-use crate::spec::Normalization;
+use crate::names::named_enum;
 use crate::tensor::{Group, Param, Real};
+
+named_enum! {
+    /// How each product of a layer is normalized (docs/SPEC.md §1).
+    pub enum Normalization {
+        None = "none",
+        Weight = "weight",
+        Layer = "layer",
+        BatchShared = "batch_shared",
+        BatchSeparate = "batch_separate",
+    }
+}
+
+impl Normalization {
+    /// Normalizes the products themselves (layer or batch norm), not the weights.
+    pub fn normalizes_products(self) -> bool {
+        matches!(self, Normalization::Layer | Normalization::BatchShared | Normalization::BatchSeparate)
+    }
+}
 
 pub const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
@@ -23,34 +42,49 @@ pub enum NormKind {
     Batch { separate: bool },
 }
 
-pub struct ProductNorm<T> {
+/// The layer or batch normalizer of one product, over its gate blocks of `hidden` features.
+///
+/// One API for both kinds: `forward`/`backward` run a whole step (batch norm needs every row of
+/// it, and updates its running statistics); a row-local normalizer (layer norm, see
+/// `row_local`) can also run on any subset of a step's rows from several threads at once, through
+/// `forward_rows`/`input_grad_rows`, with its γ, β gradients summed afterwards by `param_grads`.
+pub struct Normalizer<T> {
     pub kind: NormKind,
     pub hidden: usize,
-    /// γ and β, (1, 4H).
+    /// Gate blocks of H features each (4 for the LSTM).
+    pub blocks: usize,
+    /// γ and β, (1, blocks·H).
     pub gain: Param<T>,
     pub bias: Param<T>,
-    /// Batch norm running statistics, (slots, 4H): 1 slot (shared) or T_max (separate).
+    /// Batch norm running statistics, (slots, blocks·H): 1 slot (shared) or T_max (separate).
     pub running_mean: Array2<T>,
     pub running_var: Array2<T>,
     /// Column sums of batch norm (no allocation per step).
     scratch: Vec<T>,
 }
 
-impl<T: Real> ProductNorm<T> {
-    /// The normalizer `normalization` needs on a product, if any. `slots` = T_max for
-    /// separate batch statistics.
-    pub fn for_normalization(normalization: Normalization, name: &str, hidden: usize, slots: usize) -> Option<Self> {
+impl<T: Real> Normalizer<T> {
+    /// The normalizer `normalization` needs on a product of `blocks` gate blocks, if any.
+    /// `slots` = T_max for separate batch statistics.
+    pub fn for_normalization(
+        normalization: Normalization,
+        name: &str,
+        hidden: usize,
+        blocks: usize,
+        slots: usize,
+    ) -> Option<Self> {
         let kind = match normalization {
             Normalization::Layer => NormKind::Layer,
             Normalization::BatchShared => NormKind::Batch { separate: false },
             Normalization::BatchSeparate => NormKind::Batch { separate: true },
             Normalization::None | Normalization::Weight => return None,
         };
-        let g = 4 * hidden;
+        let g = blocks * hidden;
         let slots = if kind == (NormKind::Batch { separate: true }) { slots.max(1) } else { 1 };
-        Some(ProductNorm {
+        Some(Normalizer {
             kind,
             hidden,
+            blocks,
             gain: Param::new(format!("{name}.gain"), Array2::ones((1, g)), Group::Other),
             bias: Param::new(format!("{name}.bias"), Array2::zeros((1, g)), Group::Other),
             running_mean: Array2::zeros((slots, g)),
@@ -67,10 +101,33 @@ impl<T: Real> ProductNorm<T> {
         [&mut self.gain, &mut self.bias]
     }
 
+    /// Statistics over each row alone (layer norm): a step's rows can be normalized in parts,
+    /// in parallel, by `forward_rows`. Batch norm's statistics couple the rows of a step.
+    pub fn row_local(&self) -> bool {
+        self.kind == NormKind::Layer
+    }
+
+    /// Rows of the 1/σ cache per step of a batch of `batch`: one per row (layer norm: a divisor
+    /// per row and gate block) or one (batch norm: a divisor per feature).
+    pub fn rstd_rows_per_step(&self, batch: usize) -> usize {
+        if self.row_local() { batch } else { 1 }
+    }
+
+    /// Columns of the 1/σ cache: one per gate block (layer norm) or per feature (batch norm).
+    pub fn rstd_cols(&self) -> usize {
+        if self.row_local() { self.blocks } else { self.blocks * self.hidden }
+    }
+
+    /// The 1/σ cache rows of in-window step t.
+    pub fn rstd_rows(&self, t: usize, batch: usize) -> std::ops::Range<usize> {
+        let n = self.rstd_rows_per_step(batch);
+        t * n..(t + 1) * n
+    }
+
     crate::tensor::simd_method! {
         /// Normalize the rows `z` of in-window step `t` (B rows for batch norm; any rows for layer
         /// norm) and add γ ⊙ x̂ + β to `out`. Writes x̂ into `xhat` and the divisors' inverses
-        /// 1/√(σ² + ε) into `rstd` ((rows, 4) for layer norm, (1, 4H) for batch norm).
+        /// 1/√(σ² + ε) into `rstd` ((rows, blocks) for layer norm, (1, blocks·H) for batch norm).
         /// `train` selects batch statistics (and updates the running ones) over running ones.
         /// All views must be in standard (row-major, contiguous-row) layout.
         pub fn forward(
@@ -165,17 +222,17 @@ impl<T: Real> ProductNorm<T> {
     crate::tensor::simd_method! {
         /// Layer norm of some rows, for callers that split a step's rows across threads: as
         /// `forward`, but without touching `self` (layer norm keeps no statistics).
-        pub fn layer_forward_rows(
+        pub fn forward_rows(
             &self,
             z: ArrayView2<T>,
             xhat: ArrayViewMut2<T>,
             rstd: ArrayViewMut2<T>,
             out: ArrayViewMut2<T>,
-        ) => layer_forward_rows_impl, layer_forward_rows_avx512, layer_forward_rows_avx2
+        ) => forward_rows_impl, forward_rows_avx512, forward_rows_avx2
     }
 
     #[inline(always)]
-    fn layer_forward_rows_impl(
+    fn forward_rows_impl(
         &self,
         z: ArrayView2<T>,
         mut xhat: ArrayViewMut2<T>,
@@ -202,19 +259,19 @@ impl<T: Real> ProductNorm<T> {
     }
 
     crate::tensor::simd_method! {
-        /// ∂L/∂z of layer norm for some rows, without touching `self` (see `layer_forward_rows`);
+        /// ∂L/∂z of layer norm for some rows, without touching `self` (see `forward_rows`);
         /// the gain and bias gradients come from `param_grads`.
-        pub fn layer_input_grad(
+        pub fn input_grad_rows(
             &self,
             dy: ArrayView2<T>,
             xhat: ArrayView2<T>,
             rstd: ArrayView2<T>,
             dz: ArrayViewMut2<T>,
-        ) => layer_input_grad_impl, layer_input_grad_avx512, layer_input_grad_avx2
+        ) => input_grad_rows_impl, input_grad_rows_avx512, input_grad_rows_avx2
     }
 
     #[inline(always)]
-    fn layer_input_grad_impl(&self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
+    fn input_grad_rows_impl(&self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
         layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz)
     }
 
@@ -266,14 +323,6 @@ impl<T: Real> ProductNorm<T> {
             }
         }
     }
-
-    /// Columns of the `rstd` cache per call: 4 (one per gate block) for layer norm, 4H for batch.
-    pub fn rstd_cols(&self) -> usize {
-        match self.kind {
-            NormKind::Layer => 4,
-            NormKind::Batch { .. } => 4 * self.hidden,
-        }
-    }
 }
 
 /// Layer-norm statistics of each gate block of each row: x̂ and 1/√(σ² + ε).
@@ -283,7 +332,7 @@ fn layer_stats<T: Real>(z: ArrayView2<T>, h: usize, eps: T, mut xhat: ArrayViewM
     for r in 0..z.nrows() {
         let zr = z.row(r).to_slice().unwrap();
         let xr = xhat.row_mut(r).into_slice().unwrap();
-        for k in 0..4 {
+        for k in 0..zr.len() / h {
             let zs = &zr[k * h..(k + 1) * h];
             let mean = crate::tensor::sum(zs) / hn;
             let var = crate::tensor::sum_sq_dev(zs, mean) / hn;
@@ -310,7 +359,7 @@ fn layer_input_grad<T: Real>(
     for r in 0..dy.nrows() {
         let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
         let zr = dz.row_mut(r).into_slice().unwrap();
-        for k in 0..4 {
+        for k in 0..zr.len() / h {
             let blk = k * h..(k + 1) * h;
             let (mut m1, mut m2) = (T::zero(), T::zero());
             for j in blk.clone() {
@@ -332,10 +381,10 @@ mod tests {
     use super::*;
     use ndarray::array;
 
-    fn run(n: &mut ProductNorm<f64>, z: &Array2<f64>, t: usize, train: bool) -> Array2<f64> {
+    fn run(n: &mut Normalizer<f64>, z: &Array2<f64>, t: usize, train: bool) -> Array2<f64> {
         let (r, g) = z.dim();
         let (mut xhat, mut out) = (Array2::zeros((r, g)), Array2::zeros((r, g)));
-        let mut rstd = Array2::zeros((if n.kind == NormKind::Layer { r } else { 1 }, n.rstd_cols()));
+        let mut rstd = Array2::zeros((n.rstd_rows_per_step(r), n.rstd_cols()));
         n.forward(z.view(), t, train, xhat.view_mut(), rstd.view_mut(), out.view_mut());
         out
     }
@@ -343,7 +392,7 @@ mod tests {
     #[test]
     fn separate_running_statistics_by_in_window_time() {
         // H = 1: four features (one per gate), batch of 2, two slots (T_max = 2).
-        let mut n = ProductNorm::<f64>::for_normalization(Normalization::BatchSeparate, "n", 1, 2).unwrap();
+        let mut n = Normalizer::<f64>::for_normalization(Normalization::BatchSeparate, "n", 1, 4, 2).unwrap();
         let z0 = array![[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 5.0, 0.0]];
         let z1 = array![[0.0, 0.0, 0.0, 0.0], [2.0, 4.0, 6.0, 8.0]];
         run(&mut n, &z0, 0, true);
@@ -367,13 +416,13 @@ mod tests {
 
     #[test]
     fn shared_statistics_and_layer_norm_by_hand() {
-        let mut n = ProductNorm::<f64>::for_normalization(Normalization::BatchShared, "n", 1, 35).unwrap();
+        let mut n = Normalizer::<f64>::for_normalization(Normalization::BatchShared, "n", 1, 4, 35).unwrap();
         assert_eq!(n.slots(), 1);
         let z = array![[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 5.0, 0.0]];
         let out = run(&mut n, &z, 7, true);
         // feature 0: mean 2, biased var 1 → x̂ = ∓1/√(1 + ε); feature 1 has zero variance → 0
         assert!((out[[0, 0]] + 1.0 / (1.0 + EPS).sqrt()).abs() < 1e-15 && out[[0, 1]] == 0.0);
-        let mut ln = ProductNorm::<f64>::for_normalization(Normalization::Layer, "l", 2, 1).unwrap();
+        let mut ln = Normalizer::<f64>::for_normalization(Normalization::Layer, "l", 2, 4, 1).unwrap();
         let z = array![[1.0, 3.0, 0.0, 0.0, 5.0, 5.0, -1.0, 1.0]];
         let out = run(&mut ln, &z, 0, true);
         // block 0: mean 2, var 1 → [−1, 1]/√(1+ε); block 1: zeros → 0; block 3: ±1/√(1+ε)

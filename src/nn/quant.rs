@@ -1,14 +1,43 @@
-//! The seven quantizers of SPEC §2 as pure functions on one gate block (H × in) of latent
+//! The seven quantizers of docs/SPEC.md §2 as pure functions on one gate block (H × in) of latent
 //! weights. Each of the 8 blocks of a layer has its own scale and threshold. The backward is
 //! the straight-through estimator: ∂L/∂W = ∂L/∂Q(W), applied by the caller.
 //! Sums run in f64 so that scales and thresholds are exact to the last bit we can test.
 
 use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 
-use crate::spec::Quantizer;
+use crate::names::named_enum;
 use crate::tensor::Real;
 
-/// sign with sign(0) = +1, as everywhere in SPEC §2.
+named_enum! {
+    /// How the recurrent layers' weights are quantized (docs/SPEC.md §2).
+    pub enum Quantizer {
+        Fp = "fp",
+        Bc = "bc",
+        Bwn = "bwn",
+        Lab = "lab",
+        Tc = "tc",
+        Twn = "twn",
+        Lat = "lat",
+    }
+}
+
+impl Quantizer {
+    /// Bits per stored weight (docs/SPEC.md §4).
+    pub fn bits(self) -> u32 {
+        match self {
+            Quantizer::Fp => 32,
+            Quantizer::Bc | Quantizer::Bwn | Quantizer::Lab => 1,
+            Quantizer::Tc | Quantizer::Twn | Quantizer::Lat => 2,
+        }
+    }
+
+    /// Loss-aware quantizers weight each entry by the optimizer's curvature estimate.
+    pub fn uses_curvature(self) -> bool {
+        matches!(self, Quantizer::Lab | Quantizer::Lat)
+    }
+}
+
+/// sign with sign(0) = +1.
 #[inline]
 fn sign(x: f64) -> f64 {
     if x >= 0.0 { 1.0 } else { -1.0 }

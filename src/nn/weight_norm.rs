@@ -1,4 +1,4 @@
-//! Weight normalization of a quantized matrix, row by row (SPEC §1):
+//! Weight normalization of a quantized matrix, row by row (docs/SPEC.md §1):
 //!   W_eff[j,:] = g_j · Q(W)[j,:] / (‖Q(W)[j,:]‖₂ + 1e-8)
 //! Any scale α of the quantizer cancels. Matrices arrive transposed, (in, 4H): row j of W is
 //! column j here. An all-zero row (possible with tc) keeps the formula and takes the norm's

@@ -10,7 +10,8 @@ use plotters::prelude::*;
 
 use crate::bail;
 use crate::error::{Error, Result};
-use crate::report::write_atomic;
+use crate::io::write_atomic;
+use crate::run_dir::RunDir;
 
 /// One run's traces: λ1 by step (layer 0) and the gradient norms by t at one recorded step
 /// (layer 0).
@@ -21,58 +22,26 @@ struct Traces {
     grad: Vec<(f64, f64)>,
 }
 
-fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-    let header =
-        r.headers().map_err(|e| Error::new(format!("{}: {e}", path.display())))?.iter().map(String::from).collect();
-    let rows = r
-        .records()
-        .map(|rec| rec.map(|r| r.iter().map(String::from).collect()))
-        .collect::<std::result::Result<Vec<Vec<String>>, _>>()
-        .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-    Ok((header, rows))
-}
-
-fn column(header: &[String], name: &str, path: &Path) -> Result<usize> {
-    header.iter().position(|h| h == name).ok_or_else(|| Error::new(format!("{}: no column `{name}`", path.display())))
-}
-
 /// `grad_step`: show the gradient trace recorded nearest this optimizer step (None: the last).
 fn load(dir: &Path, grad_step: Option<u64>) -> Result<Traces> {
-    let lpath = dir.join("lambda.csv");
-    let gpath = dir.join("grad_norm.csv");
-    if !lpath.exists() || !gpath.exists() {
+    let run = RunDir::at(dir);
+    if !run.file(RunDir::LAMBDA).exists() || !run.file(RunDir::GRAD_NORM).exists() {
         bail!(
             "{}: no lambda.csv/grad_norm.csv; is it a run directory (with diagnostics.enabled = true)?",
             dir.display()
         );
     }
-    let num =
-        |s: &str, p: &Path| s.parse::<f64>().map_err(|_| Error::new(format!("{}: `{s}` is not a number", p.display())));
-    let (h, rows) = read_rows(&lpath)?;
-    let (cs, cl, cy) = (column(&h, "step", &lpath)?, column(&h, "layer", &lpath)?, column(&h, "lambda1", &lpath)?);
-    let mut lambda = Vec::new();
-    for r in rows.iter().filter(|r| r[cl] == "0") {
-        lambda.push((num(&r[cs], &lpath)?, num(&r[cy], &lpath)?));
-    }
-    let (h, rows) = read_rows(&gpath)?;
-    let (cs, cl, ct, cg) = (
-        column(&h, "step", &gpath)?,
-        column(&h, "layer", &gpath)?,
-        column(&h, "t", &gpath)?,
-        column(&h, "grad_norm", &gpath)?,
-    );
+    let lambda = run.read_lambda()?.iter().filter(|r| r.layer == 0).map(|r| (r.step as f64, r.lambda1)).collect();
     let mut by_step: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r[cl] == "0") {
-        by_step.entry(num(&r[cs], &gpath)? as u64).or_default().push((num(&r[ct], &gpath)?, num(&r[cg], &gpath)?));
+    for r in run.read_grad_norms()?.iter().filter(|r| r.layer == 0) {
+        by_step.entry(r.step).or_default().push((r.t as f64, r.grad_norm));
     }
     let chosen = match grad_step {
         Some(want) => by_step.keys().copied().min_by_key(|&s| s.abs_diff(want)),
         None => by_step.keys().copied().next_back(),
     };
     let (grad_step, grad) = chosen.and_then(|s| by_step.remove_entry(&s)).unwrap_or((0, Vec::new()));
-    let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-    Ok(Traces { name, lambda, grad_step, grad })
+    Ok(Traces { name: run.name(), lambda, grad_step, grad })
 }
 
 /// Positive, finite points only (log axes).

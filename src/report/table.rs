@@ -6,9 +6,14 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bail;
-use crate::error::{Error, Result};
-use crate::spec::Spec;
+use crate::error::Result;
+use crate::io::{csv_bytes, read_csv};
+use crate::nn::Normalization;
+use crate::run_dir::{Metric, RunDir, Status, Summary};
+use crate::spec::{Spec, Task};
 
 /// The published numbers (copied from ../shared/reference into results/reference/).
 const TABLE2: &str = include_str!("../../results/reference/table2_char.csv");
@@ -23,16 +28,7 @@ pub const LAYOUTS: [&str; 4] = ["table2", "table3", "table4", "two_layer"];
 pub struct Run {
     pub dir: PathBuf,
     pub spec: Spec,
-    pub summary: HashMap<String, String>,
-}
-
-impl Run {
-    fn get(&self, k: &str) -> &str {
-        self.summary.get(k).map_or("", String::as_str)
-    }
-    fn steps(&self) -> u64 {
-        self.get("steps").parse().unwrap_or(0)
-    }
+    pub summary: Summary,
 }
 
 /// Every run directory (one with summary.csv and spec.toml) below the given roots.
@@ -48,11 +44,10 @@ pub fn find_runs(roots: &[PathBuf]) -> Result<Vec<Run>> {
 }
 
 fn walk(dir: &Path, runs: &mut Vec<Run>) -> Result<()> {
-    let summary = dir.join("summary.csv");
-    let spec = dir.join("spec.toml");
-    if summary.exists() && spec.exists() {
-        let spec = Spec::load(&spec, &[])?;
-        if let Some(summary) = crate::report::csv::read_first_row(&summary)? {
+    let run = RunDir::at(dir);
+    if run.has_results() {
+        let spec = run.read_spec()?;
+        if let Some(summary) = run.read_summary()? {
             runs.push(Run { dir: dir.to_path_buf(), spec, summary });
         }
         return Ok(());
@@ -67,37 +62,29 @@ fn walk(dir: &Path, runs: &mut Vec<Run>) -> Result<()> {
 }
 
 /// One row of a table: the cell it describes, the published values, and our run (if any).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Row {
-    pub cells: Vec<(String, String)>,
+    pub table: String,
+    pub dataset: String,
+    pub layers: String,
+    pub hidden: String,
+    pub quantizer: String,
+    pub normalization: String,
+    pub metric: String,
+    pub ours: String,
+    pub paper: String,
+    pub diff: String,
+    pub ours_size_kb: String,
+    pub paper_size_kb: String,
+    pub status: String,
+    pub epochs: String,
+    pub steps: String,
+    pub run: String,
+    pub note: String,
 }
 
-const COLUMNS: [&str; 17] = [
-    "table",
-    "dataset",
-    "layers",
-    "hidden",
-    "quantizer",
-    "normalization",
-    "metric",
-    "ours",
-    "paper",
-    "diff",
-    "ours_size_kb",
-    "paper_size_kb",
-    "status",
-    "epochs",
-    "steps",
-    "run",
-    "note",
-];
-
 fn parse_reference(text: &str) -> Vec<HashMap<String, String>> {
-    let mut r = csv::Reader::from_reader(text.as_bytes());
-    let h = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| h.iter().zip(rec.unwrap().iter()).map(|(k, v)| (k.to_string(), v.to_string())).collect())
-        .collect()
+    read_csv(text.as_bytes(), "results/reference").expect("the reference tables are valid CSV")
 }
 
 /// The cells of a layout, in the paper's order: (dataset, task, layers, hidden, embedding,
@@ -113,7 +100,7 @@ fn cells(layout: &str) -> Result<Vec<(HashMap<String, String>, bool)>> {
             let refs = parse_reference(TABLE4);
             let mut out = Vec::new();
             for q in ["fp", "bc", "tc"] {
-                for n in crate::spec::Normalization::ALL {
+                for n in Normalization::ALL.iter().map(|n| n.name()) {
                     let mut row: HashMap<String, String> = refs
                         .iter()
                         .find(|r| r["quantizer"] == q && r["normalization"] == n)
@@ -146,7 +133,7 @@ fn complete_blocks(refs: Vec<HashMap<String, String>>) -> Vec<HashMap<String, St
         let mut blocks: Vec<[String; 4]> = refs.iter().map(block).collect();
         blocks.dedup();
         for b in blocks {
-            for n in crate::spec::Normalization::ALL {
+            for n in Normalization::ALL.iter().map(|n| n.name()) {
                 let same = |r: &HashMap<String, String>| block(r) == b && field(r, "quantizer") == q;
                 if out.iter().any(|r| same(r) && field(r, "normalization") == n) {
                     continue;
@@ -173,120 +160,96 @@ fn complete_blocks(refs: Vec<HashMap<String, String>>) -> Vec<HashMap<String, St
 fn matches(run: &Run, cell: &HashMap<String, String>) -> bool {
     let s = &run.spec;
     let task = match cell["dataset"].as_str() {
-        "seq_mnist" => s.task == crate::spec::Task::SeqMnist,
+        "seq_mnist" => s.task == Task::SeqMnist,
         d => s.task.name() == d,
     };
     let num = |k: &str, v: usize| cell.get(k).is_none_or(|x| x.is_empty() || x.parse::<usize>().ok() == Some(v));
     task && num("hidden", s.model.hidden)
         && num("layers", s.model.layers)
         && (!s.task.uses_embedding() || num("embedding", s.model.embedding))
-        && crate::spec::Quantizer::ALL[s.model.quantizer as usize] == cell["quantizer"]
-        && crate::spec::Normalization::ALL[s.model.normalization as usize] == cell["normalization"]
+        && s.model.quantizer.name() == cell["quantizer"]
+        && s.model.normalization.name() == cell["normalization"]
 }
 
 /// Build the table: one row per cell, filled from the best-trained matching run.
 pub fn build(layout: &str, runs: &[Run]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (cell, _) in cells(layout)? {
-        let paper_metric_key = cell.keys().find(|k| k.starts_with("paper_test_")).cloned();
-        let paper = paper_metric_key.as_ref().map_or(String::new(), |k| cell[k].clone());
+        let field = |k: &str| cell.get(k).cloned().unwrap_or_default();
+        let paper = cell.keys().find(|k| k.starts_with("paper_test_")).map_or(String::new(), |k| cell[k].clone());
         let metric = match cell["dataset"].as_str() {
-            "ptb_word" => "ppl",
-            "seq_mnist" => "error_pct",
-            _ => "bpc",
+            "ptb_word" => Metric::Ppl,
+            "seq_mnist" => Metric::ErrorPct,
+            _ => Metric::Bpc,
         };
-        let best = runs.iter().filter(|r| matches(r, &cell)).max_by_key(|r| (r.steps(), r.dir.clone()));
-        let layers = cell.get("layers").cloned().unwrap_or_else(|| "1".into());
-        let mut v: Vec<(String, String)> = vec![
-            ("table".into(), cell["table"].clone()),
-            ("dataset".into(), cell["dataset"].clone()),
-            ("layers".into(), layers),
-            ("hidden".into(), cell["hidden"].clone()),
-            ("quantizer".into(), cell["quantizer"].clone()),
-            ("normalization".into(), cell["normalization"].clone()),
-            ("metric".into(), metric.into()),
-        ];
-        let (ours, size, status, epochs, steps, run) = match best {
-            Some(r) => {
-                let status = r.get("status").to_string();
-                // only a finished run has a test figure (diverged: the paper's N/A; interrupted:
-                // not there yet)
-                let ours = if status == "ok" { round(r.get("test_metric")) } else { String::new() };
-                (
-                    ours,
-                    r.get("size_kb").to_string(),
-                    status,
-                    r.get("epochs_run").to_string(),
-                    r.get("steps").to_string(),
-                    r.dir.display().to_string(),
-                )
+        let best = runs.iter().filter(|r| matches(r, &cell)).max_by_key(|r| (r.summary.steps, r.dir.clone()));
+        let mut row = Row {
+            table: field("table"),
+            dataset: field("dataset"),
+            layers: cell.get("layers").cloned().unwrap_or_else(|| "1".into()),
+            hidden: field("hidden"),
+            quantizer: field("quantizer"),
+            normalization: field("normalization"),
+            metric: metric.name().into(),
+            paper,
+            paper_size_kb: field("paper_size_kb"),
+            note: field("note"),
+            ..Row::default()
+        };
+        if let Some(r) = best {
+            let s = &r.summary;
+            // only a finished run has a test figure (diverged: the paper's N/A; interrupted:
+            // not there yet)
+            if s.status == Status::Ok {
+                row.ours = format!("{:.3}", s.test_metric);
             }
-            None => Default::default(),
-        };
-        let diff = match (ours.parse::<f64>(), paper.parse::<f64>()) {
-            (Ok(a), Ok(b)) => format!("{:.3}", a - b),
-            _ => String::new(),
-        };
-        let mut note = cell.get("note").cloned().unwrap_or_default();
-        if cell["dataset"] == "warpeace" && !size.is_empty() {
-            let sep = if note.is_empty() { "" } else { "; " };
-            note = format!(
-                "{note}{sep}our size uses our War and Peace copy's vocabulary (LF line endings, 83 bytes vs the paper's 87)"
+            row.ours_size_kb = s.size_kb.to_string();
+            row.status = s.status.name().into();
+            row.epochs = s.epochs_run.to_string();
+            row.steps = s.steps.to_string();
+            row.run = r.dir.display().to_string();
+        }
+        if let (Ok(a), Ok(b)) = (row.ours.parse::<f64>(), row.paper.parse::<f64>()) {
+            row.diff = format!("{:.3}", a - b);
+        }
+        if row.dataset == "warpeace" && !row.ours_size_kb.is_empty() {
+            let sep = if row.note.is_empty() { "" } else { "; " };
+            row.note = format!(
+                "{}{sep}our size uses our War and Peace copy's vocabulary (LF line endings, 83 bytes vs the paper's 87)",
+                row.note
             );
         }
-        v.extend([
-            ("ours".into(), ours),
-            ("paper".into(), paper),
-            ("diff".into(), diff),
-            ("ours_size_kb".into(), size),
-            ("paper_size_kb".into(), cell.get("paper_size_kb").cloned().unwrap_or_default()),
-            ("status".into(), status),
-            ("epochs".into(), epochs),
-            ("steps".into(), steps),
-            ("run".into(), run),
-            ("note".into(), note),
-        ]);
-        rows.push(Row { cells: v });
+        rows.push(row);
     }
     Ok(rows)
 }
 
-fn round(x: &str) -> String {
-    x.parse::<f64>().map_or(String::new(), |v| format!("{v:.3}"))
-}
-
 pub fn to_csv(rows: &[Row]) -> Result<String> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(COLUMNS).map_err(|e| Error::new(e.to_string()))?;
-    for r in rows {
-        w.write_record(r.cells.iter().map(|(_, v)| v)).map_err(|e| Error::new(e.to_string()))?;
-    }
-    Ok(String::from_utf8(w.into_inner().map_err(|e| Error::new(e.to_string()))?).unwrap())
+    Ok(String::from_utf8(csv_bytes(rows)?).expect("CSV of strings is UTF-8"))
 }
 
-pub fn to_markdown(rows: &[Row]) -> String {
-    let cols: Vec<&str> = COLUMNS.iter().copied().filter(|c| *c != "run" && *c != "table").collect();
+/// The table as Markdown: the CSV's columns but the run directory and the table number.
+pub fn to_markdown(rows: &[Row]) -> Result<String> {
+    let text = csv_bytes(rows)?;
+    let mut r = ::csv::Reader::from_reader(text.as_slice());
+    let header: Vec<String> =
+        r.headers().map_err(|e| crate::error::Error::new(e.to_string()))?.iter().map(String::from).collect();
+    let keep: Vec<usize> = (0..header.len()).filter(|&i| header[i] != "run" && header[i] != "table").collect();
     let mut s = String::new();
-    let _ = writeln!(s, "| {} |", cols.join(" | "));
-    let _ = writeln!(s, "|{}", "---|".repeat(cols.len()));
-    for r in rows {
-        let vals: Vec<&str> =
-            r.cells.iter().filter(|(k, _)| cols.contains(&k.as_str())).map(|(_, v)| v.as_str()).collect();
-        let _ = writeln!(s, "| {} |", vals.join(" | "));
+    let _ = writeln!(s, "| {} |", keep.iter().map(|&i| header[i].as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(keep.len()));
+    for rec in r.records() {
+        let rec = rec.map_err(|e| crate::error::Error::new(e.to_string()))?;
+        let _ = writeln!(s, "| {} |", keep.iter().map(|&i| &rec[i]).collect::<Vec<_>>().join(" | "));
     }
-    s
+    Ok(s)
 }
 
-/// `qlstm table`.
-pub fn table(roots: &[PathBuf], layout: &str, out: Option<&Path>, markdown: bool) -> Result<()> {
+/// The table of the runs below `roots`, as CSV or Markdown text.
+pub fn table(roots: &[PathBuf], layout: &str, markdown: bool) -> Result<String> {
     let runs = find_runs(roots)?;
     let rows = build(layout, &runs)?;
-    let text = if markdown { to_markdown(&rows) } else { to_csv(&rows)? };
-    match out {
-        Some(p) => crate::report::write_atomic(p, text.as_bytes())?,
-        None => print!("{text}"),
-    }
-    Ok(())
+    if markdown { to_markdown(&rows) } else { to_csv(&rows) }
 }
 
 #[cfg(test)]
@@ -304,14 +267,12 @@ mod tests {
         // Table 3 publishes full precision only without normalization: the other four follow it.
         let k = keys(&complete_blocks(parse_reference(TABLE3)));
         let fp300: Vec<_> = k.iter().skip_while(|c| c.0 != "300").take(5).cloned().collect();
-        let want: Vec<_> = crate::spec::Normalization::ALL
-            .iter()
-            .map(|n| ("300".to_string(), "fp".to_string(), n.to_string()))
-            .collect();
+        let want: Vec<_> =
+            Normalization::ALL.iter().map(|n| ("300".to_string(), "fp".to_string(), n.to_string())).collect();
         assert_eq!(fp300, want);
         for h in ["300", "650"] {
             for q in ["fp", "bc", "tc"] {
-                for n in crate::spec::Normalization::ALL {
+                for n in Normalization::ALL.iter().map(|n| n.name()) {
                     let c = (h.to_string(), q.to_string(), n.to_string());
                     assert_eq!(k.iter().filter(|x| **x == c).count(), 1, "{c:?}");
                 }

@@ -1,34 +1,29 @@
 //! Adam (PyTorch semantics: bias-corrected, ε = 1e-8 added to √v̂) and plain SGD, with
-//! per-group learning rates, and global-norm gradient clipping.
+//! per-group learning rates, and global-norm gradient clipping. Adam's moments live with the
+//! tensors they belong to (`Param::moments`), so checkpoints and the loss-aware quantizers
+//! find them by the parameter, not by an index.
 
 use ndarray::Array2;
 
 use crate::spec::Optimizer as Kind;
-use crate::tensor::{Group, Param, Real, sum_sq_f64};
+use crate::tensor::{Group, Moments, Param, Real, sum_sq_f64};
 
-pub struct Optimizer<T> {
+pub struct Optimizer {
     pub kind: Kind,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     /// Optimizer steps taken.
     pub t: u64,
-    /// First and raw (not bias-corrected) second moments, one per parameter, in the model's
-    /// parameter order. Empty for SGD.
-    pub m: Vec<Array2<T>>,
-    pub v: Vec<Array2<T>>,
 }
 
-impl<T: Real> Optimizer<T> {
-    pub fn new(kind: Kind, params: &[&mut Param<T>]) -> Self {
-        let zeros = || {
-            if kind == Kind::Adam { params.iter().map(|p| Array2::zeros(p.value.dim())).collect() } else { Vec::new() }
-        };
-        Optimizer { kind, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 0, m: zeros(), v: zeros() }
+impl Optimizer {
+    pub fn new(kind: Kind) -> Self {
+        Optimizer { kind, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 0 }
     }
 
     /// One update. Latent LSTM weights use `lr_latent`, everything else `lr_other`.
-    pub fn step(&mut self, params: &mut [&mut Param<T>], lr_latent: f64, lr_other: f64) {
+    pub fn step<T: Real>(&mut self, params: &mut [&mut Param<T>], lr_latent: f64, lr_other: f64) {
         self.t += 1;
         let lr_of = |p: &Param<T>| if p.group == Group::LatentWeight { lr_latent } else { lr_other };
         match self.kind {
@@ -45,9 +40,13 @@ impl<T: Real> Optimizer<T> {
                 let bc2 = 1.0 - self.beta2.powi(self.t as i32);
                 let eps = T::r(self.eps);
                 let sqrt_bc2 = T::r(bc2.sqrt());
-                for ((p, m), v) in params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
+                for p in params.iter_mut() {
                     let k = AdamConsts { b1, b2, step: T::r(lr_of(p) / bc1), sqrt_bc2, eps };
-                    let (w, g) = (p.value.as_slice_mut().unwrap(), p.grad.as_slice().unwrap());
+                    let Param { value, grad, moments, .. } = &mut **p;
+                    let dim = value.dim();
+                    let Moments { m, v } =
+                        moments.get_or_insert_with(|| Moments { m: Array2::zeros(dim), v: Array2::zeros(dim) });
+                    let (w, g) = (value.as_slice_mut().unwrap(), grad.as_slice().unwrap());
                     adam_dispatch(w, g, m.as_slice_mut().unwrap(), v.as_slice_mut().unwrap(), k);
                 }
             }
@@ -120,13 +119,13 @@ mod tests {
     fn adam_first_steps_match_pytorch_formula() {
         let mut p = Param::new("w", array![[1.0f64, -2.0]], Group::Other);
         p.grad = array![[0.5, -0.1]];
-        let mut opt = Optimizer::new(Kind::Adam, &[&mut p]);
+        let mut opt = Optimizer::new(Kind::Adam);
         let mut ps = [&mut p];
         opt.step(&mut ps, 0.0, 0.1);
         // step 1: m̂ = g, v̂ = g² → update = lr·g/(|g| + ε) ≈ lr·sign(g)
         assert!((ps[0].value[[0, 0]] - (1.0 - 0.1 * 0.5 / (0.5 + 1e-8))).abs() < 1e-12);
         assert!((ps[0].value[[0, 1]] - (-2.0 + 0.1 * 0.1 / (0.1 + 1e-8))).abs() < 1e-12);
-        assert!((opt.v[0][[0, 0]] - 0.001 * 0.25).abs() < 1e-15, "raw second moment");
+        assert!((ps[0].moments.as_ref().unwrap().v[[0, 0]] - 0.001 * 0.25).abs() < 1e-15, "raw second moment");
     }
 
     #[test]

@@ -1,0 +1,11 @@
+//! `qlstm plot`: the diagnostic figures of some run directories, into a file.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+
+pub fn plot(runs: &[PathBuf], out: &Path, grad_step: Option<u64>) -> Result<()> {
+    crate::report::plot::plot(runs, out, grad_step)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

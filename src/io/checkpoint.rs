@@ -1,0 +1,93 @@
+//! Checkpoints in safetensors format: every tensor as a 2-D little-endian f32 array (vectors
+//! are 1×n), named as the parameters are (`lstm.0.w_x` …), plus string metadata. Written
+//! atomically, so a crash leaves the previous checkpoint intact.
+//!
+//! What a training checkpoint holds is `train::resume`'s business.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::bail;
+use crate::error::{Error, Result, io_err};
+use crate::io::fs::write_atomic;
+
+/// Written into every file; `read` accepts this and the formats before it.
+pub const FORMAT: &str = "qlstm-checkpoint-2";
+const READABLE: [&str; 2] = ["qlstm-checkpoint-1", FORMAT];
+
+/// Write tensors and metadata to `path` (atomically).
+pub fn write(path: &Path, tensors: &[(String, ArrayView2<f32>)], mut meta: HashMap<String, String>) -> Result<()> {
+    meta.insert("format".into(), FORMAT.into());
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, a)| a.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, a), b)| {
+            TensorView::new(Dtype::F32, vec![a.nrows(), a.ncols()], b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::new(format!("{}: tensor {name}: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let blob = safetensors::serialize(views, Some(meta)).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    write_atomic(path, &blob)
+}
+
+/// A checkpoint read back: tensors by name and the metadata.
+pub struct Loaded {
+    pub path: String,
+    pub tensors: HashMap<String, Array2<f32>>,
+    pub meta: HashMap<String, String>,
+}
+
+impl Loaded {
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| Error::new(format!("{}: metadata lacks `{key}`", self.path)))
+    }
+
+    pub fn parse<V: std::str::FromStr>(&self, key: &str) -> Result<V> {
+        let raw = self.meta(key)?;
+        raw.parse().map_err(|_| Error::new(format!("{}: metadata `{key}` = {raw:?} is not valid", self.path)))
+    }
+
+    /// Take a tensor that must exist with the given shape.
+    pub fn take(&mut self, name: &str, shape: (usize, usize)) -> Result<Array2<f32>> {
+        let t = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| Error::new(format!("{}: lacks tensor `{name}` (written for another spec?)", self.path)))?;
+        if t.dim() != shape {
+            bail!("{}: tensor `{name}` has shape {:?}, the model needs {:?}", self.path, t.dim(), shape);
+        }
+        Ok(t)
+    }
+}
+
+pub fn read(path: &Path) -> Result<Loaded> {
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::new(format!("{p}: not a readable safetensors file ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::new(format!("{p}: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if !meta.get("format").is_some_and(|f| READABLE.contains(&f.as_str())) {
+        bail!("{p}: not a qlstm checkpoint (metadata `format` is not {FORMAT})");
+    }
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 || view.shape().len() != 2 {
+            bail!("{p}: tensor `{name}` is {:?} {:?}; qlstm writes 2-D f32", view.dtype(), view.shape());
+        }
+        let data: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let a = Array2::from_shape_vec((view.shape()[0], view.shape()[1]), data)
+            .map_err(|e| Error::new(format!("{p}: {e}")))?;
+        tensors.insert(name, a);
+    }
+    Ok(Loaded { path: p, tensors, meta })
+}

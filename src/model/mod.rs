@@ -1,0 +1,449 @@
+//! The networks of the paper assembled from `nn/`: an input (one-hot, a trained embedding, or
+//! pixels), L recurrent layers, and an output head — a softmax over the vocabulary at every step
+//! (language models) or over the classes from the last h (the sequential-MNIST classifier, with
+//! learned h0/c0). What to build comes as a `ModelConfig` (`Spec::model_config` makes one).
+//!
+//! Dropout: on the embedding output (`dropout_input`), between layers (`dropout_between`) and
+//! on the last layer's output (`dropout_output`), fresh masks every window, off in evaluation.
+
+use ndarray::{Array2, ArrayView2, Axis, s};
+use ndarray_rand::rand_distr::{Distribution, StandardNormal};
+use rand::Rng;
+
+use crate::nn::dropout::sample_mask;
+use crate::nn::softmax_cross_entropy;
+use crate::nn::{Cache, Embedding, Grads, Layer, LayerInput, Linear, Normalization, Quantizer, Stats};
+use crate::tensor::{Group, Param, Real, ensure_shape};
+
+mod init;
+
+/// How the first layer is fed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// Token ids as one-hot vectors over `vocab` symbols (a row gather of W_x).
+    OneHot { vocab: usize },
+    /// Token ids through a trained full-precision embedding (V, E).
+    Embedding { vocab: usize, dim: usize },
+    /// One pixel per step (width 1).
+    Pixels,
+}
+
+impl InputKind {
+    /// Width of the first layer's input.
+    pub fn width(self) -> usize {
+        match self {
+            InputKind::OneHot { vocab } => vocab,
+            InputKind::Embedding { dim, .. } => dim,
+            InputKind::Pixels => 1,
+        }
+    }
+}
+
+/// What the output layer predicts from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Every step's h predicts the next token (language models).
+    EveryStep,
+    /// The last step's h predicts the class of the sequence (sequential MNIST).
+    LastStep,
+}
+
+/// The initialisations of docs/SPEC.md §3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// Every recurrent tensor U(−1/√H, 1/√H); decoder U(−0.1, 0.1), bias 0; embedding U(−0.1, 0.1).
+    LanguageModel,
+    /// Forget bias 1; W_h block a = identity, the others orthogonal; W_x a unit vector; learned
+    /// h0/c0 (with N(0, 0.1²) training noise under layer/batch norm); LN and separate-BN gains 0.1.
+    SeqMnist,
+}
+
+/// Everything that shapes a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub input: InputKind,
+    pub head: Head,
+    /// Softmax width: the vocabulary, or the classes.
+    pub outputs: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub quantizer: Quantizer,
+    pub normalization: Normalization,
+    /// Quantize the first layer's W_x too (false for sequential MNIST: its 4H×1 input weights
+    /// stay at full precision, docs/SPEC.md §2).
+    pub quantize_first_input: bool,
+    /// Time slots of separate batch statistics (T_max = bptt).
+    pub batch_slots: usize,
+    pub dropout_input: f64,
+    pub dropout_between: f64,
+    pub dropout_output: f64,
+    pub init: Init,
+}
+
+/// What a window feeds the network: token ids (language models) or pixels (T·B, 1).
+#[derive(Clone, Copy)]
+pub enum Input<'a, T> {
+    Tokens(&'a [u32]),
+    Pixels(ArrayView2<'a, T>),
+}
+
+impl<T> Input<'_, T> {
+    fn rows(&self) -> usize {
+        match self {
+            Input::Tokens(t) => t.len(),
+            Input::Pixels(p) => p.nrows(),
+        }
+    }
+}
+
+/// Recurrent state per layer, (B, H) each.
+#[derive(Clone, Debug)]
+pub struct State<T> {
+    pub h: Vec<Array2<T>>,
+    pub c: Vec<Array2<T>>,
+}
+
+impl<T: Real> State<T> {
+    pub fn zeros(layers: usize, batch: usize, hidden: usize) -> Self {
+        State { h: vec![Array2::zeros((batch, hidden)); layers], c: vec![Array2::zeros((batch, hidden)); layers] }
+    }
+}
+
+#[derive(Default)]
+struct Workspace<T> {
+    caches: Vec<Cache<T>>,
+    grads: Vec<Grads<T>>,
+    /// Embedding output after input dropout, (N, E).
+    emb: Array2<T>,
+    mask_in: Array2<T>,
+    /// Output of layer l after dropout, feeding layer l+1 (only with dropout_between > 0).
+    between: Vec<Array2<T>>,
+    masks_between: Vec<Array2<T>>,
+    /// The rows the softmax sees, after output dropout.
+    top: Array2<T>,
+    mask_out: Array2<T>,
+    logits: Array2<T>,
+    /// ∂L/∂(decoder bias) of the last window, summed by the softmax pass.
+    d_bias: Vec<T>,
+    /// ∂L/∂(top) and ∂L/∂(outputs of the current layer), (N, H).
+    d_top: Array2<T>,
+    d_out: Array2<T>,
+    /// ∂L/∂(input of a layer), (N, in).
+    d_in: Array2<T>,
+    batch: usize,
+    dropout_on: bool,
+}
+
+pub struct Model<T> {
+    pub head: Head,
+    pub init: Init,
+    pub hidden: usize,
+    pub embedding: Option<Embedding<T>>,
+    pub layers: Vec<Layer<T>>,
+    pub decoder: Linear<T>,
+    /// Sequential MNIST: learned initial state per layer, (1, H) each.
+    pub init_h: Vec<Param<T>>,
+    pub init_c: Vec<Param<T>>,
+    pub dropout_input: f64,
+    pub dropout_between: f64,
+    pub dropout_output: f64,
+    ws: Workspace<T>,
+}
+
+impl<T: Real> Model<T> {
+    /// Build and initialise the network `config` describes (docs/SPEC.md §3).
+    pub fn new<R: Rng>(config: &ModelConfig, rng: &mut R) -> Self {
+        let h = config.hidden;
+        let layers: Vec<Layer<T>> = (0..config.layers)
+            .map(|l| {
+                let input = if l == 0 { config.input.width() } else { h };
+                let mut layer = Layer::new(
+                    &format!("lstm.{l}"),
+                    input,
+                    h,
+                    config.quantizer,
+                    config.normalization,
+                    config.batch_slots,
+                );
+                layer.quantize_input = l > 0 || config.quantize_first_input;
+                layer
+            })
+            .collect();
+        let embedding = match config.input {
+            InputKind::Embedding { vocab, dim } => Some(Embedding::new(vocab, dim)),
+            _ => None,
+        };
+        let mut model = Model {
+            head: config.head,
+            init: config.init,
+            hidden: h,
+            embedding,
+            layers,
+            decoder: Linear::new("decoder", h, config.outputs),
+            init_h: Vec::new(),
+            init_c: Vec::new(),
+            dropout_input: config.dropout_input,
+            dropout_between: config.dropout_between,
+            dropout_output: config.dropout_output,
+            ws: Workspace::default(),
+        };
+        match config.init {
+            Init::SeqMnist => {
+                for l in 0..config.layers {
+                    let p = |n: &str| Param::new(format!("lstm.{l}.{n}"), Array2::zeros((1, h)), Group::Other);
+                    model.init_h.push(p("h0"));
+                    model.init_c.push(p("c0"));
+                }
+                model.init_mnist(rng);
+            }
+            Init::LanguageModel => model.init_language_model(rng),
+        }
+        model.init_normalizers(rng);
+        model
+    }
+
+    /// Every trained tensor, in a fixed order (the optimizer's and the checkpoint's).
+    pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        let mut v: Vec<&mut Param<T>> = Vec::new();
+        if let Some(e) = &mut self.embedding {
+            v.push(&mut e.weight);
+        }
+        for layer in &mut self.layers {
+            v.extend(layer.params_mut());
+        }
+        v.extend(self.init_h.iter_mut());
+        v.extend(self.init_c.iter_mut());
+        v.extend(self.decoder.params_mut());
+        v
+    }
+
+    /// Every tensor a checkpoint holds for the model, by name, in a fixed order: the trained
+    /// parameters and the batch-norm running statistics (`lstm.L.norm_x.running_mean`, …).
+    pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Array2<T>)> {
+        let mut v: Vec<(String, &mut Array2<T>)> = Vec::new();
+        if let Some(e) = &mut self.embedding {
+            v.push(named(&mut e.weight));
+        }
+        for layer in &mut self.layers {
+            v.extend(layer.named_tensors_mut());
+        }
+        for p in self.init_h.iter_mut().chain(self.init_c.iter_mut()) {
+            v.push(named(p));
+        }
+        v.push(named(&mut self.decoder.weight));
+        v.push(named(&mut self.decoder.bias));
+        v
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in self.params_mut() {
+            p.zero_grad();
+        }
+    }
+
+    /// The state a window starts from: zeros for language models at the start of an epoch,
+    /// the learned h0/c0 for MNIST.
+    pub fn initial_state(&self, batch: usize) -> State<T> {
+        let mut st = State::zeros(self.layers.len(), batch, self.hidden);
+        for (l, (h0, c0)) in self.init_h.iter().zip(&self.init_c).enumerate() {
+            st.h[l].assign(&h0.value.broadcast((batch, self.hidden)).unwrap());
+            st.c[l].assign(&c0.value.broadcast((batch, self.hidden)).unwrap());
+        }
+        st
+    }
+
+    /// The training-time initial state of sequential MNIST: the learned h0/c0 plus N(0, 0.1²)
+    /// noise per sample under layer/batch norm (docs/SPEC.md §3; evaluation uses no noise).
+    pub fn initial_state_train<R: Rng>(&self, batch: usize, rng: &mut R) -> State<T> {
+        let mut st = self.initial_state(batch);
+        let noisy = self.layers.iter().any(|l| l.norm_h.is_some());
+        if noisy && !self.init_h.is_empty() {
+            for a in st.h.iter_mut().chain(st.c.iter_mut()) {
+                a.mapv_inplace(|v| {
+                    let n: f64 = StandardNormal.sample(rng);
+                    v + T::r(0.1 * n)
+                });
+            }
+        }
+        st
+    }
+
+    /// Forward one window from `state`: quantize/normalize weights, run the layers, score the
+    /// targets. With `train`, dropout is on (masks from `rng`) and the logits are replaced by the
+    /// gradient of the mean loss, ready for `backward`.
+    pub fn forward<R: Rng>(
+        &mut self,
+        input: Input<T>,
+        targets: &[u32],
+        state: &State<T>,
+        train: bool,
+        rng: &mut R,
+    ) -> Stats {
+        let batch = state.h[0].nrows();
+        let rows = input.rows();
+        let nl = self.layers.len();
+        let ws = &mut self.ws;
+        ws.batch = batch;
+        ws.dropout_on = train;
+        ws.caches.resize_with(nl, Cache::default);
+        ws.grads.resize_with(nl, Grads::default);
+        ws.between.resize_with(nl, || Array2::zeros((0, 0)));
+        ws.masks_between.resize_with(nl, || Array2::zeros((0, 0)));
+
+        if let (Input::Tokens(ids), Some(e)) = (input, &self.embedding) {
+            e.forward(ids, &mut ws.emb);
+            if train && self.dropout_input > 0.0 {
+                sample_mask(rng, self.dropout_input, rows, ws.emb.ncols(), &mut ws.mask_in);
+                ws.emb *= &ws.mask_in;
+            }
+        }
+        for l in 0..nl {
+            let (done, rest) = ws.caches.split_at_mut(l);
+            let cache = &mut rest[0];
+            self.layers[l].prepare_weights(cache);
+            let x = if l == 0 {
+                match input {
+                    Input::Tokens(ids) if self.embedding.is_none() => LayerInput::OneHot(ids),
+                    Input::Tokens(_) => LayerInput::Dense(ws.emb.view()),
+                    Input::Pixels(p) => LayerInput::Dense(p),
+                }
+            } else if train && self.dropout_between > 0.0 {
+                LayerInput::Dense(ws.between[l - 1].view())
+            } else {
+                LayerInput::Dense(done[l - 1].output())
+            };
+            self.layers[l].forward(cache, x, state.h[l].view(), state.c[l].view(), train);
+            if l + 1 < nl && train && self.dropout_between > 0.0 {
+                let out = cache.output();
+                sample_mask(rng, self.dropout_between, rows, self.hidden, &mut ws.masks_between[l]);
+                ensure_shape(&mut ws.between[l], rows, self.hidden);
+                ws.between[l].assign(&out);
+                ws.between[l] *= &ws.masks_between[l];
+            }
+        }
+        let out = ws.caches[nl - 1].output();
+        // Language models predict at every step; the classifier only from the last h.
+        let top = match self.head {
+            Head::EveryStep => out,
+            Head::LastStep => out.slice_move(s![rows - batch.., ..]),
+        };
+        ensure_shape(&mut ws.top, top.nrows(), top.ncols());
+        ws.top.assign(&top);
+        if train && self.dropout_output > 0.0 {
+            let (r, c) = ws.top.dim();
+            sample_mask(rng, self.dropout_output, r, c, &mut ws.mask_out);
+            ws.top *= &ws.mask_out;
+        }
+        self.decoder.forward_unbiased(ws.top.view(), &mut ws.logits);
+        let count = targets.len();
+        assert_eq!(count, ws.logits.nrows(), "one target per prediction");
+        let (loss_sum, correct) = softmax_cross_entropy(
+            &mut ws.logits,
+            targets,
+            T::r(1.0 / count as f64),
+            self.decoder.bias.value.as_slice().unwrap(),
+            &mut ws.d_bias,
+        );
+        Stats { loss_sum, count, correct }
+    }
+
+    /// Backward through the window `forward` just ran (with `train`). Accumulates every
+    /// parameter's gradient; leaves ∂L/∂(initial state) in `state_grad()`.
+    pub fn backward(&mut self, input: Input<T>) {
+        let ws = &mut self.ws;
+        let nl = self.layers.len();
+        let rows = input.rows();
+        let (batch, h) = (ws.batch, self.hidden);
+        let top_rows = ws.top.nrows();
+        ensure_shape(&mut ws.d_top, top_rows, h);
+        self.decoder.backward(ws.top.view(), ws.logits.view(), &ws.d_bias, Some(ws.d_top.view_mut()));
+        if ws.dropout_on && self.dropout_output > 0.0 {
+            ws.d_top *= &ws.mask_out;
+        }
+        ensure_shape(&mut ws.d_out, rows, h);
+        match self.head {
+            Head::EveryStep => ws.d_out.assign(&ws.d_top),
+            Head::LastStep => {
+                ws.d_out.fill(T::zero());
+                ws.d_out.slice_mut(s![rows - batch.., ..]).assign(&ws.d_top);
+            }
+        }
+        let between_on = ws.dropout_on && self.dropout_between > 0.0;
+        for l in (0..nl).rev() {
+            let (below, rest) = ws.caches.split_at_mut(l);
+            let cache = &rest[0];
+            let x = if l == 0 {
+                match input {
+                    Input::Tokens(ids) if self.embedding.is_none() => LayerInput::OneHot(ids),
+                    Input::Tokens(_) => LayerInput::Dense(ws.emb.view()),
+                    Input::Pixels(p) => LayerInput::Dense(p),
+                }
+            } else if between_on {
+                LayerInput::Dense(ws.between[l - 1].view())
+            } else {
+                LayerInput::Dense(below[l - 1].output())
+            };
+            let needs_dx = l > 0 || self.embedding.is_some();
+            let in_size = self.layers[l].input_size;
+            let dx = if needs_dx {
+                ensure_shape(&mut ws.d_in, rows, in_size);
+                Some(ws.d_in.view_mut())
+            } else {
+                None
+            };
+            self.layers[l].backward(cache, &mut ws.grads[l], x, ws.d_out.view(), dx);
+            if needs_dx {
+                // ∂L/∂x of this layer is ∂L/∂(outputs) of the one below (or of the embedding).
+                std::mem::swap(&mut ws.d_out, &mut ws.d_in);
+                if l > 0 && between_on {
+                    ws.d_out *= &ws.masks_between[l - 1];
+                }
+            }
+        }
+        if let (Input::Tokens(ids), Some(e)) = (input, &mut self.embedding) {
+            if ws.dropout_on && self.dropout_input > 0.0 {
+                ws.d_out *= &ws.mask_in;
+            }
+            e.backward(ids, ws.d_out.view());
+        }
+        for (l, (h0, c0)) in self.init_h.iter_mut().zip(self.init_c.iter_mut()).enumerate() {
+            let (dh, dc) = ws.grads[l].initial_state();
+            h0.grad.row_mut(0).zip_mut_with(&dh.sum_axis(Axis(0)), |a, &b| *a += b);
+            c0.grad.row_mut(0).zip_mut_with(&dc.sum_axis(Axis(0)), |a, &b| *a += b);
+        }
+    }
+
+    /// The state at the end of the last window (carried, detached, into the next).
+    pub fn final_state(&self) -> State<T> {
+        let (h, c) = self
+            .ws
+            .caches
+            .iter()
+            .map(|cache| {
+                let (h, c) = cache.final_state();
+                (h.to_owned(), c.to_owned())
+            })
+            .unzip();
+        State { h, c }
+    }
+
+    /// The caches of the window `forward` last ran, one per layer (for diagnostics).
+    pub fn caches(&self) -> &[Cache<T>] {
+        &self.ws.caches
+    }
+
+    /// ‖∂ξ/∂h_t‖ over the batch for every step t of the last backward, per layer.
+    pub fn grad_norms(&self) -> Vec<&[f64]> {
+        self.ws.grads.iter().map(|g| g.h_grad_norms()).collect()
+    }
+
+    /// ∂L/∂(initial h, c) of every layer after `backward` (for tests and diagnostics).
+    pub fn state_grad(&self) -> State<T> {
+        let (h, c) = self.ws.grads.iter().map(|g| g.initial_state()).map(|(h, c)| (h.to_owned(), c.to_owned())).unzip();
+        State { h, c }
+    }
+}
+
+fn named<T>(p: &mut Param<T>) -> (String, &mut Array2<T>) {
+    (p.name.clone(), &mut p.value)
+}

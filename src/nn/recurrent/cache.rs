@@ -1,0 +1,127 @@
+//! What a layer's forward over a window leaves for its backward (`Cache`), and the backward's
+//! own buffers (`Grads`). Rows of every window buffer are time-major, n = t·B + b. Buffers are
+//! resized only when a shape changes, so steady-state training allocates nothing.
+
+use ndarray::{Array2, ArrayView2, s};
+
+use crate::tensor::Real;
+
+/// Everything forward leaves for backward, plus the window's effective weights.
+#[derive(Default)]
+pub struct Cache<T> {
+    pub(super) steps: usize,
+    pub(super) batch: usize,
+    /// Effective weights used by this window (after quantization and weight norm), (in, G·H).
+    pub(super) wx_t: Array2<T>,
+    pub(super) wh_t: Array2<T>,
+    /// Quantized (before weight norm) weights, (in, G·H); kept for the weight-norm backward.
+    pub(super) qx_t: Array2<T>,
+    pub(super) qh_t: Array2<T>,
+    /// lab/lat: the curvature d = √v + 1e-8 of each latent weight, (G·H, in), this window's.
+    pub(super) d_x: Array2<T>,
+    pub(super) d_h: Array2<T>,
+    /// Gate activations (LSTM: σ(i), σ(f), tanh(a), σ(o)): (T·B, G·H).
+    pub(super) gates: Array2<T>,
+    /// h_{-1}, h_0 … h_{T-1}: ((T+1)·B, H); likewise the LSTM's cell state c.
+    pub(super) hs: Array2<T>,
+    pub(super) cs: Array2<T>,
+    /// The LSTM's tanh(c_t), (T·B, H).
+    pub(super) tanh_c: Array2<T>,
+    /// Layer/batch norm only: the raw products (scratch), the normalized x̂ and 1/σ of each
+    /// product (x: whole window; h: every step), laid out as `Normalizer::rstd_rows` says.
+    pub(super) z: Array2<T>,
+    pub(super) xhat_x: Array2<T>,
+    pub(super) rstd_x: Array2<T>,
+    pub(super) xhat_h: Array2<T>,
+    pub(super) rstd_h: Array2<T>,
+}
+
+impl<T: Real> Cache<T> {
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The window's outputs h_0 … h_{T-1}, (T·B, H).
+    pub fn output(&self) -> ArrayView2<'_, T> {
+        self.hs.slice(s![self.batch.., ..])
+    }
+
+    /// Final state (h_{T-1}, c_{T-1}), (B, H) each: carried into the next window.
+    pub fn final_state(&self) -> (ArrayView2<'_, T>, ArrayView2<'_, T>) {
+        let n = self.steps * self.batch;
+        (self.hs.slice(s![n.., ..]), self.cs.slice(s![n.., ..]))
+    }
+
+    /// The h entering step t (h_{t−1}), (B, H).
+    pub fn h_in(&self, t: usize) -> ArrayView2<'_, T> {
+        self.hs.slice(s![t * self.batch..(t + 1) * self.batch, ..])
+    }
+
+    /// The cell states entering the steps of the window, c_{-1} … c_{T-2}: (T·B, H).
+    pub fn c_in(&self) -> ArrayView2<'_, T> {
+        self.cs.slice(s![..self.steps * self.batch, ..])
+    }
+
+    /// The recurrent weights the forward pass used (after quantization and weight norm), as
+    /// W_hᵀ: (H, G·H), gate block k in columns [kH, (k+1)H).
+    pub fn recurrent_weights_t(&self) -> ArrayView2<'_, T> {
+        self.wh_t.view()
+    }
+
+    /// Q(W_h)ᵀ before weight norm, (H, G·H).
+    pub fn quantized_recurrent_t(&self) -> ArrayView2<'_, T> {
+        self.qh_t.view()
+    }
+
+    /// The input weights the forward pass used, W_xᵀ: (in, G·H).
+    pub fn input_weights_t(&self) -> ArrayView2<'_, T> {
+        self.wx_t.view()
+    }
+
+    /// Q(W_x)ᵀ before weight norm, (in, G·H).
+    pub fn quantized_input_t(&self) -> ArrayView2<'_, T> {
+        self.qx_t.view()
+    }
+
+    /// 1/σ of the recurrent product's normalizer, as `Normalizer::rstd_rows` lays it out.
+    pub fn recurrent_rstd(&self) -> ArrayView2<'_, T> {
+        self.rstd_h.view()
+    }
+}
+
+/// Backward scratch, reused across windows.
+#[derive(Default)]
+pub struct Grads<T> {
+    /// ∂L/∂(gate pre-activations), (T·B, G·H).
+    pub(super) dgates: Array2<T>,
+    /// ∂L/∂(raw products) under layer/batch norm, (T·B, G·H).
+    pub(super) dz: Array2<T>,
+    /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.
+    pub(super) dh: Array2<T>,
+    pub(super) dc: Array2<T>,
+    /// ∂L/∂(effective weights), (in, G·H) and (H, G·H).
+    pub(super) dwx_t: Array2<T>,
+    pub(super) dwh_t: Array2<T>,
+    /// ‖∂L/∂h_t‖ (Frobenius over the batch) for every step t of the last backward.
+    pub(super) h_grad_norms: Vec<f64>,
+    /// The window's effective W_h as (G·H, H), row-major: the per-step product ∂L/∂h_{t-1} =
+    /// ∂L/∂z_t · W_h reads it contiguously (through a transposed view of `wh_t` the GEMM packs
+    /// it at every step: 143 vs 220 GFLOP/s on char's 32×2048·2048×512, examples/gemm_shapes).
+    pub(super) wh: Array2<T>,
+}
+
+impl<T: Real> Grads<T> {
+    /// ∂L/∂h_{-1}, ∂L/∂c_{-1}: the gradient reaching the window's initial state, (B, H) each.
+    pub fn initial_state(&self) -> (ArrayView2<'_, T>, ArrayView2<'_, T>) {
+        (self.dh.view(), self.dc.view())
+    }
+
+    /// ‖∂ξ/∂h_t‖ over the batch for every step t of the last backward.
+    pub fn h_grad_norms(&self) -> &[f64] {
+        &self.h_grad_norms
+    }
+}

@@ -1,0 +1,429 @@
+//! One recurrent layer over a BPTT window: forward, backward, and the cache between them.
+//!
+//! What can be batched over the window is one GEMM: the input projection X·W_xᵀ, the weight
+//! gradients dGᵀ·X and dGᵀ·H_prev, and dX = dG·W_x. Only h_{t-1}·W_hᵀ and its backward run per
+//! step (`steps.rs`), into buffers allocated before the time loop. Weights enter the window
+//! through `prepare_weights` (quantize, then weight-normalize), once per window, in the
+//! transposed layout (in, G·H) the GEMMs want.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
+
+use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
+use super::{Cache, Cell, Grads, Lstm};
+use crate::nn::norm::{Normalization, Normalizer};
+use crate::nn::quant::{self, Quantizer};
+use crate::nn::weight_norm;
+use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
+
+/// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
+#[derive(Clone, Copy)]
+pub enum LayerInput<'a, T> {
+    OneHot(&'a [u32]),
+    Dense(ArrayView2<'a, T>),
+}
+
+impl<T> LayerInput<'_, T> {
+    pub fn rows(&self) -> usize {
+        match self {
+            LayerInput::OneHot(ids) => ids.len(),
+            LayerInput::Dense(x) => x.nrows(),
+        }
+    }
+}
+
+/// The cell of every layer (the one cell kind there is today).
+type LayerCell = Lstm;
+
+pub struct Layer<T> {
+    pub input_size: usize,
+    pub hidden: usize,
+    /// Latent full-precision weights, PyTorch layout (G·H, in) and (G·H, H).
+    pub w_x: Param<T>,
+    pub w_h: Param<T>,
+    /// One bias per layer, (1, G·H).
+    pub bias: Param<T>,
+    pub quantizer: Quantizer,
+    /// Quantize W_x too (false for sequential MNIST, whose 4H×1 input weights stay fp).
+    pub quantize_input: bool,
+    pub normalization: Normalization,
+    /// Weight-normalization gains g, one per row: (1, G·H) each for W_x and W_h.
+    pub wn_gain_x: Option<Param<T>>,
+    pub wn_gain_h: Option<Param<T>>,
+    /// Layer/batch normalizers of the products W_x·x and W_h·h.
+    pub norm_x: Option<Normalizer<T>>,
+    pub norm_h: Option<Normalizer<T>>,
+}
+
+impl<T: Real> Layer<T> {
+    /// Gate blocks per layer.
+    pub const GATES: usize = LayerCell::GATES;
+
+    /// `slots`: time slots of separate batch statistics (T_max = bptt).
+    pub fn new(
+        prefix: &str,
+        input_size: usize,
+        hidden: usize,
+        quantizer: Quantizer,
+        normalization: Normalization,
+        slots: usize,
+    ) -> Self {
+        let blocks = Self::GATES;
+        let g = blocks * hidden;
+        let wn = normalization == Normalization::Weight;
+        let gain = |name: &str| Some(Param::new(format!("{prefix}.{name}"), Array2::zeros((1, g)), Group::Other));
+        let norm = |product: &str| {
+            Normalizer::for_normalization(normalization, &format!("{prefix}.{product}"), hidden, blocks, slots)
+        };
+        Layer {
+            input_size,
+            hidden,
+            w_x: Param::new(format!("{prefix}.w_x"), Array2::zeros((g, input_size)), Group::LatentWeight),
+            w_h: Param::new(format!("{prefix}.w_h"), Array2::zeros((g, hidden)), Group::LatentWeight),
+            bias: Param::new(format!("{prefix}.bias"), Array2::zeros((1, g)), Group::Other),
+            quantizer,
+            quantize_input: true,
+            normalization,
+            wn_gain_x: if wn { gain("wn_gain_x") } else { None },
+            wn_gain_h: if wn { gain("wn_gain_h") } else { None },
+            norm_x: norm("norm_x"),
+            norm_h: norm("norm_h"),
+        }
+    }
+
+    /// Weight-norm gains start at the row norms of the initial full-precision weights
+    /// (docs/SPEC.md §1).
+    pub fn init_weight_norm_gains(&mut self) {
+        if let Some(g) = &mut self.wn_gain_x {
+            g.value.row_mut(0).assign(&weight_norm::row_norms(self.w_x.value.view()));
+        }
+        if let Some(g) = &mut self.wn_gain_h {
+            g.value.row_mut(0).assign(&weight_norm::row_norms(self.w_h.value.view()));
+        }
+    }
+
+    /// The normalizers of the two products, where there are any.
+    pub fn normalizers_mut(&mut self) -> impl Iterator<Item = &mut Normalizer<T>> {
+        [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten()
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        let mut v = vec![&mut self.w_x, &mut self.w_h, &mut self.bias];
+        v.extend(self.wn_gain_x.as_mut());
+        v.extend(self.wn_gain_h.as_mut());
+        for n in [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten() {
+            v.extend(n.params_mut());
+        }
+        v
+    }
+
+    /// Parameter values and batch-norm running statistics by name (for checkpoints).
+    pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Array2<T>)> {
+        let mut v: Vec<(String, &mut Array2<T>)> = Vec::new();
+        for p in [
+            Some(&mut self.w_x),
+            Some(&mut self.w_h),
+            Some(&mut self.bias),
+            self.wn_gain_x.as_mut(),
+            self.wn_gain_h.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            v.push((p.name.clone(), &mut p.value));
+        }
+        for n in [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten() {
+            let Normalizer { gain, bias, running_mean, running_var, .. } = n;
+            let prefix = gain.name.trim_end_matches(".gain").to_string();
+            v.push((gain.name.clone(), &mut gain.value));
+            v.push((bias.name.clone(), &mut bias.value));
+            v.push((format!("{prefix}.running_mean"), running_mean));
+            v.push((format!("{prefix}.running_var"), running_var));
+        }
+        v
+    }
+
+    /// Q(W) per gate block, then weight norm, into the cache's transposed effective weights.
+    /// lab/lat weigh each entry by d = √v + 1e-8 from the optimizer's raw second moment of the
+    /// latent weight (d = 1 before the first Adam step, or with SGD).
+    pub fn prepare_weights(&self, cache: &mut Cache<T>) {
+        let qx = if self.quantize_input { self.quantizer } else { Quantizer::Fp };
+        let dx = curvature(qx, &self.w_x, &mut cache.d_x);
+        prepare_one(self.w_x.value.view(), qx, dx, self.wn_gain_x.as_ref(), &mut cache.qx_t, &mut cache.wx_t);
+        let dh = curvature(self.quantizer, &self.w_h, &mut cache.d_h);
+        prepare_one(
+            self.w_h.value.view(),
+            self.quantizer,
+            dh,
+            self.wn_gain_h.as_ref(),
+            &mut cache.qh_t,
+            &mut cache.wh_t,
+        );
+    }
+
+    /// Run the window. `h0`, `c0` are (B, H); weights must have been prepared. `train` picks
+    /// batch statistics (and updates the running ones) over running statistics.
+    pub fn forward(
+        &mut self,
+        cache: &mut Cache<T>,
+        input: LayerInput<T>,
+        h0: ArrayView2<T>,
+        c0: ArrayView2<T>,
+        train: bool,
+    ) {
+        let batch = h0.nrows();
+        let rows = input.rows();
+        let steps = rows / batch;
+        let (h, g) = (self.hidden, Self::GATES * self.hidden);
+        assert_eq!(steps * batch, rows, "window rows must be a multiple of the batch");
+        cache.steps = steps;
+        cache.batch = batch;
+        ensure_shape(&mut cache.gates, rows, g);
+        ensure_shape(&mut cache.hs, rows + batch, h);
+        ensure_shape(&mut cache.cs, rows + batch, h);
+        ensure_shape(&mut cache.tanh_c, rows, h);
+        cache.hs.slice_mut(s![..batch, ..]).assign(&h0);
+        cache.cs.slice_mut(s![..batch, ..]).assign(&c0);
+
+        // Input projection for the whole window: G = N_x(X·W_xᵀ) + b. Without a normalizer the
+        // product goes straight into G; with one, into the scratch z first.
+        let bias = self.bias.value.row(0);
+        let z = if self.norm_x.is_some() { &mut cache.z } else { &mut cache.gates };
+        ensure_shape(z, rows, g);
+        match input {
+            LayerInput::OneHot(ids) => {
+                for (mut row, &id) in z.outer_iter_mut().zip(ids) {
+                    row.assign(&cache.wx_t.row(id as usize));
+                }
+            }
+            LayerInput::Dense(x) => gemm(z.view_mut(), false, x, cache.wx_t.view(), T::one()),
+        }
+        match &mut self.norm_x {
+            None => cache.gates += &bias,
+            Some(nx) => {
+                cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
+                ensure_shape(&mut cache.xhat_x, rows, g);
+                ensure_shape(&mut cache.rstd_x, steps * nx.rstd_rows_per_step(batch), nx.rstd_cols());
+                for t in 0..steps {
+                    let r = t * batch..(t + 1) * batch;
+                    nx.forward(
+                        cache.z.slice(s![r.clone(), ..]),
+                        t,
+                        train,
+                        cache.xhat_x.slice_mut(s![r.clone(), ..]),
+                        cache.rstd_x.slice_mut(s![nx.rstd_rows(t, batch), ..]),
+                        cache.gates.slice_mut(s![r, ..]),
+                    );
+                }
+            }
+        }
+
+        // The recurrence: the per-step product W_h·h_{t-1}, its normalizer and the cell.
+        let Cache { wh_t, gates, hs, cs, tanh_c, z, xhat_h, rstd_h, .. } = cache;
+        let (rr, rc) = match &self.norm_h {
+            Some(nh) => {
+                ensure_shape(z, batch, g);
+                ensure_shape(xhat_h, rows, g);
+                ensure_shape(rstd_h, steps * nh.rstd_rows_per_step(batch), nh.rstd_cols());
+                (nh.rstd_rows_per_step(batch), nh.rstd_cols())
+            }
+            None => (0, 0),
+        };
+        let normed = self.norm_h.is_some();
+        let window = WindowRows {
+            gates: gates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
+            hs: hs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
+            cs: cs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
+            tanh_c: tanh_c.view_mut().into_shape_with_order((steps, batch, h)).unwrap(),
+            norm: StepNorm::new(self.norm_h.as_mut(), train),
+            z: if normed { z.slice_mut(s![..batch, ..]) } else { empty2() },
+            xhat: if normed {
+                xhat_h.view_mut().into_shape_with_order((steps, batch, g)).unwrap()
+            } else {
+                empty3(steps)
+            },
+            rstd: if normed {
+                rstd_h.view_mut().into_shape_with_order((steps, rr, rc)).unwrap()
+            } else {
+                empty3(steps)
+            },
+        };
+        let wh_t = wh_t.view();
+        steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<LayerCell, T>(r, wh_t, h, par));
+    }
+
+    /// Backward through the window. `d_out` is ∂L/∂h_t for every step (T·B, H); the state
+    /// handed to the next window is detached, so no gradient enters at the end. Accumulates
+    /// into the parameters' grads, writes ∂L/∂x into `d_input` if given (dense input), and
+    /// leaves ∂L/∂h_{-1}, ∂L/∂c_{-1} in `grads.dh`, `grads.dc`.
+    pub fn backward(
+        &mut self,
+        cache: &Cache<T>,
+        grads: &mut Grads<T>,
+        input: LayerInput<T>,
+        d_out: ArrayView2<T>,
+        d_input: Option<ArrayViewMut2<T>>,
+    ) {
+        let (steps, batch, h, g) = (cache.steps, cache.batch, self.hidden, Self::GATES * self.hidden);
+        let rows = steps * batch;
+        ensure_shape(&mut grads.dgates, rows, g);
+        ensure_shape(&mut grads.dz, rows, g);
+        ensure_shape(&mut grads.dh, batch, h);
+        ensure_shape(&mut grads.dc, batch, h);
+        grads.dh.fill(T::zero());
+        grads.dc.fill(T::zero());
+        grads.h_grad_norms.clear();
+        grads.h_grad_norms.resize(steps, 0.0);
+        ensure_shape(&mut grads.wh, g, h);
+        grads.wh.assign(&cache.wh_t.t());
+
+        // The recurrence backwards, on one or two halves of the batch as in the forward.
+        let Grads { dgates, dz, dh, dc, h_grad_norms, wh, .. } = grads;
+        let normed = self.norm_h.is_some();
+        let (rr, rc) = self.norm_h.as_ref().map_or((0, 0), |n| (n.rstd_rows_per_step(batch), n.rstd_cols()));
+        let window = GradWindowRows {
+            gates: cache.gates.view().into_shape_with_order((steps, batch, g)).unwrap(),
+            cs: cache.cs.view().into_shape_with_order((steps + 1, batch, h)).unwrap(),
+            tanh_c: cache.tanh_c.view().into_shape_with_order((steps, batch, h)).unwrap(),
+            d_out: d_out.into_shape_with_order((steps, batch, h)).unwrap(),
+            dh: dh.view_mut(),
+            dc: dc.view_mut(),
+            dg: dgates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
+            norm: StepNorm::new(self.norm_h.as_mut(), true),
+            xhat: if normed {
+                cache.xhat_h.view().into_shape_with_order((steps, batch, g)).unwrap()
+            } else {
+                empty_view3(steps)
+            },
+            rstd: if normed {
+                cache.rstd_h.view().into_shape_with_order((steps, rr, rc)).unwrap()
+            } else {
+                empty_view3(steps)
+            },
+            dz: if normed { dz.view_mut().into_shape_with_order((steps, batch, g)).unwrap() } else { empty3(steps) },
+        };
+        let wh = wh.view();
+        let sq = std::sync::Mutex::new(vec![0.0f64; steps]);
+        steps::split_batch(window, batch, &|r: GradWindowRows<T>, par| {
+            let part = steps::backward::<LayerCell, T>(r, wh, h, par);
+            let mut total = sq.lock().unwrap();
+            total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        });
+        for (n, s) in h_grad_norms.iter_mut().zip(sq.into_inner().unwrap()) {
+            *n = s.sqrt();
+        }
+        // A row-local normalizer's γ, β gradients, for the whole window at once (its steps may
+        // have run on two halves of the batch); a batch normalizer summed them step by step.
+        if let Some(nh) = self.norm_h.as_mut().filter(|n| n.row_local()) {
+            nh.param_grads(grads.dgates.view(), cache.xhat_h.view());
+        }
+
+        // Window-batched weight gradients w.r.t. the effective (transposed) weights.
+        ensure_shape(&mut grads.dwh_t, h, g);
+        let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { grads.dgates.view() };
+        gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), d_zh, T::one());
+        // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
+        if let Some(nx) = &mut self.norm_x {
+            for t in 0..steps {
+                let r = t * batch..(t + 1) * batch;
+                nx.backward(
+                    grads.dgates.slice(s![r.clone(), ..]),
+                    cache.xhat_x.slice(s![r.clone(), ..]),
+                    cache.rstd_x.slice(s![nx.rstd_rows(t, batch), ..]),
+                    grads.dz.slice_mut(s![r, ..]),
+                );
+            }
+        }
+        let d_zx = if self.norm_x.is_some() { grads.dz.view() } else { grads.dgates.view() };
+        ensure_shape(&mut grads.dwx_t, self.input_size, g);
+        match input {
+            LayerInput::OneHot(ids) => {
+                grads.dwx_t.fill(T::zero());
+                for (row, &id) in d_zx.outer_iter().zip(ids) {
+                    let mut d = grads.dwx_t.row_mut(id as usize);
+                    d.zip_mut_with(&row, |d, &v| *d += v);
+                }
+            }
+            LayerInput::Dense(x) => {
+                gemm(grads.dwx_t.view_mut(), false, x.t(), d_zx, T::one());
+                if let Some(dx) = d_input {
+                    gemm(dx, false, d_zx, cache.wx_t.t(), T::one());
+                }
+            }
+        }
+        let db = grads.dgates.sum_axis(Axis(0));
+        self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
+
+        // Back through weight norm, then straight through the quantizer to the latent weights.
+        backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);
+        backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh_t);
+    }
+}
+
+/// A (0, 0) view, for the normalizer scratch of a layer without one.
+fn empty2<'a, T>() -> ArrayViewMut2<'a, T> {
+    ArrayViewMut2::from_shape((0, 0), &mut []).unwrap()
+}
+
+/// A (steps, 0, 0) view: `steps` empty caches, for a layer without a recurrent normalizer.
+fn empty3<'a, T>(steps: usize) -> ArrayViewMut3<'a, T> {
+    ArrayViewMut3::from_shape((steps, 0, 0), &mut []).unwrap()
+}
+
+fn empty_view3<'a, T>(steps: usize) -> ndarray::ArrayView3<'a, T> {
+    ndarray::ArrayView3::from_shape((steps, 0, 0), &[]).unwrap()
+}
+
+/// The curvature d = √v + 1e-8 of a latent weight for a loss-aware quantizer, into `d` (this
+/// window's); None where the quantizer has no use for it or no Adam step has been taken yet.
+fn curvature<'a, T: Real>(q: Quantizer, w: &Param<T>, d: &'a mut Array2<T>) -> Option<&'a Array2<T>> {
+    let v = w.moments.as_ref().filter(|_| q.uses_curvature())?.v.view();
+    ensure_shape(d, v.nrows(), v.ncols());
+    d.zip_mut_with(&v, |d, &v| *d = v.sqrt() + T::r(1e-8));
+    Some(d)
+}
+
+/// W (G·H, in) latent → Q(W) per gate block → weight norm → effective, all transposed (in, G·H).
+fn prepare_one<T: Real>(
+    w: ArrayView2<T>,
+    quantizer: Quantizer,
+    curvature: Option<&Array2<T>>,
+    gain: Option<&Param<T>>,
+    q_t: &mut Array2<T>,
+    eff_t: &mut Array2<T>,
+) {
+    let (g, inp) = w.dim();
+    ensure_shape(q_t, inp, g);
+    ensure_shape(eff_t, inp, g);
+    let hidden = g / Layer::<T>::GATES;
+    for k in 0..Layer::<T>::GATES {
+        let rows = s![k * hidden..(k + 1) * hidden, ..];
+        let d = curvature.map(|c| c.slice(rows));
+        quant::quantize_block(
+            quantizer,
+            w.slice(rows),
+            d,
+            q_t.slice_mut(s![.., k * hidden..(k + 1) * hidden]).reversed_axes(),
+        );
+    }
+    match gain {
+        Some(g) => weight_norm::forward(q_t.view(), g.value.row(0), eff_t.view_mut()),
+        None => eff_t.assign(q_t),
+    }
+}
+
+/// ∂L/∂effective (in, G·H) → gains' grads (weight norm) and latent grads (G·H, in) via the STE.
+fn backward_one<T: Real>(w: &mut Param<T>, gain: Option<&mut Param<T>>, q_t: &Array2<T>, d_eff_t: &Array2<T>) {
+    match gain {
+        Some(g) => {
+            let mut dg = g.grad.row_mut(0);
+            weight_norm::backward(
+                q_t.view(),
+                g.value.row(0),
+                d_eff_t.view(),
+                dg.view_mut(),
+                w.grad.view_mut().reversed_axes(),
+            );
+        }
+        None => w.grad.zip_mut_with(&d_eff_t.t(), |a, &b| *a += b),
+    }
+}

@@ -1,0 +1,159 @@
+//! The LSTM cell (docs/SPEC.md §1), one step over some rows of the batch. Gate blocks are
+//! stacked i, f, a, o (a = candidate; PyTorch's "g"), H rows each:
+//!   [i f a o] = N_x(W_x x_t) + N_h(W_h h_{t-1}) + b
+//!   c_t = σ(i) ⊙ tanh(a) + σ(f) ⊙ c_{t-1};   h_t = σ(o) ⊙ tanh(c_t)
+//! The elementwise kernels run once per batch row, compiled for AVX-512 and AVX2 (`simd_kernel!`).
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::{Cell, StepGradRows, StepRows};
+use crate::tensor::{Real, simd_kernel};
+
+/// The LSTM cell.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lstm;
+
+impl Cell for Lstm {
+    const GATES: usize = 4;
+
+    fn forward<T: Real>(s: StepRows<'_, T>, hidden: usize) {
+        forward_rows(s.gates, s.c_prev, s.c, s.tanh_c, s.h, hidden);
+    }
+
+    fn backward<T: Real>(s: StepGradRows<'_, T>, hidden: usize) -> f64 {
+        backward_rows(s.gates, s.c_prev, s.tanh_c, s.d_out, s.dh, s.dc, s.dg, hidden)
+    }
+}
+
+/// One step of the fused cell over some rows: pre-activations in `g` (rows, 4H) become
+/// activations; writes c_t, tanh(c_t), h_t.
+fn forward_rows<T: Real>(
+    mut g: ArrayViewMut2<T>,
+    c_prev: ArrayView2<T>,
+    mut c: ArrayViewMut2<T>,
+    mut tanh_c: ArrayViewMut2<T>,
+    mut h_out: ArrayViewMut2<T>,
+    hidden: usize,
+) {
+    for b in 0..g.nrows() {
+        let rows = CellRow {
+            g: g.row_mut(b).into_slice().unwrap(),
+            c_prev: c_prev.row(b).to_slice().unwrap(),
+            c: c.row_mut(b).into_slice().unwrap(),
+            tanh_c: tanh_c.row_mut(b).into_slice().unwrap(),
+            h: h_out.row_mut(b).into_slice().unwrap(),
+        };
+        cell_forward_row(rows, hidden);
+    }
+}
+
+/// One batch row of the cell's buffers.
+struct CellRow<'a, T> {
+    g: &'a mut [T],
+    c_prev: &'a [T],
+    c: &'a mut [T],
+    tanh_c: &'a mut [T],
+    h: &'a mut [T],
+}
+
+simd_kernel! {
+    /// The cell's forward on one batch row (a kernel: compiled for AVX-512 and AVX2).
+    fn cell_forward_row<T: Real>(r: CellRow<T>, hidden: usize) {
+        let (gi, rest) = r.g.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (ga, go) = rest.split_at_mut(hidden);
+        let (cp, cr, tr, hr) = (&r.c_prev[..hidden], &mut r.c[..hidden], &mut r.tanh_c[..hidden], &mut r.h[..hidden]);
+        for j in 0..hidden {
+            let i = gi[j].sigmoid();
+            let f = gf[j].sigmoid();
+            let a = ga[j].tanh_fast();
+            let o = go[j].sigmoid();
+            let cj = i * a + f * cp[j];
+            let tc = cj.tanh_fast();
+            (gi[j], gf[j], ga[j], go[j]) = (i, f, a, o);
+            cr[j] = cj;
+            tr[j] = tc;
+            hr[j] = o * tc;
+        }
+    }
+}
+
+/// One step back through the cell. On entry `dh` holds ∂L/∂h_t from the future (recurrent
+/// path) and `dc` ∂L/∂c_t from the future; `d_out` adds the gradient from above. Writes the
+/// pre-activation gradients into `dg`, leaves ∂L/∂c_{t-1} in `dc`, and returns ‖∂L/∂h_t‖².
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<T: Real>(
+    gates: ArrayView2<T>,
+    c_prev: ArrayView2<T>,
+    tanh_c: ArrayView2<T>,
+    d_out: ArrayView2<T>,
+    mut dh: ArrayViewMut2<T>,
+    mut dc: ArrayViewMut2<T>,
+    mut dg: ArrayViewMut2<T>,
+    hidden: usize,
+) -> f64 {
+    let mut sq = 0.0f64;
+    for b in 0..gates.nrows() {
+        let rows = CellGradRow {
+            gates: gates.row(b).to_slice().unwrap(),
+            c_prev: c_prev.row(b).to_slice().unwrap(),
+            tanh_c: tanh_c.row(b).to_slice().unwrap(),
+            d_out: d_out.row(b).to_slice().unwrap(),
+            dh: dh.row_mut(b).into_slice().unwrap(),
+            dc: dc.row_mut(b).into_slice().unwrap(),
+            dg: dg.row_mut(b).into_slice().unwrap(),
+        };
+        sq += cell_backward_row(rows, hidden);
+    }
+    sq
+}
+
+struct CellGradRow<'a, T> {
+    gates: &'a [T],
+    c_prev: &'a [T],
+    tanh_c: &'a [T],
+    d_out: &'a [T],
+    dh: &'a mut [T],
+    dc: &'a mut [T],
+    dg: &'a mut [T],
+}
+
+simd_kernel! {
+    /// The cell's backward on one batch row; returns Σ_j (∂L/∂h_t[j])² of the row.
+    fn cell_backward_row<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
+        let one = T::one();
+        let (gi, gf, ga, go) = (
+            &r.gates[..hidden],
+            &r.gates[hidden..2 * hidden],
+            &r.gates[2 * hidden..3 * hidden],
+            &r.gates[3 * hidden..4 * hidden],
+        );
+        let (cp, tr, dor) = (&r.c_prev[..hidden], &r.tanh_c[..hidden], &r.d_out[..hidden]);
+        let (dhr, dcr) = (&mut r.dh[..hidden], &mut r.dc[..hidden]);
+        let (dgi, rest) = r.dg.split_at_mut(hidden);
+        let (dgf, rest) = rest.split_at_mut(hidden);
+        let (dga, dgo) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let (i, f, a, o, tc) = (gi[j], gf[j], ga[j], go[j], tr[j]);
+            let dht = dhr[j] + dor[j];
+            let dct = dcr[j] + dht * o * (one - tc * tc);
+            dgi[j] = dct * a * i * (one - i);
+            dgf[j] = dct * cp[j] * f * (one - f);
+            dga[j] = dct * i * (one - a * a);
+            dgo[j] = dht * tc * o * (one - o);
+            dcr[j] = dct * f;
+        }
+        // ‖∂L/∂h_t‖² of the row, in its own loop so the one above has no reduction to serialize;
+        // in f64, since exploding gradients (plain bc) square past f32's range while finite
+        let mut acc = [0.0f64; 16];
+        let n = hidden / 16 * 16;
+        for j in (0..n).step_by(16) {
+            for l in 0..16 {
+                let d = (dhr[j + l] + dor[j + l]).f64();
+                acc[l] += d * d;
+            }
+        }
+        let tail: f64 = (n..hidden).map(|j| (dhr[j] + dor[j]).f64().powi(2)).sum();
+        acc.iter().sum::<f64>() + tail
+    }
+}

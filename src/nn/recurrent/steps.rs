@@ -1,0 +1,248 @@
+//! The one time loop of a recurrent layer. Per step t, forward:
+//!   G_t += N_h(h_{t-1}·W_hᵀ)      (the recurrent product and its normalizer: `StepNorm`)
+//!   cell(G_t, state_{t-1}) → state_t
+//! and backward, from the last step to the first:
+//!   cell⁻¹ → ∂L/∂G_t;   ∂L/∂h_{t-1} = N_h⁻¹(∂L/∂G_t) · W_h
+//! Everything that can be batched over the window (the input projection, the weight
+//! gradients) happens outside, in `layer.rs`: only this product and the cell are per step.
+//!
+//! When the rows of a step never interact (no recurrent normalizer, or a row-local one such
+//! as layer norm) and there are two threads, each thread takes half of the batch through the
+//! whole window with no join per step; batch norm's statistics couple the rows of a step, so
+//! it runs the whole batch, with the per-step GEMM threaded inside.
+
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+
+use super::{Cell, StepGradRows, StepRows};
+use crate::nn::norm::Normalizer;
+use crate::tensor::{Real, gemm_with, threads};
+
+/// The normalizer of the recurrent product, as one step of the time loop uses it.
+pub(super) enum StepNorm<'a, T> {
+    /// No normalizer: G_t += h_{t-1}·W_hᵀ straight from the GEMM.
+    None,
+    /// A row-local normalizer (layer norm): runs on any rows, from any thread, and leaves its
+    /// γ, β gradients to be summed over the window afterwards.
+    Rows(&'a Normalizer<T>),
+    /// A normalizer whose statistics need the whole batch of a step (batch norm): it updates its
+    /// running statistics (in training) and its γ, β gradients step by step.
+    Batch { norm: &'a mut Normalizer<T>, train: bool },
+}
+
+impl<'a, T: Real> StepNorm<'a, T> {
+    pub(super) fn new(norm: Option<&'a mut Normalizer<T>>, train: bool) -> Self {
+        match norm {
+            None => StepNorm::None,
+            Some(n) if n.row_local() => StepNorm::Rows(n),
+            Some(n) => StepNorm::Batch { norm: n, train },
+        }
+    }
+
+    /// The same normalizer for a part of the batch, if it can run on parts.
+    fn share(&self) -> Option<Self> {
+        match self {
+            StepNorm::None => Some(StepNorm::None),
+            StepNorm::Rows(n) => Some(StepNorm::Rows(n)),
+            StepNorm::Batch { .. } => None,
+        }
+    }
+}
+
+/// Some rows of the batch (all, or one half) over the whole window, as 3-D views
+/// (time, row, ·): what the forward touches.
+pub(super) struct WindowRows<'a, T> {
+    pub gates: ArrayViewMut3<'a, T>,
+    /// h_{-1} … h_{T-1} and c likewise: (T+1, rows, H)
+    pub hs: ArrayViewMut3<'a, T>,
+    pub cs: ArrayViewMut3<'a, T>,
+    pub tanh_c: ArrayViewMut3<'a, T>,
+    pub norm: StepNorm<'a, T>,
+    /// With a normalizer: the step's raw product (rows, G·H), x̂ (T, rows, G·H) and 1/σ
+    /// (T, `rstd_rows_per_step`, `rstd_cols`); empty views without.
+    pub z: ArrayViewMut2<'a, T>,
+    pub xhat: ArrayViewMut3<'a, T>,
+    pub rstd: ArrayViewMut3<'a, T>,
+}
+
+/// What the backward touches, for the same rows.
+pub(super) struct GradWindowRows<'a, T> {
+    pub gates: ArrayView3<'a, T>,
+    pub cs: ArrayView3<'a, T>,
+    pub tanh_c: ArrayView3<'a, T>,
+    pub d_out: ArrayView3<'a, T>,
+    pub dh: ArrayViewMut2<'a, T>,
+    pub dc: ArrayViewMut2<'a, T>,
+    pub dg: ArrayViewMut3<'a, T>,
+    pub norm: StepNorm<'a, T>,
+    pub xhat: ArrayView3<'a, T>,
+    pub rstd: ArrayView3<'a, T>,
+    pub dz: ArrayViewMut3<'a, T>,
+}
+
+/// Views that can be cut into two disjoint halves of the batch, when their normalizer can.
+pub(super) trait SplitBatch: Sized + Send {
+    fn split(self, m: usize) -> Result<(Self, Self), Self>;
+}
+
+impl<T: Real> SplitBatch for WindowRows<'_, T> {
+    fn split(self, m: usize) -> Result<(Self, Self), Self> {
+        let Some(norm1) = self.norm.share() else { return Err(self) };
+        let (g0, g1) = self.gates.split_at(Axis(1), m);
+        let (h0, h1) = self.hs.split_at(Axis(1), m);
+        let (c0, c1) = self.cs.split_at(Axis(1), m);
+        let (t0, t1) = self.tanh_c.split_at(Axis(1), m);
+        let (z0, z1) = split_rows2(self.z, m);
+        let (x0, x1) = split_rows3(self.xhat, m);
+        let (r0, r1) = split_rows3(self.rstd, m);
+        Ok((
+            WindowRows { gates: g0, hs: h0, cs: c0, tanh_c: t0, norm: self.norm, z: z0, xhat: x0, rstd: r0 },
+            WindowRows { gates: g1, hs: h1, cs: c1, tanh_c: t1, norm: norm1, z: z1, xhat: x1, rstd: r1 },
+        ))
+    }
+}
+
+impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
+    fn split(self, m: usize) -> Result<(Self, Self), Self> {
+        let Some(norm1) = self.norm.share() else { return Err(self) };
+        let (g0, g1) = self.gates.split_at(Axis(1), m);
+        let (c0, c1) = self.cs.split_at(Axis(1), m);
+        let (t0, t1) = self.tanh_c.split_at(Axis(1), m);
+        let (o0, o1) = self.d_out.split_at(Axis(1), m);
+        let (dh0, dh1) = self.dh.split_at(Axis(0), m);
+        let (dc0, dc1) = self.dc.split_at(Axis(0), m);
+        let (dg0, dg1) = self.dg.split_at(Axis(1), m);
+        let (x0, x1) = split_view3(self.xhat, m);
+        let (r0, r1) = split_view3(self.rstd, m);
+        let (z0, z1) = split_rows3(self.dz, m);
+        let half = |gates, cs, tanh_c, d_out, dh, dc, dg, norm, xhat, rstd, dz| GradWindowRows {
+            gates,
+            cs,
+            tanh_c,
+            d_out,
+            dh,
+            dc,
+            dg,
+            norm,
+            xhat,
+            rstd,
+            dz,
+        };
+        Ok((
+            half(g0, c0, t0, o0, dh0, dc0, dg0, self.norm, x0, r0, z0),
+            half(g1, c1, t1, o1, dh1, dc1, dg1, norm1, x1, r1, z1),
+        ))
+    }
+}
+
+/// Halves of a possibly empty (rows, ·) view.
+fn split_rows2<T>(v: ArrayViewMut2<'_, T>, m: usize) -> (ArrayViewMut2<'_, T>, ArrayViewMut2<'_, T>) {
+    let m = m.min(v.nrows());
+    v.split_at(Axis(0), m)
+}
+
+/// Halves along the row axis of a possibly empty (T, rows, ·) view.
+fn split_rows3<T>(v: ArrayViewMut3<'_, T>, m: usize) -> (ArrayViewMut3<'_, T>, ArrayViewMut3<'_, T>) {
+    let m = m.min(v.len_of(Axis(1)));
+    v.split_at(Axis(1), m)
+}
+
+fn split_view3<T>(v: ArrayView3<'_, T>, m: usize) -> (ArrayView3<'_, T>, ArrayView3<'_, T>) {
+    let m = m.min(v.len_of(Axis(1)));
+    v.split_at(Axis(1), m)
+}
+
+/// Batches at least this large are split in two halves, one per thread.
+const SPLIT_MIN_BATCH: usize = 16;
+
+/// Run `f` on two halves of the rows in parallel when there are two threads, enough rows and
+/// a normalizer that allows it (each half's GEMMs then run on one thread: `par` = false); on
+/// all rows otherwise.
+pub(super) fn split_batch<R: SplitBatch>(rows: R, batch: usize, f: &(dyn Fn(R, bool) + Sync)) {
+    if threads() > 1 && batch >= SPLIT_MIN_BATCH {
+        match rows.split(batch / 2) {
+            Ok((a, b)) => {
+                rayon::join(|| f(a, false), || f(b, false));
+            }
+            Err(all) => f(all, true),
+        }
+    } else {
+        f(rows, true);
+    }
+}
+
+/// The forward time loop over some rows of the batch.
+pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh_t: ArrayView2<T>, hidden: usize, par: bool) {
+    for t in 0..r.gates.len_of(Axis(0)) {
+        let mut gates = r.gates.index_axis_mut(Axis(0), t);
+        let (h_prev, mut h_next) = r.hs.view_mut().split_at(Axis(0), t + 1);
+        let (c_prev, mut c_next) = r.cs.view_mut().split_at(Axis(0), t + 1);
+        let h_prev = h_prev.index_axis(Axis(0), t);
+        // G_t += N_h(h_{t-1}·W_hᵀ): without a normalizer the product goes straight into G_t.
+        match &mut r.norm {
+            StepNorm::None => gemm_with(gates.view_mut(), true, h_prev, wh_t, T::one(), par),
+            StepNorm::Rows(n) => {
+                gemm_with(r.z.view_mut(), false, h_prev, wh_t, T::one(), par);
+                let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
+                n.forward_rows(r.z.view(), xhat, rstd, gates.view_mut());
+            }
+            StepNorm::Batch { norm, train } => {
+                gemm_with(r.z.view_mut(), false, h_prev, wh_t, T::one(), par);
+                let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
+                norm.forward(r.z.view(), t, *train, xhat, rstd, gates.view_mut());
+            }
+        }
+        C::forward(
+            StepRows {
+                gates,
+                c_prev: c_prev.index_axis(Axis(0), t),
+                c: c_next.index_axis_mut(Axis(0), 0),
+                tanh_c: r.tanh_c.index_axis_mut(Axis(0), t),
+                h: h_next.index_axis_mut(Axis(0), 0),
+            },
+            hidden,
+        );
+    }
+}
+
+/// The backward time loop over some rows; returns Σ (∂L/∂h_t)² over those rows for every t.
+/// `wh` is the effective W_h, (G·H, H).
+pub(super) fn backward<C: Cell, T: Real>(
+    mut r: GradWindowRows<T>,
+    wh: ArrayView2<T>,
+    hidden: usize,
+    par: bool,
+) -> Vec<f64> {
+    let steps = r.gates.len_of(Axis(0));
+    let mut sq = vec![0.0; steps];
+    for t in (0..steps).rev() {
+        let mut dg = r.dg.index_axis_mut(Axis(0), t);
+        sq[t] = C::backward(
+            StepGradRows {
+                gates: r.gates.index_axis(Axis(0), t),
+                c_prev: r.cs.index_axis(Axis(0), t),
+                tanh_c: r.tanh_c.index_axis(Axis(0), t),
+                d_out: r.d_out.index_axis(Axis(0), t),
+                dh: r.dh.view_mut(),
+                dc: r.dc.view_mut(),
+                dg: dg.view_mut(),
+            },
+            hidden,
+        );
+        // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through the normalizer's backward if any.
+        let (xhat, rstd) = (r.xhat.index_axis(Axis(0), t), r.rstd.index_axis(Axis(0), t));
+        match &mut r.norm {
+            StepNorm::None => gemm_with(r.dh.view_mut(), false, dg.view(), wh, T::one(), par),
+            StepNorm::Rows(n) => {
+                let mut dz = r.dz.index_axis_mut(Axis(0), t);
+                n.input_grad_rows(dg.view(), xhat, rstd, dz.view_mut());
+                gemm_with(r.dh.view_mut(), false, dz.view(), wh, T::one(), par);
+            }
+            StepNorm::Batch { norm, .. } => {
+                let mut dz = r.dz.index_axis_mut(Axis(0), t);
+                norm.backward(dg.view(), xhat, rstd, dz.view_mut());
+                gemm_with(r.dh.view_mut(), false, dz.view(), wh, T::one(), par);
+            }
+        }
+    }
+    sq
+}

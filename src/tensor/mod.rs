@@ -1,0 +1,26 @@
+//! The numeric foundation: the scalar trait every layer is generic over (`real`), vectorizable
+//! reductions (`reduce`), the run-time SIMD dispatch of the hot kernels (`simd`), one GEMM entry
+//! point with its threads (`gemm`), and trained parameters (`param`).
+
+mod gemm;
+mod param;
+mod real;
+mod reduce;
+mod simd;
+
+pub use gemm::{flush_denormals, gemm, gemm_with, set_threads, threads};
+pub use param::{Group, Moments, Param};
+pub use real::{Real, expf, tanhf};
+pub use reduce::{exp_shift_sum, max, sum, sum_sq, sum_sq_dev, sum_sq_f64};
+pub use simd::{Simd, simd};
+pub(crate) use simd::{simd_kernel, simd_method};
+
+use ndarray::Array2;
+
+/// Resize a work buffer only when its shape changes (the last window of an epoch is shorter),
+/// so steady-state training allocates nothing.
+pub fn ensure_shape<T: Real>(a: &mut Array2<T>, rows: usize, cols: usize) {
+    if a.dim() != (rows, cols) {
+        *a = Array2::zeros((rows, cols));
+    }
+}

@@ -1,0 +1,262 @@
+//! What a checkpoint holds, written in one place and read back in the same place.
+//!
+//! A training checkpoint (`checkpoint.safetensors`) holds the model's tensors (latent weights,
+//! biases, normalization gains/biases, batch-norm running statistics, embedding, softmax layer,
+//! MNIST h0/c0), Adam's moments as `optimizer.m.<name>` / `optimizer.v.<name>`, the carried
+//! state mid-epoch as `state.h.<layer>` / `state.c.<layer>`, and in its metadata the resolved
+//! spec and the `RunState` (position, learning rates, the partial epoch's statistics, the
+//! metrics so far) as one TOML document. `best.safetensors` holds the model alone. Randomness is
+//! derived from (seed, step) and (seed, epoch), so no generator state needs saving.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ndarray::{Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::io::checkpoint::{self, Loaded};
+use crate::io::read_csv;
+use crate::model::{Model, State};
+use crate::nn::Stats;
+use crate::run_dir::EpochRow;
+use crate::spec::Spec;
+use crate::tensor::Moments;
+use crate::train::schedule::LearningRates;
+
+/// Where a run stands: everything besides the tensors that writing its files and resuming it
+/// exactly need. Saved and restored whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The epoch in progress (1-based) and the windows of it already trained.
+    pub epoch: usize,
+    pub window: usize,
+    pub lr: LearningRates,
+    /// Training statistics, input tokens and seconds of the epoch in progress.
+    pub epoch_stats: Stats,
+    pub epoch_tokens: usize,
+    pub epoch_secs: f64,
+    /// Input tokens and training seconds of the whole run (all sessions).
+    pub total_tokens: usize,
+    pub total_secs: f64,
+    /// Wall seconds spent in earlier sessions (at a save: up to the save).
+    pub wall_before: f64,
+    /// metrics.csv so far.
+    pub rows: Vec<EpochRow>,
+    /// Index into `rows` of the best validation loss.
+    pub best: Option<usize>,
+    #[serde(skip)]
+    pub diverged_step: Option<u64>,
+}
+
+impl RunState {
+    /// The state of a run about to start: step 0, the spec's learning rates.
+    pub fn fresh(spec: &Spec) -> RunState {
+        RunState { lr: LearningRates::initial(&spec.train), ..RunState::default() }
+    }
+
+    /// The best epoch's row, if any epoch has been evaluated.
+    pub fn best_row(&self) -> Option<&EpochRow> {
+        self.best.map(|i| &self.rows[i])
+    }
+
+    fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::new(format!("run state: {e}")))
+    }
+
+    /// The state in a checkpoint: one TOML document (this format), or the flat keys of the
+    /// first checkpoint format, so that runs checkpointed by earlier versions resume too.
+    fn from_checkpoint(ck: &Loaded) -> Result<RunState> {
+        if let Ok(text) = ck.meta(RUN_STATE) {
+            return toml::from_str(text).map_err(|e| Error::new(format!("{}: metadata `{RUN_STATE}`: {e}", ck.path)));
+        }
+        let best: String = ck.meta("best")?.to_string();
+        Ok(RunState {
+            step: ck.parse("step")?,
+            epoch: ck.parse("epoch")?,
+            window: ck.parse("window")?,
+            lr: LearningRates { latent: ck.parse("lr_latent")?, other: ck.parse("lr_other")? },
+            epoch_stats: Stats {
+                loss_sum: ck.parse("epoch_loss_sum")?,
+                count: ck.parse("epoch_count")?,
+                correct: ck.parse("epoch_correct")?,
+            },
+            epoch_tokens: ck.parse("epoch_tokens")?,
+            epoch_secs: ck.parse("epoch_secs")?,
+            total_tokens: ck.parse("total_tokens")?,
+            total_secs: ck.parse("total_secs")?,
+            wall_before: ck.parse("wall_s")?,
+            rows: read_csv(ck.meta("metrics")?.as_bytes(), &format!("{}: metrics", ck.path))?,
+            best: if best.is_empty() {
+                None
+            } else {
+                Some(best.parse().map_err(|_| Error::new(format!("{}: bad `best`", ck.path)))?)
+            },
+            diverged_step: None,
+        })
+    }
+}
+
+/// Metadata key of the run state.
+const RUN_STATE: &str = "run_state";
+
+/// Views of every model tensor a checkpoint holds, by name (no copies).
+fn model_views(model: &mut Model<f32>) -> Vec<(String, ArrayView2<'_, f32>)> {
+    model
+        .named_tensors_mut()
+        .into_iter()
+        .map(|(n, a)| {
+            let a: &Array2<f32> = a;
+            (n, a.view())
+        })
+        .collect()
+}
+
+/// The model alone (best.safetensors): what `qlstm eval` needs.
+pub fn save_model(path: &Path, spec: &Spec, model: &mut Model<f32>, step: u64, epoch: usize) -> Result<()> {
+    let meta = HashMap::from([
+        ("spec".to_string(), spec.to_toml()),
+        ("step".to_string(), step.to_string()),
+        ("epoch".to_string(), epoch.to_string()),
+    ]);
+    checkpoint::write(path, &model_views(model), meta)
+}
+
+/// Everything needed to continue exactly: the model, the optimizer's moments, the carried
+/// state (mid-epoch), the spec and the run state.
+pub fn save_checkpoint(
+    path: &Path,
+    spec: &Spec,
+    model: &mut Model<f32>,
+    state: &RunState,
+    optimizer_t: u64,
+    carried: Option<&State<f32>>,
+) -> Result<()> {
+    let meta = HashMap::from([
+        ("spec".to_string(), spec.to_toml()),
+        ("step".to_string(), state.step.to_string()),
+        ("epoch".to_string(), state.epoch.to_string()),
+        ("optimizer_t".to_string(), optimizer_t.to_string()),
+        (RUN_STATE.to_string(), state.to_toml()?),
+    ]);
+    let moments: Vec<(String, Moments<f32>)> =
+        model.params_mut().iter().filter_map(|p| Some((p.name.clone(), p.moments.clone()?))).collect();
+    let mut views = model_views(model);
+    for (n, m) in &moments {
+        views.push((format!("optimizer.m.{n}"), m.m.view()));
+        views.push((format!("optimizer.v.{n}"), m.v.view()));
+    }
+    if let Some(st) = carried.filter(|_| state.window > 0) {
+        for (l, (h, c)) in st.h.iter().zip(&st.c).enumerate() {
+            views.push((format!("state.h.{l}"), h.view()));
+            views.push((format!("state.c.{l}"), c.view()));
+        }
+    }
+    checkpoint::write(path, &views, meta)
+}
+
+/// Load the model's tensors from a checkpoint (training or best) written for this spec's model.
+pub fn load_model(ck: &mut Loaded, spec: &Spec, model: &mut Model<f32>) -> Result<()> {
+    let theirs = Spec::from_toml_str(ck.meta("spec")?, &ck.path, None, &[])?;
+    check_same_model(spec, &theirs, &ck.path)?;
+    for (name, slot) in model.named_tensors_mut() {
+        let t = ck.take(&name, slot.dim())?;
+        slot.assign(&t);
+    }
+    Ok(())
+}
+
+/// Restore a training checkpoint into `model`: returns the run state, the optimizer's step
+/// count and the carried state (language models mid-epoch).
+pub fn restore(
+    path: &Path,
+    spec: &Spec,
+    model: &mut Model<f32>,
+    carries_state: bool,
+) -> Result<(RunState, u64, Option<State<f32>>)> {
+    let mut ck = checkpoint::read(path)?;
+    load_model(&mut ck, spec, model)?;
+    let state = RunState::from_checkpoint(&ck)?;
+    let optimizer_t: u64 = ck.parse("optimizer_t")?;
+    // Moments exist from the first Adam step on (the first format wrote zeros before it).
+    if optimizer_t > 0 {
+        for p in model.params_mut() {
+            let (m, v) = (format!("optimizer.m.{}", p.name), format!("optimizer.v.{}", p.name));
+            if ck.tensors.contains_key(&m) {
+                let dim = p.value.dim();
+                p.moments = Some(Moments { m: ck.take(&m, dim)?, v: ck.take(&v, dim)? });
+            }
+        }
+    }
+    let carried = if state.window > 0 && carries_state {
+        let (l, b, h) = (spec.model.layers, spec.train.batch_size, spec.model.hidden);
+        let mut st = State::zeros(l, b, h);
+        for i in 0..l {
+            st.h[i] = ck.take(&format!("state.h.{i}"), (b, h))?;
+            st.c[i] = ck.take(&format!("state.c.{i}"), (b, h))?;
+        }
+        Some(st)
+    } else {
+        None
+    };
+    Ok((state, optimizer_t, carried))
+}
+
+/// A checkpoint fits this spec if everything that shapes the model and the data agrees; the
+/// budget (epochs, max_steps), checkpoint interval and diagnostics may change between sessions.
+fn check_same_model(ours: &Spec, theirs: &Spec, path: &str) -> Result<()> {
+    let strip = |s: &Spec| {
+        let mut s = s.clone();
+        s.name = String::new();
+        s.data.dir = String::new();
+        s.train.epochs = 0;
+        s.train.max_steps = 0;
+        s.train.checkpoint_every = 0;
+        s.diagnostics = Spec::defaults(s.task).diagnostics;
+        s
+    };
+    let (a, b) = (strip(ours), strip(theirs));
+    if a != b {
+        let (ta, tb) = (a.to_toml(), b.to_toml());
+        let diff: Vec<String> =
+            ta.lines().zip(tb.lines()).filter(|(x, y)| x != y).map(|(x, y)| format!("{y} → {x}")).collect();
+        bail!(
+            "{path}: the checkpoint was written for a different spec ({}); start afresh without --resume",
+            diff.join("; ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_state_round_trips_exactly() {
+        let s = RunState {
+            step: 7,
+            epoch: 2,
+            window: 3,
+            lr: LearningRates { latent: 0.1 + 0.2, other: 1e-300 },
+            epoch_stats: Stats { loss_sum: std::f64::consts::PI * 1e5, count: 9, correct: 4 },
+            epoch_tokens: 11,
+            epoch_secs: 1.0 / 3.0,
+            total_tokens: 12,
+            total_secs: 2.0 / 3.0,
+            wall_before: 5.5,
+            rows: vec![EpochRow { epoch: 1, step: 4, lr: 0.002, train_loss: f64::NAN, ..EpochRow::default() }],
+            best: Some(0),
+            diverged_step: None,
+        };
+        let back: RunState = toml::from_str(&s.to_toml().unwrap()).unwrap();
+        assert!(back.rows[0].train_loss.is_nan());
+        let (mut a, mut b) = (s.clone(), back);
+        a.rows[0].train_loss = 0.0;
+        b.rows[0].train_loss = 0.0;
+        assert_eq!(a, b);
+    }
+}
