@@ -96,8 +96,10 @@ pub fn lambdas(normalization: Normalization, terms: &GateTerms, gamma1: f64) -> 
     (l2 + o, l2)
 }
 
-/// Warm-start vectors of the power iterations, per layer and gate.
-#[derive(Default)]
+/// Warm-start vectors of the power iterations, per layer and gate. They are part of a run's
+/// state (checkpointed), so that a resumed run computes the same estimates as one that was
+/// never stopped.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostics {
     vectors: Vec<[Vec<f64>; 4]>,
 }

@@ -17,36 +17,49 @@ struct Cli {
     command: Command,
 }
 
+/// A count of at least one (threads, jobs).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096)
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Train one experiment spec; writes <out>/<name>/{spec.toml,metrics.csv,summary.csv}.
+    /// Train one experiment spec; writes <out>/<name>/ (spec.toml, metrics.csv, summary.csv,
+    /// lambda.csv, grad_norm.csv, checkpoints).
     Run {
-        /// The TOML experiment spec.
+        /// The TOML experiment spec (e.g. configs/quickstart.toml).
         spec: PathBuf,
-        /// Override a field, e.g. --set model.hidden=128 (repeatable).
+        /// Override a spec field, e.g. --set model.hidden=128 (repeatable; validated as the file is).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Output root directory.
+        /// Output root: the run goes to <OUT>/<name>/.
         #[arg(long, default_value = "results")]
         out: PathBuf,
-        /// Threads for the GEMMs (default: all cores).
-        #[arg(long)]
+        /// Threads for the GEMMs and the batch split (default: all cores).
+        #[arg(long, value_parser = at_least_one())]
         threads: Option<usize>,
-        /// Continue from <out>/<name>/checkpoint.safetensors if it exists.
+        /// Continue from <out>/<name>/checkpoint.safetensors if it exists (a larger
+        /// train.epochs or train.max_steps extends a finished run exactly).
         #[arg(long)]
         resume: bool,
+        /// Print the resolved spec, the model size, the memory estimate and the step count, and
+        /// exit without training.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Recompute a trained model's metric from a run directory (its best.safetensors) or a
     /// checkpoint file.
     Eval {
         /// A run directory or a .safetensors checkpoint.
         path: PathBuf,
+        /// The split to evaluate.
         #[arg(long, value_enum, default_value = "test")]
         split: SplitArg,
         /// Override a field of the stored spec, e.g. --set data.dir=/data (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        #[arg(long)]
+        /// Threads for the GEMMs (default: all cores).
+        #[arg(long, value_parser = at_least_one())]
         threads: Option<usize>,
     },
     /// Run (or resume) specs × a grid of overrides; or emit them for GNU parallel or Slurm.
@@ -61,11 +74,12 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// Runs at once (local); cores are divided between them.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
         jobs: usize,
         /// Threads per run (default: cores / jobs).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one())]
         threads: Option<usize>,
+        /// Output root: each run goes to <OUT>/<run name>/.
         #[arg(long, default_value = "results")]
         out: PathBuf,
         /// Print a job list for GNU parallel, or write an sbatch job-array script, instead of running.
@@ -77,9 +91,10 @@ enum Command {
         /// Directories searched (recursively) for runs.
         #[arg(required = true)]
         results: Vec<PathBuf>,
+        /// The paper's table to lay out.
         #[arg(long, value_parser = ["table2", "table3", "table4", "two_layer"])]
         layout: String,
-        /// Write here instead of stdout.
+        /// Write here (missing folders are created) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Markdown instead of CSV.
@@ -97,10 +112,11 @@ enum Command {
         /// Comma-separated normalizations.
         #[arg(long, default_value = "none")]
         normalization: String,
-        #[arg(long)]
+        /// Threads (default: all cores).
+        #[arg(long, value_parser = at_least_one())]
         threads: Option<usize>,
         /// Timed steps (after 2 warm-up steps); the median is reported.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one())]
         steps: usize,
         /// Leave out the CSV header.
         #[arg(long, hide = true)]
@@ -111,7 +127,7 @@ enum Command {
         /// Run directories (each with lambda.csv and grad_norm.csv).
         #[arg(required = true)]
         runs: Vec<PathBuf>,
-        /// Output file: .svg (default) or .png.
+        /// Output file: .svg (default) or .png; other formats are refused.
         #[arg(long, default_value = "diagnostics.svg")]
         out: PathBuf,
         /// Gradient panel: the trace recorded nearest this optimizer step (default: the last;
@@ -121,10 +137,12 @@ enum Command {
     },
     /// Print the model size of a spec (docs/SPEC.md §4) without training.
     Size {
+        /// The TOML experiment spec.
         spec: PathBuf,
+        /// Override a spec field (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// CSV: layer,part,count,bits,bytes,kb, ending with the total.
+        /// CSV: layer,part,count,bits,bytes,kb,size_kb, ending with the total (size_kb: the tables' rounded KB).
         #[arg(long)]
         csv: bool,
     },
@@ -156,7 +174,12 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> Result<ExitCode> {
     let ok = |()| ExitCode::SUCCESS;
     match command {
-        Command::Run { spec, set, out, threads, resume } => cmd::run::run(&spec, &set, &out, threads, resume),
+        Command::Run { spec, set, out, threads, resume, dry_run: true } => {
+            cmd::run::dry_run(&spec, &set, &out, threads, resume).map(ok)
+        }
+        Command::Run { spec, set, out, threads, resume, dry_run: false } => {
+            cmd::run::run(&spec, &set, &out, threads, resume)
+        }
         Command::Eval { path, split, set, threads } => {
             let split = match split {
                 SplitArg::Valid => Split::Valid,

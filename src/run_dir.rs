@@ -9,12 +9,18 @@
 //!   grad_norm.csv           `GradNormRow`s
 //!   checkpoint.safetensors  what resuming needs (`train::resume`)
 //!   best.safetensors        the model at the best validation loss
+//!   best.previous.safetensors  the best before a step budget's last evaluation (kept only
+//!                           while that evaluation may be undone by a larger budget)
 //!   run.log                 a sweep's record of the run's output
+//!   .lock                   held by the process training the run (who holds it, inside)
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bail;
 use crate::error::{Result, io_err};
 use crate::io::{read_csv_file, write_atomic, write_csv};
 use crate::names::named_enum;
@@ -148,6 +154,11 @@ struct StatusOnly {
     status: Status,
 }
 
+/// The hold `RunDir::lock` takes; released when dropped (or when the process ends).
+pub struct RunLock {
+    _file: File,
+}
+
 /// A run directory, `<out>/<name>/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunDir {
@@ -162,7 +173,9 @@ impl RunDir {
     pub const GRAD_NORM: &'static str = "grad_norm.csv";
     pub const CHECKPOINT: &'static str = "checkpoint.safetensors";
     pub const BEST: &'static str = "best.safetensors";
+    pub const BEST_PREVIOUS: &'static str = "best.previous.safetensors";
     pub const LOG: &'static str = "run.log";
+    pub const LOCK: &'static str = ".lock";
 
     /// The directory of run `name` under the output root.
     pub fn new(out_root: &Path, name: &str) -> RunDir {
@@ -201,8 +214,45 @@ impl RunDir {
     /// A run starting afresh must not leave an older run's checkpoints to be resumed from, nor
     /// its summary to be read as this run's.
     pub fn clear_for_fresh_run(&self) {
-        for f in [Self::CHECKPOINT, Self::BEST, Self::SUMMARY] {
+        for f in [Self::CHECKPOINT, Self::BEST, Self::BEST_PREVIOUS, Self::SUMMARY] {
             let _ = std::fs::remove_file(self.file(f));
+        }
+    }
+
+    /// Hold the directory for this process: a second run of the same name and output root
+    /// fails at once, saying who holds it. The operating system releases the hold when the
+    /// process ends, however it ends, so a killed run never leaves a stale lock behind.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.file(Self::LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                let since =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let holder = format!("pid {} on {} since unix time {since}\n", std::process::id(), host.trim());
+                file.set_len(0)
+                    .and_then(|_| file.rewind())
+                    .and_then(|_| file.write_all(holder.as_bytes()))
+                    .map_err(|e| io_err(&path, e))?;
+                Ok(RunLock { _file: file })
+            }
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                bail!(
+                    "{}: another qlstm run is training into this directory ({}); wait for it to end, or give this run another name (--set name=…) or --out",
+                    self.path.display(),
+                    holder.trim()
+                )
+            }
+            Err(TryLockError::Error(e)) => Err(io_err(&path, e)),
         }
     }
 

@@ -230,7 +230,7 @@ fn size_works_without_data() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.starts_with("layer,part,count,bits,bytes,kb"));
-    assert!(text.trim_end().ends_with(",total,,,4612096,4504"), "{text}");
+    assert!(text.starts_with("layer,part,count,bits,bytes,kb,size_kb\n0,w_x,102400,32,409600,400.000,\n"), "{text}");
+    assert!(text.trim_end().ends_with(",total,,,4612096,4504.000,4504"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

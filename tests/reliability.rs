@@ -85,18 +85,11 @@ fn sigint_then_resume_equals_an_uninterrupted_run() {
     assert_eq!(csv_rows(&dir.join("metrics.csv")), csv_rows(&out.join("straight/metrics.csv")));
     assert_eq!(csv_rows(&dir.join("summary.csv")), csv_rows(&out.join("straight/summary.csv")));
 
-    // diagnostics written before the interruption are kept, later ones recomputed, none twice
-    let steps: Vec<u64> = csv::Reader::from_path(dir.join("lambda.csv"))
-        .unwrap()
-        .records()
-        .map(|r| r.unwrap()[0].parse().unwrap())
-        .collect();
-    let straight: Vec<u64> = csv::Reader::from_path(out.join("straight/lambda.csv"))
-        .unwrap()
-        .records()
-        .map(|r| r.unwrap()[0].parse().unwrap())
-        .collect();
-    assert_eq!(steps, straight, "λ rows at the same steps as the uninterrupted run");
+    // diagnostics written before the interruption are kept, later ones recomputed — to the
+    // same values, the power iterations' warm starts included
+    for f in ["lambda.csv", "grad_norm.csv"] {
+        assert_eq!(csv_rows(&dir.join(f)), csv_rows(&out.join("straight").join(f)), "{f}");
+    }
 
     // eval from the run directory (best.safetensors) equals the reported test metric
     let o = bin().args(["eval", dir.to_str().unwrap(), "--threads", "1", "--set", &data_set()]).output().unwrap();
@@ -235,6 +228,7 @@ fn corrupt_checkpoints_and_unwritable_outputs_are_reported() {
     let o = bin().args(&args).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("different spec") && err.contains("hidden"), "{err}");
+    assert!(err.contains("to keep that run, give this one another name"), "{err}");
 
     // A read-only output directory (root ignores permissions, so use a path under a file).
     let blocker = out.join("file");
@@ -256,7 +250,9 @@ fn a_full_disk_is_an_error_not_a_half_written_file() {
     let o = Command::new("bash").args(["-c", &script]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "accepted");
-    assert!(!err.contains("panicked") && err.contains("full/") && err.lines().count() == 1, "{err}");
+    // one error line (progress lines may come before it: stderr is not a terminal here)
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("qlstm: error")).collect();
+    assert!(!err.contains("panicked") && errors.len() == 1 && errors[0].contains("full/"), "{err}");
     // no half-written file under its real name
     for f in std::fs::read_dir(out.join("full")).unwrap().flatten() {
         let name = f.file_name().to_string_lossy().to_string();

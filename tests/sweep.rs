@@ -74,6 +74,13 @@ fn a_sweep_resumes_skipping_complete_runs() {
     assert_eq!(text.lines().filter(|l| l.starts_with('[')).count(), 1, "one line per finished run");
     let o = bin().args(&args).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("3 runs, 3 complete, 0 to run"));
+    // a larger budget sends finished runs on (the two that have a spec.toml to compare with)
+    args.extend(["--set".into(), "train.max_steps=5".into()]);
+    let o = bin().args(&args).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("3 runs, 2 complete, 1 to run"), "{text}");
+    let fp = qlstm::run_dir::RunDir::new(&out, "ptb_char_fp_none_quantizer-fp").read_summary().unwrap().unwrap();
+    assert_eq!(fp.steps, 5, "resumed from 3 steps to the new budget");
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -107,7 +114,7 @@ fn emitted_job_lists_run_under_gnu_parallel_and_slurm_scripts_parse() {
         .expect("GNU parallel is installed (apt-get install parallel)");
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     for q in ["fp", "bc", "tc"] {
-        assert!(sweep::is_complete(&out, &format!("ptb_char_fp_none_quantizer-{q}")), "{q} ran");
+        assert!(qlstm::run_dir::RunDir::new(&out, &format!("ptb_char_fp_none_quantizer-{q}")).is_complete(), "{q} ran");
     }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -37,7 +37,8 @@ pub fn eval(path: &Path, split: Split, sets: &[String], threads: Option<usize>) 
     }
     let ck = checkpoint::read(&file)?;
     let spec = Spec::from_toml_str(ck.meta("spec")?, &ck.path, None, sets)?;
-    let mut t = Trainer::new(spec)?;
+    let name = spec.name.clone();
+    let mut t = Trainer::new(spec)?.with_observer(Box::new(crate::cmd::progress::Progress::new(&name)));
     t.load_model(&file)?;
     let stats = t.evaluate(split);
     let metric = t.metric();

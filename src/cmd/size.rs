@@ -17,8 +17,12 @@ struct SizeRow {
     part: String,
     count: Option<usize>,
     bits: Option<u32>,
+    /// Bytes, in as few digits as they need (bits / 8: 12800, or 12.5).
     bytes: String,
+    /// bytes / 1024, three decimals.
     kb: String,
+    /// The tables' figure: the total's KB rounded half up (total line only).
+    size_kb: Option<u64>,
 }
 
 pub fn size(path: &Path, sets: &[String], csv: bool) -> Result<()> {
@@ -42,12 +46,14 @@ pub fn size(path: &Path, sets: &[String], csv: bool) -> Result<()> {
                 bits: Some(p.bits),
                 bytes: p.bytes().to_string(),
                 kb: format!("{:.3}", p.bytes() / 1024.0),
+                size_kb: None,
             })
             .collect();
         rows.push(SizeRow {
             part: "total".into(),
             bytes: total.to_string(),
-            kb: kb(total).to_string(),
+            kb: format!("{:.3}", total / 1024.0),
+            size_kb: Some(kb(total)),
             ..SizeRow::default()
         });
         print_csv(&rows)?;

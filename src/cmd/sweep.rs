@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::bail;
 use crate::error::{Error, Result, io_err};
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, Status};
 use crate::spec::Spec;
 
 /// One run of a sweep: the spec file, the overrides (grid values, `--set`s, the run name).
@@ -17,6 +17,8 @@ pub struct Job {
     pub name: String,
     pub spec: PathBuf,
     pub sets: Vec<String>,
+    /// The budget the job asks for: train.epochs and train.max_steps (0: no cap).
+    pub budget: (usize, usize),
     /// Memory the run needs (bytes, estimated), for cluster requests.
     pub memory: f64,
 }
@@ -80,8 +82,12 @@ pub fn expand(specs: &[PathBuf], grids: &[String], sets: &[String]) -> Result<Ve
             all.extend(p.iter().map(|(k, v)| format!("{k}={v}")));
             all.push(format!("name={name}"));
             let resolved = Spec::load(spec, &all)?;
+            // The data directory as resolved here (absolute), so that the job finds it from
+            // any directory, on any machine that sees this path.
+            all.push(format!("data.dir={}", resolved.data.dir));
             let memory = crate::size::memory_estimate(&resolved, resolved.task.standard_vocab());
-            jobs.push(Job { name, spec: spec.clone(), sets: all, memory });
+            let budget = (resolved.train.epochs, resolved.train.max_steps);
+            jobs.push(Job { name, spec: spec.clone(), sets: all, budget, memory });
         }
     }
     let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
@@ -93,8 +99,19 @@ pub fn expand(specs: &[PathBuf], grids: &[String], sets: &[String]) -> Result<Ve
 }
 
 /// A run is done when its summary says ok or diverged (both are results).
-pub fn is_complete(out: &Path, name: &str) -> bool {
-    RunDir::new(out, name).is_complete()
+/// A job is done when its run's summary says diverged, or ok with a budget at least the one
+/// asked for now: a larger train.epochs or train.max_steps sends the run on (it resumes from its
+/// checkpoint and continues exactly as that budget from scratch would).
+pub fn is_complete(out: &Path, job: &Job) -> bool {
+    let dir = RunDir::new(out, &job.name);
+    let steps = |s: usize| if s == 0 { usize::MAX } else { s };
+    match dir.status() {
+        Some(Status::Diverged) => true,
+        Some(Status::Ok) => dir.read_spec().map_or(true, |done| {
+            done.train.epochs >= job.budget.0 && steps(done.train.max_steps) >= steps(job.budget.1)
+        }),
+        _ => false,
+    }
 }
 
 fn quote(s: &str) -> String {
@@ -148,7 +165,7 @@ pub fn slurm_script(exe: &Path, jobs: &[Job], out: &Path, threads: usize) -> Str
 /// One line per finished run. Returns the number of runs that did not end ok or diverged.
 pub fn run_local(exe: &Path, jobs: &[Job], out: &Path, parallel: usize, threads: usize) -> Result<usize> {
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
-    let todo: Vec<&Job> = jobs.iter().filter(|j| !is_complete(out, &j.name)).collect();
+    let todo: Vec<&Job> = jobs.iter().filter(|j| !is_complete(out, j)).collect();
     println!(
         "sweep: {} runs, {} complete, {} to run ({} at a time, {} threads each)",
         jobs.len(),
@@ -252,14 +269,14 @@ pub fn run(
     let out = std::path::absolute(out).map_err(|e| Error::new(e.to_string()))?;
     match emit {
         Some(Emit::Parallel) => {
-            for j in list.iter().filter(|j| !is_complete(&out, &j.name)) {
+            for j in list.iter().filter(|j| !is_complete(&out, j)) {
                 println!("{}", command_line(&exe, j, &out, threads));
             }
             Ok(SweepEnd::Done)
         }
         Some(Emit::Slurm) => {
             std::fs::create_dir_all(&out).map_err(|e| crate::error::io_err(&out, e))?;
-            let todo: Vec<_> = list.into_iter().filter(|j| !is_complete(&out, &j.name)).collect();
+            let todo: Vec<_> = list.into_iter().filter(|j| !is_complete(&out, j)).collect();
             let path = out.join("sweep.sbatch");
             crate::io::write_atomic(&path, slurm_script(&exe, &todo, &out, threads).as_bytes())?;
             println!("wrote {} ({} array tasks); submit with: sbatch {}", path.display(), todo.len(), path.display());

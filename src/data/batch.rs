@@ -15,11 +15,13 @@ pub struct Streams {
 }
 
 impl Streams {
-    pub fn new(tokens: &[u32], batch: usize, what: &str) -> Result<Streams> {
+    /// Cut `tokens` into `batch` streams. `source` names the file and `key` the batch-size
+    /// field, for the message when there are too few tokens.
+    pub fn new(tokens: &[u32], batch: usize, source: &str, key: &str) -> Result<Streams> {
         let len = tokens.len() / batch;
         if len < 2 {
             bail!(
-                "{what}: {} tokens cannot fill {batch} streams of at least 2 tokens; lower the batch size",
+                "{source}: {} tokens cannot fill {batch} streams of at least 2 tokens ({key} = {batch}); the file may be truncated (fetch it again), or lower {key}",
                 tokens.len()
             );
         }
@@ -60,13 +62,13 @@ mod tests {
     #[test]
     fn streams_are_contiguous_and_time_major() {
         let toks: Vec<u32> = (0..23).collect();
-        let s = Streams::new(&toks, 2, "t").unwrap();
+        let s = Streams::new(&toks, 2, "t", "b").unwrap();
         assert_eq!(s.len, 11);
         let w: Vec<_> = s.windows(4).collect();
         assert_eq!(w, vec![(0, 4), (4, 4), (8, 2)]);
         let (x, y) = s.window(8, 2);
         assert_eq!(x, &[8, 19, 9, 20]);
         assert_eq!(y, &[9, 20, 10, 21]);
-        assert!(Streams::new(&toks, 20, "t").is_err());
+        assert!(Streams::new(&toks, 20, "t", "b").is_err());
     }
 }

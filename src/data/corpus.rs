@@ -20,6 +20,9 @@ pub struct Corpus {
     pub train: Vec<u32>,
     pub valid: Vec<u32>,
     pub test: Vec<u32>,
+    /// Where train, valid and test came from, for messages ("…/ptb.char.test.txt", or "…/input.txt
+    /// (its last 10 %)" for a corpus split from one file).
+    pub sources: [String; 3],
 }
 
 impl Corpus {
@@ -81,14 +84,15 @@ impl Corpus {
                 }
             }
             if ids.is_empty() {
-                bail!("{}: no tokens; re-run `scripts/get_data.sh {}`", path.display(), task.data_target());
+                bail!("{}: no tokens; the file is empty or truncated", path.display());
             }
             splits.push(ids);
         }
         let test = splits.pop().unwrap();
         let valid = splits.pop().unwrap();
         let train = splits.pop().unwrap();
-        Ok(Corpus { symbols, train, valid, test })
+        let sources = paths.map(|p| p.display().to_string());
+        Ok(Corpus { symbols, train, valid, test, sources })
     }
 
     /// Bytes as tokens, contiguous split; `split(n)` gives (train length, valid length).
@@ -110,7 +114,9 @@ impl Corpus {
         if n_train < 2 || n_valid < 2 || ids.len() - n_train - n_valid < 2 {
             bail!("{}: {} bytes is too small to split into train/valid/test", path.display(), ids.len());
         }
+        let part = |what: &str| format!("{} ({what})", path.display());
         Ok(Corpus {
+            sources: [part("its training part"), part("its validation part"), part("its test part")],
             symbols,
             train: ids[..n_train].to_vec(),
             valid: ids[n_train..n_train + n_valid].to_vec(),
@@ -130,12 +136,12 @@ impl Corpus {
     }
 }
 
-/// Read a data file; a missing one says which fetch target provides it.
+/// Read a data file; a missing one says how to fetch it.
 pub(crate) fn read(task: Task, path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         let hint = match task {
-            Task::Text8 => " (text8 is only available from its original URL: scripts/get_data.sh text8)".to_string(),
-            _ => format!("; run `scripts/get_data.sh {}`", task.data_target()),
+            Task::Text8 => " (text8 is only available from its original URL)".to_string(),
+            _ => String::new(),
         };
         Error::new(format!("{}: {e}{hint}", path.display()))
     })

@@ -59,10 +59,7 @@ pub fn read_idx(path: &Path, magic: u32, count: usize) -> Result<Vec<u8>> {
     let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
     let header = if magic == 0x803 { 16 } else { 8 };
     if bytes.len() < header {
-        bail!(
-            "{p}: {} bytes is shorter than an IDX header; the file is truncated, re-run `scripts/get_data.sh mnist`",
-            bytes.len()
-        );
+        bail!("{p}: {} bytes is shorter than an IDX header; the file is truncated", bytes.len());
     }
     if be(0) as u32 != magic {
         bail!(
@@ -84,10 +81,7 @@ pub fn read_idx(path: &Path, magic: u32, count: usize) -> Result<Vec<u8>> {
     };
     let want = header + count * item;
     if bytes.len() != want {
-        bail!(
-            "{p}: {} bytes, expected {want}; the file is truncated or corrupt, re-run `scripts/get_data.sh mnist`",
-            bytes.len()
-        );
+        bail!("{p}: {} bytes, expected {want}; the file is truncated or corrupt", bytes.len());
     }
     let body = bytes[header..].to_vec();
     if magic == 0x801

@@ -83,10 +83,18 @@ pub fn plot(dirs: &[PathBuf], out: &Path, grad_step: Option<u64>) -> Result<()> 
     if dirs.is_empty() {
         bail!("qlstm plot: name at least one run directory");
     }
+    let ext = out.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    if ext != "svg" && ext != "png" {
+        bail!(
+            "--out {}: qlstm plot writes .svg or .png files{}",
+            out.display(),
+            if ext.is_empty() { String::new() } else { format!(", not .{ext}") }
+        );
+    }
     let runs = dirs.iter().map(|d| load(d, grad_step)).collect::<Result<Vec<_>>>()?;
     register_font()?;
     let size = (1400, 560);
-    let png = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    let png = ext == "png";
     if png {
         let tmp = out.with_extension(format!("tmp-{}.png", std::process::id()));
         {
@@ -107,8 +115,23 @@ pub fn plot(dirs: &[PathBuf], out: &Path, grad_step: Option<u64>) -> Result<()> 
     Ok(())
 }
 
-fn sci(y: &f64) -> String {
-    format!("{y:.0e}")
+/// Log-axis labels at the powers of ten only, written as a reader expects them: 0.01, 0.1, 1,
+/// 10, 100, 1000, and 10^k (as 1e5, 1e-4) beyond; the ticks between stay unlabelled.
+fn log_label(y: &f64) -> String {
+    let k = y.log10().round();
+    if (y.log10() - k).abs() > 1e-6 {
+        return String::new();
+    }
+    match k as i32 {
+        -3..=-1 => format!("{:.*}", (-k) as usize, y),
+        0..=4 => format!("{:.0}", y),
+        k => format!("1e{k}"),
+    }
+}
+
+/// Steps and time indices are whole numbers.
+fn integer_label(x: &f64) -> String {
+    format!("{x:.0}")
 }
 
 /// One chart with a log y axis, a line and a legend entry per (label, points).
@@ -129,7 +152,14 @@ where
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..x_max(&points), y_range(&points).log_scale())?;
-    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).y_label_formatter(&sci).draw()?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .y_label_formatter(&log_label)
+        .x_label_formatter(&integer_label)
+        .light_line_style(TRANSPARENT)
+        .draw()?;
     for (i, (label, pts)) in series.iter().enumerate() {
         let color = Palette99::pick(i).mix(0.9);
         chart

@@ -248,6 +248,15 @@ pub fn to_markdown(rows: &[Row]) -> Result<String> {
 /// The table of the runs below `roots`, as CSV or Markdown text.
 pub fn table(roots: &[PathBuf], layout: &str, markdown: bool) -> Result<String> {
     let runs = find_runs(roots)?;
+    if runs.is_empty() {
+        let names: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        bail!(
+            "{}: no runs found below (a run directory holds {} and {}); is it the --out of a run or a sweep?",
+            names.join(", "),
+            RunDir::SPEC,
+            RunDir::SUMMARY
+        );
+    }
     let rows = build(layout, &runs)?;
     if markdown { to_markdown(&rows) } else { to_csv(&rows) }
 }

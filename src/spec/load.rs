@@ -6,7 +6,7 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use super::{Normalization, Optimizer, Quantizer, Schedule, Spec, Task};
+use super::{DATA_ENV, Normalization, Optimizer, Quantizer, Schedule, Spec, Task};
 use crate::bail;
 use crate::error::{Error, Result};
 
@@ -49,7 +49,42 @@ impl Spec {
             .map_err(|e: toml::de::Error| Error::new(format!("{origin}: {}", one_line(e.message()))))?;
         spec.apply_variant_defaults(&user);
         spec.validate(origin)?;
+        spec.resolve_data_dir(&user, overrides, origin)?;
         Ok(spec)
+    }
+
+    /// One rule for where the data is: `data.dir` as given (file or `--set`), else
+    /// `$QLSTM_DATA`, else `data`; a relative path is resolved now, against the directory qlstm
+    /// was started from, so the resolved spec (spec.toml, checkpoints, emitted jobs) holds an
+    /// absolute path that works from anywhere.
+    fn resolve_data_dir(&mut self, user: &Table, overrides: &[String], origin: &str) -> Result<()> {
+        let given = user.get("data").and_then(|d| d.as_table()).is_some_and(|d| d.contains_key("dir"));
+        let env = std::env::var(DATA_ENV).ok().filter(|v| !v.is_empty());
+        let how = if overrides.iter().any(|o| o.trim_start().starts_with("data.dir")) {
+            "as --set gives it".to_string()
+        } else if given {
+            format!("as {origin} gives it")
+        } else if let Some(v) = env {
+            self.data.dir = v;
+            format!("from ${DATA_ENV}")
+        } else {
+            "the default, as no data.dir or $QLSTM_DATA is set".to_string()
+        };
+        let dir = Path::new(&self.data.dir);
+        if dir.is_absolute() {
+            self.data.dir_origin = format!("data.dir = {}, {how}", self.data.dir);
+        } else {
+            let cwd =
+                std::env::current_dir().map_err(|e| Error::new(format!("{origin}: the current directory: {e}")))?;
+            let abs = std::path::absolute(cwd.join(dir)).map_err(|e| Error::new(format!("{origin}: data.dir: {e}")))?;
+            self.data.dir_origin = format!(
+                "data.dir = {} ({how}) resolved against the directory qlstm started in, {}",
+                self.data.dir,
+                cwd.display()
+            );
+            self.data.dir = abs.display().to_string();
+        }
+        Ok(())
     }
 
     /// Defaults that depend on more than the task: docs/SPEC.md §3 gives bc/tc on ptb_word (SGD) a

@@ -74,14 +74,31 @@ named_enum! {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
-    /// Directory holding ptb/, ptb_char/, warpeace/, text8/, mnist/ (relative to the working dir).
+    /// Directory holding ptb/, ptb_char/, warpeace/, text8/, mnist/. A resolved spec holds an
+    /// absolute path: a relative one is resolved once, when the spec is read, against the
+    /// directory qlstm was started from; without one, `$QLSTM_DATA` or `data` is used.
     pub dir: String,
     /// Seed of the fixed pixel permutation of pmnist (independent of the run's seed).
     pub permutation_seed: u64,
+    /// How `dir` was arrived at, for messages ("the default `data` resolved against …").
+    #[serde(skip)]
+    pub dir_origin: String,
 }
+
+/// Specs are equal when they describe the same experiment: how `data.dir` was found is not part
+/// of it.
+impl PartialEq for DataSpec {
+    fn eq(&self, o: &Self) -> bool {
+        self.dir == o.dir && self.permutation_seed == o.permutation_seed
+    }
+}
+
+/// The environment variable that points every spec without a `data.dir` at a data directory
+/// (a shared one on a cluster, say).
+pub const DATA_ENV: &str = "QLSTM_DATA";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,7 +197,7 @@ impl Spec {
             name: task.name().to_string(),
             task,
             seed: 1111,
-            data: DataSpec { dir: "data".into(), permutation_seed: 1234 },
+            data: DataSpec { dir: "data".into(), permutation_seed: 1234, dir_origin: String::new() },
             model,
             train,
             diagnostics: DiagnosticsSpec { enabled: true, lambda_every: 0, grad_every: 0 },

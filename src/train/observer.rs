@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::run_dir::{EpochRow, Metric};
+use crate::train::Split;
 use crate::train::resume::RunState;
 
 pub trait Observer {
@@ -24,6 +25,8 @@ pub trait Observer {
     fn window_trained(&mut self, _state: &RunState) {}
     /// The epoch's training part is over (finished, stopped or diverged).
     fn epoch_trained(&mut self) {}
+    /// Evaluation of `split`: `done` of `total` windows (or image batches) so far.
+    fn evaluating(&mut self, _split: Split, _done: usize, _total: usize) {}
     /// The epoch has been evaluated.
     fn epoch_evaluated(&mut self, _name: &str, _row: &EpochRow, _metric: Metric) {}
     /// The run diverged at `step` with this mean training loss (nats) against the ceiling.

@@ -15,6 +15,7 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::bail;
+use crate::diag::Diagnostics;
 use crate::error::{Error, Result};
 use crate::io::checkpoint::{self, Loaded};
 use crate::io::read_csv;
@@ -22,7 +23,7 @@ use crate::model::{Model, State};
 use crate::nn::Stats;
 use crate::run_dir::EpochRow;
 use crate::spec::Spec;
-use crate::tensor::Moments;
+use crate::tensor::{Group, Moments};
 use crate::train::schedule::LearningRates;
 
 /// Where a run stands: everything besides the tensors that writing its files and resuming it
@@ -48,8 +49,22 @@ pub struct RunState {
     pub rows: Vec<EpochRow>,
     /// Index into `rows` of the best validation loss.
     pub best: Option<usize>,
+    /// The last row is the evaluation a step budget ended the run with, mid-epoch: a larger
+    /// budget takes it back and trains on, as a run with that budget from scratch would.
+    #[serde(default)]
+    pub provisional: Option<Provisional>,
+    /// The λ diagnostics' power-iteration vectors (warm starts).
+    #[serde(default)]
+    pub power_iteration: Diagnostics,
     #[serde(skip)]
     pub diverged_step: Option<u64>,
+}
+
+/// What taking back a step budget's last evaluation restores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provisional {
+    /// `best` before that evaluation.
+    pub best_before: Option<usize>,
 }
 
 impl RunState {
@@ -95,6 +110,8 @@ impl RunState {
             } else {
                 Some(best.parse().map_err(|_| Error::new(format!("{}: bad `best`", ck.path)))?)
             },
+            provisional: None,
+            power_iteration: Diagnostics::default(),
             diverged_step: None,
         })
     }
@@ -115,14 +132,28 @@ fn model_views(model: &mut Model<f32>) -> Vec<(String, ArrayView2<'_, f32>)> {
         .collect()
 }
 
-/// The model alone (best.safetensors): what `qlstm eval` needs.
+/// The model alone (best.safetensors): what `qlstm eval` needs to compute what the forward
+/// pass computed — for the loss-aware quantizers (lab, lat) that includes the curvature, so the
+/// second moments of the latent weights are stored too.
 pub fn save_model(path: &Path, spec: &Spec, model: &mut Model<f32>, step: u64, epoch: usize) -> Result<()> {
     let meta = HashMap::from([
         ("spec".to_string(), spec.to_toml()),
         ("step".to_string(), step.to_string()),
         ("epoch".to_string(), epoch.to_string()),
     ]);
-    checkpoint::write(path, &model_views(model), meta)
+    let curvature: Vec<(String, Array2<f32>)> = if spec.model.quantizer.uses_curvature() {
+        model
+            .params_mut()
+            .iter()
+            .filter(|p| p.group == Group::LatentWeight)
+            .filter_map(|p| Some((format!("optimizer.v.{}", p.name), p.moments.as_ref()?.v.clone())))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut views = model_views(model);
+    views.extend(curvature.iter().map(|(n, v)| (n.clone(), v.view())));
+    checkpoint::write(path, &views, meta)
 }
 
 /// Everything needed to continue exactly: the model, the optimizer's moments, the carried
@@ -158,13 +189,26 @@ pub fn save_checkpoint(
     checkpoint::write(path, &views, meta)
 }
 
-/// Load the model's tensors from a checkpoint (training or best) written for this spec's model.
+/// Load the model's tensors from a checkpoint (training or best) written for this spec's
+/// model, with the optimizer's moments where the file has them (the second moment alone in
+/// best.safetensors: all a loss-aware quantizer reads).
 pub fn load_model(ck: &mut Loaded, spec: &Spec, model: &mut Model<f32>) -> Result<()> {
     let theirs = Spec::from_toml_str(ck.meta("spec")?, &ck.path, None, &[])?;
     check_same_model(spec, &theirs, &ck.path)?;
     for (name, slot) in model.named_tensors_mut() {
         let t = ck.take(&name, slot.dim())?;
         slot.assign(&t);
+    }
+    for p in model.params_mut() {
+        let (m, v) = (format!("optimizer.m.{}", p.name), format!("optimizer.v.{}", p.name));
+        let dim = p.value.dim();
+        p.moments = match ck.tensors.contains_key(&v) {
+            true => {
+                let m = if ck.tensors.contains_key(&m) { ck.take(&m, dim)? } else { Array2::zeros(dim) };
+                Some(Moments { m, v: ck.take(&v, dim)? })
+            }
+            false => None,
+        };
     }
     Ok(())
 }
@@ -182,14 +226,8 @@ pub fn restore(
     let state = RunState::from_checkpoint(&ck)?;
     let optimizer_t: u64 = ck.parse("optimizer_t")?;
     // Moments exist from the first Adam step on (the first format wrote zeros before it).
-    if optimizer_t > 0 {
-        for p in model.params_mut() {
-            let (m, v) = (format!("optimizer.m.{}", p.name), format!("optimizer.v.{}", p.name));
-            if ck.tensors.contains_key(&m) {
-                let dim = p.value.dim();
-                p.moments = Some(Moments { m: ck.take(&m, dim)?, v: ck.take(&v, dim)? });
-            }
-        }
+    if optimizer_t == 0 {
+        model.params_mut().into_iter().for_each(|p| p.moments = None);
     }
     let carried = if state.window > 0 && carries_state {
         let (l, b, h) = (spec.model.layers, spec.train.batch_size, spec.model.hidden);
@@ -224,7 +262,7 @@ fn check_same_model(ours: &Spec, theirs: &Spec, path: &str) -> Result<()> {
         let diff: Vec<String> =
             ta.lines().zip(tb.lines()).filter(|(x, y)| x != y).map(|(x, y)| format!("{y} → {x}")).collect();
         bail!(
-            "{path}: the checkpoint was written for a different spec ({}); start afresh without --resume",
+            "{path}: the checkpoint was written for a different spec ({}); to keep that run, give this one another name (--set name=…) or --out; without --resume this one starts afresh and removes the old run's checkpoints",
             diff.join("; ")
         );
     }
@@ -250,6 +288,8 @@ mod tests {
             wall_before: 5.5,
             rows: vec![EpochRow { epoch: 1, step: 4, lr: 0.002, train_loss: f64::NAN, ..EpochRow::default() }],
             best: Some(0),
+            provisional: Some(Provisional { best_before: None }),
+            power_iteration: Diagnostics::default(),
             diverged_step: None,
         };
         let back: RunState = toml::from_str(&s.to_toml().unwrap()).unwrap();

@@ -12,7 +12,6 @@ use rand_pcg::Pcg64Mcg;
 
 use crate::data::task::mnist_batch;
 use crate::data::{Streams, TaskData};
-use crate::diag::Diagnostics;
 use crate::error::Result;
 use crate::model::{Input, Model, State};
 use crate::nn::Stats;
@@ -20,7 +19,7 @@ use crate::run_dir::{EpochRow, GradNormRow, LambdaRow, Metric, RunDir, Status, S
 use crate::spec::Spec;
 use crate::train::Optimizer;
 use crate::train::observer::{Observer, Silent};
-use crate::train::resume::{self, RunState};
+use crate::train::resume::{self, Provisional, RunState};
 use crate::train::step::{forward_backward, update};
 
 /// How a finished (or stopped) run ended.
@@ -31,10 +30,13 @@ pub struct RunOutcome {
     pub dir: RunDir,
 }
 
-/// How an epoch ended.
+/// How an epoch's training ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EpochEnd {
+    /// Every window of the epoch has been trained.
     Done,
+    /// The step budget ran out before the epoch's last window.
+    Budget,
     Interrupted,
     Diverged,
 }
@@ -62,7 +64,6 @@ pub struct Trainer {
     streams: Option<[Streams; 3]>,
     /// Language models: the state carried from the last window into the next.
     carried: Option<State<f32>>,
-    diag: Diagnostics,
     lambda_rows: Vec<LambdaRow>,
     grad_rows: Vec<GradNormRow>,
     /// (λ every, gradient trace every) in steps, 0 = off.
@@ -92,9 +93,9 @@ impl Trainer {
         let streams = match &data {
             // Fails now, before any file is written, if a split cannot fill its streams.
             TaskData::Lm(c) => Some([
-                Streams::new(&c.train, spec.train.batch_size, "train split (train.batch_size)")?,
-                Streams::new(&c.valid, spec.train.eval_batch_size, "valid split (train.eval_batch_size)")?,
-                Streams::new(&c.test, spec.train.eval_batch_size, "test split (train.eval_batch_size)")?,
+                Streams::new(&c.train, spec.train.batch_size, &c.sources[0], "train.batch_size")?,
+                Streams::new(&c.valid, spec.train.eval_batch_size, &c.sources[1], "train.eval_batch_size")?,
+                Streams::new(&c.test, spec.train.eval_batch_size, &c.sources[2], "train.eval_batch_size")?,
             ]),
             TaskData::Mnist(..) => None,
         };
@@ -118,7 +119,6 @@ impl Trainer {
             observer: Box::new(Silent),
             streams,
             carried: None,
-            diag: Diagnostics::default(),
             lambda_rows: Vec::new(),
             grad_rows: Vec::new(),
             diag_every,
@@ -161,6 +161,7 @@ impl Trainer {
     pub fn run(&mut self, out_root: &Path, resume: bool) -> Result<RunOutcome> {
         let dir = RunDir::new(out_root, &self.spec.name);
         dir.create()?;
+        let _lock = dir.lock()?;
         if resume && dir.checkpoint().exists() {
             self.restore(&dir)?;
         } else {
@@ -168,6 +169,9 @@ impl Trainer {
         }
         self.dir = Some(dir.clone());
         dir.write_spec(&self.spec)?;
+        // Every CSV has its header from the start, also if the run stops before an epoch ends.
+        dir.write_metrics(&self.state.rows)?;
+        self.write_diagnostics(&dir)?;
         let start = Instant::now();
         let first = self.state.epoch.max(1);
         let mut status = Status::Ok;
@@ -182,7 +186,7 @@ impl Trainer {
                 self.state.epoch_secs = 0.0;
             }
             let lr_this_epoch = self.state.lr.latent;
-            match self.train_epoch(epoch)? {
+            let complete = match self.train_epoch(epoch)? {
                 EpochEnd::Interrupted => {
                     status = Status::Interrupted;
                     self.save_checkpoint(&dir, start)?;
@@ -192,8 +196,9 @@ impl Trainer {
                     status = Status::Diverged;
                     break;
                 }
-                EpochEnd::Done => {}
-            }
+                EpochEnd::Done => true,
+                EpochEnd::Budget => false,
+            };
             let valid = self.evaluate(Split::Valid);
             let test = self.evaluate(Split::Test);
             let metric = self.metric();
@@ -216,8 +221,16 @@ impl Trainer {
                 self.state.diverged_step = Some(self.state.step);
             }
             let improved = self.state.best_row().is_none_or(|b| row.valid_loss < b.valid_loss);
+            if !complete {
+                // A larger budget will take this evaluation back (`restore`) and train on.
+                self.state.provisional = Some(Provisional { best_before: self.state.best });
+            }
             self.state.rows.push(row);
             if improved && status == Status::Ok {
+                if !complete && dir.best().exists() {
+                    std::fs::rename(dir.best(), dir.file(RunDir::BEST_PREVIOUS))
+                        .map_err(|e| crate::error::io_err(&dir.best(), e))?;
+                }
                 self.state.best = Some(self.state.rows.len() - 1);
                 resume::save_model(&dir.best(), &self.spec, &mut self.model, self.state.step, self.state.epoch)?;
             }
@@ -226,14 +239,18 @@ impl Trainer {
             if status != Status::Ok {
                 break;
             }
-            let done = self.budget_spent() || epoch == self.spec.train.epochs;
-            if !done {
-                self.state.lr.end_of_epoch(&self.spec.train, epoch, improved);
+            if !complete {
+                // Stopped mid-epoch by the step budget: the checkpoint keeps the position.
+                self.save_checkpoint(&dir, start)?;
+                break;
             }
+            // After every complete epoch, the last included, so that a larger epoch budget
+            // continues exactly as a run with that budget from scratch.
+            self.state.lr.end_of_epoch(&self.spec.train, epoch, improved);
             self.state.epoch = epoch + 1;
             self.state.window = 0;
             self.save_checkpoint(&dir, start)?;
-            if done {
+            if self.budget_spent() {
                 break;
             }
         }
@@ -289,6 +306,7 @@ impl Trainer {
         let mut end = EpochEnd::Done;
         for (i, w) in windows.iter().enumerate().skip(self.state.window) {
             if self.budget_spent() {
+                end = EpochEnd::Budget;
                 break;
             }
             if crate::signal::interrupted() {
@@ -363,7 +381,7 @@ impl Trainer {
         let (le, ge) = self.diag_every;
         let (step, epoch) = (self.state.step, self.state.epoch);
         if le > 0 && step.is_multiple_of(le) {
-            let rows = self.diag.lambda_rows(&self.model, step, epoch);
+            let rows = self.state.power_iteration.lambda_rows(&self.model, step, epoch);
             self.lambda_rows.extend(rows);
         }
         if ge > 0 && step.is_multiple_of(ge) {
@@ -405,19 +423,25 @@ impl Trainer {
             TaskData::Lm(_) => {
                 let streams = &self.streams.as_ref().unwrap()[if split == Split::Valid { 1 } else { 2 }];
                 let mut state = State::zeros(self.spec.model.layers, eb, self.spec.model.hidden);
-                for (start, steps) in streams.windows(self.spec.train.bptt) {
+                let windows = streams.num_windows(self.spec.train.bptt);
+                self.observer.evaluating(split, 0, windows);
+                for (i, (start, steps)) in streams.windows(self.spec.train.bptt).enumerate() {
                     let (x, y) = streams.window(start, steps);
                     total.add(self.model.forward(Input::Tokens(x), y, &state, false, &mut unused));
                     state = self.model.final_state();
+                    self.observer.evaluating(split, i + 1, windows);
                 }
             }
             TaskData::Mnist(m, order) => {
                 let set = if split == Split::Valid { &m.valid } else { &m.test };
                 let idx: Vec<usize> = (0..set.len()).collect();
-                for chunk in idx.chunks(eb) {
+                let batches = set.len().div_ceil(eb);
+                self.observer.evaluating(split, 0, batches);
+                for (i, chunk) in idx.chunks(eb).enumerate() {
                     let (pixels, labels) = mnist_batch(set, chunk, order);
                     let state = self.model.initial_state(chunk.len());
                     total.add(self.model.forward(Input::Pixels(pixels.view()), &labels, &state, false, &mut unused));
+                    self.observer.evaluating(split, i + 1, batches);
                 }
             }
         }
@@ -448,8 +472,23 @@ impl Trainer {
     /// position, and the diagnostics rows written before it (later ones are recomputed).
     fn restore(&mut self, dir: &RunDir) -> Result<()> {
         let path = dir.checkpoint();
-        let (state, optimizer_t, carried) =
+        let (mut state, optimizer_t, carried) =
             resume::restore(&path, &self.spec, &mut self.model, self.streams.is_some())?;
+        // A step budget's last evaluation is taken back: training goes on from where it stopped.
+        if let Some(p) = state.provisional.take() {
+            let was_best = state.best == Some(state.rows.len() - 1);
+            state.rows.pop();
+            state.best = p.best_before;
+            if was_best {
+                let previous = dir.file(RunDir::BEST_PREVIOUS);
+                match previous.exists() {
+                    true => std::fs::rename(&previous, dir.best()).map_err(|e| crate::error::io_err(&previous, e))?,
+                    false => {
+                        let _ = std::fs::remove_file(dir.best());
+                    }
+                }
+            }
+        }
         self.state = state;
         self.opt.t = optimizer_t;
         self.carried = carried;
