@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything qlstm's tests and runs need on a fresh machine, then a report of what was done:
-#   - Debian packages: GNU parallel (the sweep test runs emitted job lists under it);
+#   - Debian packages: GNU parallel (the sweep test runs emitted job lists under it), munge and
+#     Slurm 22.05's slurmctld, slurmd and client commands (the cluster test starts a one-node
+#     Slurm on localhost and submits the job arrays `qlstm sweep --emit slurm` writes);
 #   - the data: scripts/get_data.sh (PTB, PTB characters, War and Peace, MNIST; checksums
 #     verified; DATA_DIR overrides where it goes).
 # Missing packages are installed with apt-get (as root, or through sudo without a password);
@@ -11,7 +13,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 # command → Debian package that provides it
-declare -A packages=([parallel]=parallel)
+declare -A packages=([parallel]=parallel [munged]=munge [slurmctld]=slurmctld [slurmd]=slurmd
+  [sbatch]=slurm-client [setpriv]=util-linux)
 report=()
 
 missing=()

@@ -20,5 +20,6 @@ pub mod run_dir;
 pub mod signal;
 pub mod size;
 pub mod spec;
+pub mod sweep;
 pub mod tensor;
 pub mod train;

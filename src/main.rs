@@ -62,10 +62,11 @@ enum Command {
         #[arg(long, value_parser = at_least_one())]
         threads: Option<usize>,
     },
-    /// Run (or resume) specs × a grid of overrides; or emit them for GNU parallel or Slurm.
+    /// Run (or resume) specs × a grid of overrides; emit them for GNU parallel or Slurm; or show
+    /// where a sweep stands (--status).
     Sweep {
         /// Spec files, or directories of them.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "status")]
         specs: Vec<PathBuf>,
         /// KEY=V1,V2,… (repeatable): every combination runs, named <spec>_<key>-<value>….
         #[arg(long = "grid", value_name = "KEY=V1,V2")]
@@ -82,9 +83,18 @@ enum Command {
         /// Output root: each run goes to <OUT>/<run name>/.
         #[arg(long, default_value = "results")]
         out: PathBuf,
-        /// Print a job list for GNU parallel, or write an sbatch job-array script, instead of running.
+        /// Print a job list for GNU parallel, or write <OUT>/sweep.sbatch (a Slurm job array),
+        /// instead of running.
         #[arg(long, value_enum)]
         emit: Option<Emit>,
+        /// An #SBATCH argument for --emit slurm, e.g. --slurm-arg=--partition=cpu (repeatable;
+        /// replaces ours of the same option, e.g. --slurm-arg=--time=2:00:00).
+        #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+        slurm_arg: Vec<String>,
+        /// Show every run of the sweep in DIR (state, steps, best metric, CPU time to go) and
+        /// exit non-zero while any is unfinished.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["specs", "emit"])]
+        status: Option<PathBuf>,
     },
     /// Lay out runs as one of the paper's tables, with the published numbers beside ours.
     Table {
@@ -187,12 +197,28 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             };
             cmd::eval::eval(&path, split, &set, threads).map(ok)
         }
-        Command::Sweep { specs, grid, set, jobs, threads, out, emit } => {
+        Command::Sweep { specs, grid, set, jobs, threads, out, emit, slurm_arg, status } => {
             let emit = emit.map(|e| match e {
                 Emit::Parallel => cmd::sweep::Emit::Parallel,
                 Emit::Slurm => cmd::sweep::Emit::Slurm,
             });
-            Ok(match cmd::sweep::run(&specs, &grid, &set, jobs, threads, &out, emit)? {
+            let end = match status {
+                Some(dir) => cmd::sweep::print_status(&dir)?,
+                None => {
+                    let args = cmd::sweep::SweepArgs {
+                        specs: &specs,
+                        grid: &grid,
+                        set: &set,
+                        jobs,
+                        threads,
+                        out: &out,
+                        emit,
+                        slurm_args: &slurm_arg,
+                    };
+                    cmd::sweep::run(&args)?
+                }
+            };
+            Ok(match end {
                 cmd::sweep::SweepEnd::Done => ExitCode::SUCCESS,
                 cmd::sweep::SweepEnd::Unfinished => ExitCode::FAILURE,
                 cmd::sweep::SweepEnd::Interrupted => cmd::interrupted_exit(),

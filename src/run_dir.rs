@@ -211,6 +211,24 @@ impl RunDir {
         std::fs::create_dir_all(&self.path).map_err(|e| io_err(&self.path, e))
     }
 
+    /// Who holds the directory (`lock`), if a live process does.
+    pub fn holder(&self) -> Option<String> {
+        let mut file = File::open(self.file(Self::LOCK)).ok()?;
+        match file.try_lock() {
+            Ok(()) => None,
+            Err(_) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                Some(holder.trim().to_string())
+            }
+        }
+    }
+
+    /// The optimizer step the run's checkpoint was written at (0 without one).
+    pub fn checkpoint_step(&self) -> u64 {
+        crate::io::checkpoint::read_meta(&self.checkpoint()).ok().and_then(|m| m.get("step")?.parse().ok()).unwrap_or(0)
+    }
+
     /// A run starting afresh must not leave an older run's checkpoints to be resumed from, nor
     /// its summary to be read as this run's.
     pub fn clear_for_fresh_run(&self) {

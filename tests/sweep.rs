@@ -4,10 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::{bin, data_set, root, scratch};
-use qlstm::cmd::sweep;
+use qlstm::sweep;
 
 fn tiny_sets() -> Vec<String> {
     vec![data_set(), "model.hidden=16".into(), "train.max_steps=3".into(), "diagnostics.enabled=false".into()]
@@ -99,19 +99,25 @@ fn emitted_job_lists_run_under_gnu_parallel_and_slurm_scripts_parse() {
     let script = out.join("sweep.sbatch");
     let text = std::fs::read_to_string(&script).unwrap();
     assert!(text.contains("#SBATCH --array=0-2") && text.contains("#SBATCH --cpus-per-task=1"), "{text}");
-    assert_eq!(text.matches(" run ").count(), 3, "one array task per run");
+    let tasks =
+        text.lines().filter(|l| l.trim_start().split_once(") exec ").is_some_and(|(i, _)| i.parse::<usize>().is_ok()));
+    assert_eq!(tasks.count(), 3, "one array task per run");
     assert!(Command::new("bash").arg("-n").arg(&script).status().unwrap().success(), "bash -n");
 
     let o = bin().args(&args).args(["--emit", "parallel"]).output().unwrap();
     let list = String::from_utf8(o.stdout).unwrap();
     assert_eq!(list.lines().count(), 3);
-    // GNU parallel (Debian package `parallel`; .ci/run installs it) runs the list for real.
+    // GNU parallel (Debian package `parallel`; scripts/setup.sh installs it) runs the list for
+    // real, from a directory that is neither the repository nor the output: every path in it is
+    // absolute.
     let jobs = out.join("jobs.txt");
     std::fs::write(&jobs, &list).unwrap();
+    let elsewhere = scratch("emit-elsewhere");
     let st = Command::new("parallel")
         .args(["--will-cite", "-j", "2", "--halt", "now,fail=1", "-a", jobs.to_str().unwrap()])
+        .current_dir(&elsewhere)
         .output()
-        .expect("GNU parallel is installed (apt-get install parallel)");
+        .expect("GNU parallel is installed (scripts/setup.sh installs it)");
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     for q in ["fp", "bc", "tc"] {
         assert!(qlstm::run_dir::RunDir::new(&out, &format!("ptb_char_fp_none_quantizer-{q}")).is_complete(), "{q} ran");
@@ -164,5 +170,84 @@ fn table_lays_out_runs_in_the_papers_order() {
     assert_eq!(col(f, "ours"), "1.500");
     assert_eq!(col(f, "steps"), "2352");
     assert_eq!(col(f, "paper_size_kb"), col(f, "ours_size_kb"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Wait until `path` exists, up to `secs`.
+fn wait_for(path: &Path, secs: u64) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(secs) {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn status_reports_runs_in_every_state() {
+    let out = scratch("status");
+    let spec = root().join("configs/paper/ptb_char_fp_none.toml");
+    let sets = [data_set(), "train.max_steps=40".into(), "train.checkpoint_every=5".into()];
+    let mut args =
+        vec!["sweep".to_string(), spec.display().to_string(), "--grid".into(), "model.hidden=16,24,256,320,48".into()];
+    for s in &sets {
+        args.extend(["--set".into(), s.clone()]);
+    }
+    args.extend([
+        "--threads".into(),
+        "1".into(),
+        "--out".into(),
+        out.display().to_string(),
+        "--emit".into(),
+        "parallel".into(),
+    ]);
+    let o = bin().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<String> = String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 5);
+    let job =
+        |h: &str| lines.iter().find(|l| l.contains(&format!("name=ptb_char_fp_none_hidden-{h} "))).unwrap().clone();
+    let bash = |line: String| Command::new("bash").args(["-c", &line]).output().unwrap();
+    // ok; diverged (the same job with a huge learning rate)
+    assert!(bash(job("16")).status.success());
+    assert_eq!(bash(format!("{} --set train.lr=1e6 --set train.clip=0", job("24"))).status.code(), Some(3));
+    // interrupted: SIGINT once the first checkpoint is there
+    let mut slow = Command::new("bash")
+        .args(["-c", &format!("exec {}", job("256"))])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&out.join("ptb_char_fp_none_hidden-256/checkpoint.safetensors"), 120));
+    Command::new("kill").args(["-INT", &slow.id().to_string()]).status().unwrap();
+    assert_eq!(slow.wait().unwrap().code(), Some(130));
+    // running: holds its directory while --status looks
+    let mut busy = Command::new("bash")
+        .args(["-c", &format!("exec {}", job("320"))])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&out.join("ptb_char_fp_none_hidden-320/.lock"), 60));
+    let o = bin().args(["sweep", "--status", out.to_str().unwrap()]).output().unwrap();
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "non-zero while runs are unfinished:\n{text}");
+    for (h, state) in [("16", "ok"), ("24", "diverged"), ("256", "interrupted"), ("320", "running"), ("48", "pending")]
+    {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("ptb_char_fp_none_hidden-{h} ")))
+            .unwrap_or_else(|| panic!("{h} in {text}"));
+        assert!(line.split_whitespace().nth(1) == Some(state), "{h}: {line}");
+        if state == "ok" {
+            assert!(line.contains("40/40") && line.contains("best valid bpc"), "{line}");
+        }
+    }
+    assert!(text.contains("5 runs: 1 ok, 1 diverged, 1 interrupted, 1 running, 1 pending; about"), "{text}");
+    assert!(text.contains(&format!("pid {}", busy.id())), "who holds the running one:\n{text}");
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -3,8 +3,9 @@
 //!
 //! A step is what `scripts/pytorch_baseline.py` times: forward, backward, clipping (0.25) and
 //! an Adam update, no dropout; the state is carried (language models) or zero (MNIST).
-//! FLOPs per step follow the baseline: 3 × Σ_l 2(in_l + H)·4H per token, plus 2·H·out per
-//! prediction for the softmax layer (one-hot input counted as a dense GEMM, as PyTorch runs it).
+//! FLOPs per step follow the baseline (`sweep::cost::train_step_flops`): 3 × Σ_l 2(in_l + H)·4H
+//! per token, plus 2·H·out per prediction for the softmax layer (one-hot input counted as a
+//! dense GEMM, as PyTorch runs it).
 
 use std::time::Instant;
 
@@ -132,26 +133,6 @@ impl BenchConfig {
         s.train.bptt = self.steps;
         s
     }
-
-    /// Training FLOPs of one step, as the PyTorch baseline counts them.
-    pub fn flops(&self) -> f64 {
-        let (h, t, b) = (self.hidden as f64, self.steps as f64, self.batch as f64);
-        let input = if self.task.uses_embedding() {
-            self.embedding
-        } else if self.task.is_mnist() {
-            1
-        } else {
-            self.vocab
-        };
-        let mut per_token = 0.0;
-        for l in 0..self.layers {
-            let inp = if l == 0 { input as f64 } else { h };
-            per_token += 2.0 * (inp + h) * 4.0 * h;
-        }
-        let out = self.vocab as f64;
-        per_token += if self.task.is_mnist() { 2.0 * h * out / t } else { 2.0 * h * out };
-        3.0 * per_token * t * b
-    }
 }
 
 /// Measured SGEMM throughput (GFLOP/s) of this process with the current thread count: the best
@@ -210,7 +191,7 @@ pub fn bench_one(c: &BenchConfig, q: Quantizer, n: Normalization, steps: usize, 
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let gflops = c.flops() / median / 1e9;
+    let gflops = crate::sweep::cost::train_step_flops(&spec, c.vocab) / median / 1e9;
     BenchRow {
         config: c.name,
         quantizer: q,

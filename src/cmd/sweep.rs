@@ -1,170 +1,20 @@
-//! `qlstm sweep`: specs × a grid of overrides → named runs, run locally N at a time (each
-//! resumable, completed ones skipped), or emitted as a job list for GNU parallel or a Slurm
-//! job array.
+//! `qlstm sweep`: specs × a grid of overrides → named runs (`crate::sweep`), run here N at a
+//! time (each resumable, completed ones skipped), or emitted as a job list for GNU parallel or
+//! a Slurm job array; and `--status`, where a sweep stands.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::bail;
 use crate::error::{Error, Result, io_err};
-use crate::run_dir::{RunDir, Status};
-use crate::spec::Spec;
-
-/// One run of a sweep: the spec file, the overrides (grid values, `--set`s, the run name).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Job {
-    pub name: String,
-    pub spec: PathBuf,
-    pub sets: Vec<String>,
-    /// The budget the job asks for: train.epochs and train.max_steps (0: no cap).
-    pub budget: (usize, usize),
-    /// Memory the run needs (bytes, estimated), for cluster requests.
-    pub memory: f64,
-}
-
-/// Spec files named by the arguments: files as given, directories' *.toml files sorted.
-pub fn spec_files(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for a in args {
-        if a.is_dir() {
-            let mut in_dir: Vec<PathBuf> = std::fs::read_dir(a)
-                .map_err(|e| io_err(a, e))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                .collect();
-            in_dir.sort();
-            if in_dir.is_empty() {
-                bail!("{}: no .toml specs in this directory", a.display());
-            }
-            files.extend(in_dir);
-        } else if a.exists() {
-            files.push(a.clone());
-        } else {
-            bail!("{}: no such spec file or directory", a.display());
-        }
-    }
-    files.iter().map(|f| std::path::absolute(f).map_err(|e| io_err(f, e))).collect()
-}
-
-/// `key=v1,v2,…` → (key, values).
-pub fn parse_grid(g: &str) -> Result<(String, Vec<String>)> {
-    let Some((k, vs)) = g.split_once('=') else { bail!("--grid {g}: expected KEY=V1,V2,…") };
-    let values: Vec<String> = vs.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
-    if k.trim().is_empty() || values.is_empty() {
-        bail!("--grid {g}: expected KEY=V1,V2,…");
-    }
-    Ok((k.trim().to_string(), values))
-}
-
-/// Every (spec, grid point) with a deterministic name: the spec's name, then
-/// `_<last key segment>-<value>` per grid key in the order given. Each job is validated now,
-/// so a typo in a grid fails before anything runs.
-pub fn expand(specs: &[PathBuf], grids: &[String], sets: &[String]) -> Result<Vec<Job>> {
-    let grids: Vec<(String, Vec<String>)> = grids.iter().map(|g| parse_grid(g)).collect::<Result<_>>()?;
-    let mut points: Vec<Vec<(String, String)>> = vec![Vec::new()];
-    for (k, vs) in &grids {
-        points = points
-            .iter()
-            .flat_map(|p| vs.iter().map(move |v| [p.clone(), vec![(k.clone(), v.clone())]].concat()))
-            .collect();
-    }
-    let mut jobs = Vec::new();
-    for spec in specs {
-        let base = Spec::load(spec, sets)?;
-        for p in &points {
-            let mut name = base.name.clone();
-            for (k, v) in p {
-                name.push_str(&format!("_{}-{}", k.rsplit('.').next().unwrap(), v));
-            }
-            let mut all: Vec<String> = sets.to_vec();
-            all.extend(p.iter().map(|(k, v)| format!("{k}={v}")));
-            all.push(format!("name={name}"));
-            let resolved = Spec::load(spec, &all)?;
-            // The data directory as resolved here (absolute), so that the job finds it from
-            // any directory, on any machine that sees this path.
-            all.push(format!("data.dir={}", resolved.data.dir));
-            let memory = crate::size::memory_estimate(&resolved, resolved.task.standard_vocab());
-            let budget = (resolved.train.epochs, resolved.train.max_steps);
-            jobs.push(Job { name, spec: spec.clone(), sets: all, budget, memory });
-        }
-    }
-    let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-    names.sort();
-    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        bail!("two runs of the sweep are named {}; give the specs different names", w[0]);
-    }
-    Ok(jobs)
-}
-
-/// A run is done when its summary says ok or diverged (both are results).
-/// A job is done when its run's summary says diverged, or ok with a budget at least the one
-/// asked for now: a larger train.epochs or train.max_steps sends the run on (it resumes from its
-/// checkpoint and continues exactly as that budget from scratch would).
-pub fn is_complete(out: &Path, job: &Job) -> bool {
-    let dir = RunDir::new(out, &job.name);
-    let steps = |s: usize| if s == 0 { usize::MAX } else { s };
-    match dir.status() {
-        Some(Status::Diverged) => true,
-        Some(Status::Ok) => dir.read_spec().map_or(true, |done| {
-            done.train.epochs >= job.budget.0 && steps(done.train.max_steps) >= steps(job.budget.1)
-        }),
-        _ => false,
-    }
-}
-
-fn quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,+:@%".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-/// The argument list of `qlstm run` for a job (with --resume: a rerun continues).
-pub fn run_args(job: &Job, out: &Path, threads: usize) -> Vec<String> {
-    let mut a = vec!["run".to_string(), job.spec.display().to_string()];
-    for s in &job.sets {
-        a.push("--set".into());
-        a.push(s.clone());
-    }
-    a.extend(["--out".into(), out.display().to_string(), "--threads".into(), threads.to_string(), "--resume".into()]);
-    a
-}
-
-/// One shell command line per job (for GNU parallel, or a Slurm array).
-pub fn command_line(exe: &Path, job: &Job, out: &Path, threads: usize) -> String {
-    std::iter::once(exe.display().to_string())
-        .chain(run_args(job, out, threads))
-        .map(|s| quote(&s))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// An sbatch script running one job per array task, with the largest job's resources.
-pub fn slurm_script(exe: &Path, jobs: &[Job], out: &Path, threads: usize) -> String {
-    let mem_gb = (jobs.iter().map(|j| j.memory).fold(0.0, f64::max) / (1u64 << 30) as f64 * 1.5 + 1.0).ceil() as u64;
-    let mut s = String::new();
-    s.push_str("#!/bin/bash\n");
-    s.push_str("# generated by `qlstm sweep --emit slurm`; submit with: sbatch THIS_FILE\n");
-    s.push_str("#SBATCH --job-name=qlstm-sweep\n");
-    s.push_str(&format!("#SBATCH --array=0-{}\n", jobs.len().saturating_sub(1)));
-    s.push_str(&format!("#SBATCH --cpus-per-task={threads}\n"));
-    s.push_str(&format!("#SBATCH --mem={mem_gb}G\n"));
-    s.push_str(&format!("#SBATCH --output={}\n", quote(&out.join("slurm-%A_%a.out").display().to_string())));
-    s.push_str("set -euo pipefail\njobs=(\n");
-    for j in jobs {
-        s.push_str(&format!("  {}\n", quote(&command_line(exe, j, out, threads))));
-    }
-    s.push_str(")\neval \"${jobs[$SLURM_ARRAY_TASK_ID]}\"\n");
-    s
-}
+use crate::run_dir::RunDir;
+use crate::sweep::slurm::{self, SlurmOptions};
+use crate::sweep::status::{self, Manifest, State};
+use crate::sweep::{Job, command_line, expand, is_complete, run_args, spec_files};
 
 /// Run the jobs locally, `parallel` at a time; completed runs are skipped, others resume.
 /// One line per finished run. Returns the number of runs that did not end ok or diverged.
 pub fn run_local(exe: &Path, jobs: &[Job], out: &Path, parallel: usize, threads: usize) -> Result<usize> {
-    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
     let todo: Vec<&Job> = jobs.iter().filter(|j| !is_complete(out, j)).collect();
     println!(
         "sweep: {} runs, {} complete, {} to run ({} at a time, {} threads each)",
@@ -251,38 +101,62 @@ pub enum SweepEnd {
     Interrupted,
 }
 
+/// What `qlstm sweep` was asked to do.
+pub struct SweepArgs<'a> {
+    pub specs: &'a [PathBuf],
+    pub grid: &'a [String],
+    pub set: &'a [String],
+    pub jobs: usize,
+    pub threads: Option<usize>,
+    pub out: &'a Path,
+    pub emit: Option<Emit>,
+    /// `#SBATCH` arguments passed through (`--slurm-arg=--partition=…`).
+    pub slurm_args: &'a [String],
+}
+
 /// `qlstm sweep`: expand, then run locally or emit job lists.
-pub fn run(
-    specs: &[PathBuf],
-    grid: &[String],
-    set: &[String],
-    jobs: usize,
-    threads: Option<usize>,
-    out: &Path,
-    emit: Option<Emit>,
-) -> Result<SweepEnd> {
+pub fn run(a: &SweepArgs) -> Result<SweepEnd> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let jobs = jobs.max(1);
-    let threads = threads.unwrap_or((cores / jobs).max(1));
-    let list = expand(&spec_files(specs)?, grid, set)?;
+    let jobs = a.jobs.max(1);
+    let list = expand(&spec_files(a.specs)?, a.grid, a.set)?;
     let exe = std::env::current_exe().map_err(|e| Error::new(e.to_string()))?;
-    let out = std::path::absolute(out).map_err(|e| Error::new(e.to_string()))?;
-    match emit {
+    let out = std::path::absolute(a.out).map_err(|e| Error::new(e.to_string()))?;
+    std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
+    Manifest::record(&out, &list)?;
+    let todo: Vec<&Job> = list.iter().filter(|j| !is_complete(&out, j)).collect();
+    // Emitted jobs run elsewhere: by default each gets the threads its shapes use well.
+    let emitted_threads = a.threads.unwrap_or_else(|| todo.iter().map(|j| j.plan.threads).max().unwrap_or(1));
+    match a.emit {
         Some(Emit::Parallel) => {
-            for j in list.iter().filter(|j| !is_complete(&out, j)) {
-                println!("{}", command_line(&exe, j, &out, threads));
+            for j in todo {
+                println!("{}", command_line(&exe, j, &out, emitted_threads));
             }
             Ok(SweepEnd::Done)
         }
         Some(Emit::Slurm) => {
-            std::fs::create_dir_all(&out).map_err(|e| crate::error::io_err(&out, e))?;
-            let todo: Vec<_> = list.into_iter().filter(|j| !is_complete(&out, j)).collect();
+            let logs = out.join("slurm");
+            std::fs::create_dir_all(&logs).map_err(|e| io_err(&logs, e))?;
+            let with_done: Vec<(Job, u64)> =
+                todo.iter().map(|j| ((*j).clone(), RunDir::new(&out, &j.name).checkpoint_step())).collect();
+            let name = out.file_name().map_or("sweep".into(), |n| n.to_string_lossy().into_owned());
+            let opts = SlurmOptions {
+                throttle: jobs,
+                threads: emitted_threads,
+                extra: a.slurm_args,
+                job_name: format!("qlstm-{name}"),
+            };
             let path = out.join("sweep.sbatch");
-            crate::io::write_atomic(&path, slurm_script(&exe, &todo, &out, threads).as_bytes())?;
-            println!("wrote {} ({} array tasks); submit with: sbatch {}", path.display(), todo.len(), path.display());
+            crate::io::write_atomic(&path, slurm::script(&exe, &with_done, &out, &opts).as_bytes())?;
+            println!(
+                "wrote {} ({} array tasks); submit with: sbatch {}",
+                path.display(),
+                with_done.len(),
+                path.display()
+            );
             Ok(SweepEnd::Done)
         }
         None => {
+            let threads = a.threads.unwrap_or((cores / jobs).max(1));
             if jobs * threads > cores {
                 eprintln!("qlstm: note: {jobs} jobs × {threads} threads exceeds {cores} cores");
             }
@@ -297,4 +171,32 @@ pub fn run(
             })
         }
     }
+}
+
+/// `qlstm sweep --status DIR`: a line per run, the totals and the CPU time to go; Done only
+/// when every run is ok or diverged.
+pub fn print_status(out: &Path) -> Result<SweepEnd> {
+    let rows = status::status(out)?;
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4);
+    for r in &rows {
+        let best = r.best.map_or(String::new(), |(m, v, e)| format!(", best valid {m} {v:.3} (epoch {e})"));
+        let holder = r.holder.as_ref().map_or(String::new(), |h| format!(", {h}"));
+        println!(
+            "{:<width$}  {:<11} {:>8}/{:<8} steps{best}{holder}",
+            r.name,
+            r.state.name(),
+            r.steps_done,
+            r.steps_total
+        );
+    }
+    let count = |s: State| rows.iter().filter(|r| r.state == s).count();
+    let counts: Vec<String> = State::ALL.iter().map(|&s| format!("{} {s}", count(s))).collect();
+    let hours = rows.iter().map(|r| r.cpu_s_left).sum::<f64>() / 3600.0;
+    println!(
+        "{} runs: {}; about {hours:.1} CPU hours to go (cost model at {} GFLOP/s per thread)",
+        rows.len(),
+        counts.join(", "),
+        crate::sweep::cost::GFLOPS_PER_THREAD
+    );
+    Ok(if rows.iter().all(|r| r.state.is_done()) { SweepEnd::Done } else { SweepEnd::Unfinished })
 }

@@ -68,6 +68,32 @@ impl Loaded {
     }
 }
 
+/// The metadata of a checkpoint alone, from its header (the tensors are not read).
+pub fn read_meta(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let p = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| io_err(path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        bail!("{p}: not a readable safetensors file (a header of {n} bytes)");
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| io_err(path, e))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::new(format!("{p}: not a readable safetensors file ({e})")))?;
+    let meta: HashMap<String, String> = json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    if !meta.get("format").is_some_and(|f| READABLE.contains(&f.as_str())) {
+        bail!("{p}: not a qlstm checkpoint (metadata `format` is not {FORMAT})");
+    }
+    Ok(meta)
+}
+
 pub fn read(path: &Path) -> Result<Loaded> {
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
