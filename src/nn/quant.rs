@@ -37,10 +37,17 @@ impl Quantizer {
     }
 }
 
-/// sign with sign(0) = +1.
+/// sign with sign(0) = 0, as `torch.sign` in the reference code (docs/SPEC.md §2): sequential
+/// MNIST's identity block must stay the identity under bc/bwn/lab, not become all ones.
 #[inline]
 fn sign(x: f64) -> f64 {
-    if x >= 0.0 { 1.0 } else { -1.0 }
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
 }
 
 /// Write Q(w) into `out` (same shape as `w`). `d` is the loss-aware curvature
@@ -109,7 +116,7 @@ fn for_each_d<T: Real>(w: ArrayView2<T>, d: Option<ArrayView2<T>>, mut f: impl F
     }
 }
 
-/// Loss-aware ternarization: b = sign(w); repeat { α = Σ d|w||b| / Σ d|b|;
+/// Loss-aware ternarization: b = sign(w) (sign(0) = 0); repeat { α = Σ d|w||b| / Σ d|b|;
 /// b = 1[w > α/2] − 1[w < −α/2] } until α changes by ≤ 1e-6, at most 100 times.
 /// Returns (α, iterations). An all-zero b gives α = 0.
 pub fn lat_fixed_point<T: Real>(w: ArrayView2<T>, d: Option<ArrayView2<T>>) -> (f64, usize) {
@@ -151,18 +158,24 @@ mod tests {
     fn binary_quantizers_by_hand() {
         let w = array![[0.5, -0.25], [0.0, -1.25]];
         assert_eq!(q(Quantizer::Fp, &w, None), w);
-        assert_eq!(q(Quantizer::Bc, &w, None), array![[1.0, -1.0], [1.0, -1.0]]);
+        // sign(0) = 0: the exactly-zero weight stays 0
+        assert_eq!(q(Quantizer::Bc, &w, None), array![[1.0, -1.0], [0.0, -1.0]]);
         // α = (0.5 + 0.25 + 0 + 1.25)/4 = 0.5
-        assert_eq!(q(Quantizer::Bwn, &w, None), array![[0.5, -0.5], [0.5, -0.5]]);
+        assert_eq!(q(Quantizer::Bwn, &w, None), array![[0.5, -0.5], [0.0, -0.5]]);
         // lab with d = 1 is bwn
         assert_eq!(q(Quantizer::Lab, &w, None), q(Quantizer::Bwn, &w, None));
         // non-uniform d: α = (1·0.5 + 3·0.25 + 0 + 4·1.25) / (1+3+2+4) = 6.25/10
         let d = array![[1.0, 3.0], [2.0, 4.0]];
-        assert_eq!(q(Quantizer::Lab, &w, Some(&d)), array![[0.625, -0.625], [0.625, -0.625]]);
-        // all-zero block: sign(0) = +1, α = 0
+        assert_eq!(q(Quantizer::Lab, &w, Some(&d)), array![[0.625, -0.625], [0.0, -0.625]]);
+        // all-zero block: all zero, α = 0
         let z = Array2::<f64>::zeros((2, 2));
-        assert_eq!(q(Quantizer::Bc, &z, None), Array2::<f64>::ones((2, 2)));
+        assert_eq!(q(Quantizer::Bc, &z, None), z);
         assert_eq!(q(Quantizer::Bwn, &z, None), z);
+        // the identity stays the identity (sequential MNIST's candidate block of W_h)
+        let eye = Array2::<f64>::eye(3);
+        assert_eq!(q(Quantizer::Bc, &eye, None), eye);
+        assert_eq!(q(Quantizer::Bwn, &eye, None), eye.mapv(|x| x / 3.0));
+        assert_eq!(q(Quantizer::Lab, &eye, None), eye.mapv(|x| x / 3.0));
     }
 
     #[test]
@@ -180,6 +193,19 @@ mod tests {
         assert_eq!(q(Quantizer::Tc, &z, None), z);
         assert_eq!(q(Quantizer::Twn, &z, None), z);
         assert_eq!(q(Quantizer::Lat, &z, None), z);
+    }
+
+    #[test]
+    fn lat_starts_from_sign_with_zeros_left_out() {
+        // b = sign(w) = [1, 0, -1, 0]: α1 = (0.6 + 0.2)/2 = 0.4; threshold 0.2 keeps 0.6 only
+        // (0.2 is not > 0.2): α2 = 0.6; threshold 0.3: same b → α3 = 0.6: stop.
+        let w = array![[0.6, 0.0], [-0.2, 0.0]];
+        let (alpha, iters) = lat_fixed_point(w.view(), None);
+        assert!((alpha - 0.6).abs() < 1e-15 && iters == 3, "{alpha} {iters}");
+        // with sign(0) = +1 the zeros would have entered α1: (0.6 + 0.2)/4 = 0.2
+        let eye = Array2::<f64>::eye(4);
+        assert_eq!(lat_fixed_point(eye.view(), None).0, 1.0);
+        assert_eq!(q(Quantizer::Lat, &eye, None), eye);
     }
 
     #[test]
