@@ -6,8 +6,9 @@ usage: scripts/make_configs.py [--profile paper|budget] [--out DIR] [--datasets 
                                [--set key=value]...
 
 configs/paper/ and configs/budget/ are this script's output (`--profile paper`, the default,
-and `--profile budget`); regenerate them after changing a recipe or a budget here. `--out DIR`
-writes elsewhere (e.g. a grid of your own with --set fields).
+and `--profile budget`); regenerate them after changing a recipe or a budget here. `--cell gru`
+writes the GRU's cells (docs/SPEC.md §6) into <profile>/gru/, named {dataset}_gru_{q}_{n}.
+`--out DIR` writes elsewhere (e.g. a grid of your own with --set fields).
 
 Each spec names only what differs from the task's built-in recipe (docs/SPEC.md §3), so a spec stays
 short and every default is visible with `qlstm size` or in a run's resolved spec.toml. File
@@ -91,11 +92,14 @@ def main():
     ap.add_argument("--quantizers", default="fp,bc,tc")
     ap.add_argument("--normalizations", default=",".join(NORMALIZATIONS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
     ap.add_argument("--profile", choices=["paper", "budget"], default="paper",
                     help="paper: the recipes of docs/SPEC.md; budget: each dataset's reduced budget")
     a = ap.parse_args()
     if not a.out:
         a.out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", a.profile)
+        if a.cell == "gru":
+            a.out = os.path.join(a.out, "gru")
     extra = {}
     for s in a.set:
         k, _, v = s.partition("=")
@@ -112,8 +116,10 @@ def main():
             for norm in a.normalizations.split(","):
                 if norm not in NORMALIZATIONS:
                     raise SystemExit("unknown normalization %r; allowed: %s" % (norm, ", ".join(NORMALIZATIONS)))
-                name = "%s_%s_%s" % (d, q, norm)
+                name = "%s_%s_%s" % (d, q, norm) if a.cell == "lstm" else "%s_gru_%s_%s" % (d, q, norm)
                 f = dict(fields)
+                if a.cell == "gru":
+                    f["model.cell"] = "gru"
                 f["model.quantizer"] = q
                 f["model.normalization"] = norm
                 if a.profile == "budget":

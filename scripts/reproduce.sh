@@ -5,6 +5,7 @@
 # usage: scripts/reproduce.sh TABLE [--profile budget|paper] [--jobs N] [--out DIR]
 #   TABLE    table2 (char: ptb_char, warpeace, text8) | table3 (ptb_word 300 and 650)
 #            | table4 (seq_mnist) | two_layer (ptb_word 2×650)
+#            | gru (the GRU on ptb_char, ptb_word 300, seq_mnist: docs/SPEC.md §6)
 #   profile  budget (default): reduced budgets that fit under an hour per 15-run block on
 #            2 cores (README, "Reproducing the paper"); paper: the full recipes of docs/SPEC.md §3.
 # writes <out>/<profile>/<table>/<run>/... and <out>/<profile>/<table>.{csv,md}
@@ -34,14 +35,19 @@ case "$table" in
   table3) datasets="ptb_word ptb_word650" ;;
   table4) datasets="seq_mnist" ;;
   two_layer) datasets="ptb_word_2x650" ;;
-  *) echo "reproduce: TABLE is table2, table3, table4 or two_layer" >&2; exit 2 ;;
+  gru) datasets="ptb_char ptb_word seq_mnist" ;;
+  *) echo "reproduce: TABLE is table2, table3, table4, two_layer or gru" >&2; exit 2 ;;
 esac
 (cd "$root" && cargo build --release --quiet)
 qlstm="$root/target/release/qlstm"
 specs=()
 for d in $datasets; do
   for q in fp bc tc; do
-    for f in "$root/configs/$profile/${d}_${q}_"*.toml; do specs+=("$f"); done
+    if [ "$table" = gru ]; then
+      for f in "$root/configs/$profile/gru/${d}_gru_${q}_"*.toml; do specs+=("$f"); done
+    else
+      for f in "$root/configs/$profile/${d}_${q}_"*.toml; do specs+=("$f"); done
+    fi
   done
 done
 # fetch what the specs need (text8 only if it can be had: its only source is the original URL)
@@ -49,6 +55,8 @@ done
 runs="$out/$profile/$table"
 # A run that fails (e.g. text8 without its data) is reported and left empty in the table.
 "$qlstm" sweep "${specs[@]}" --jobs "$jobs" --out "$runs" || echo "reproduce: some runs did not finish (see above)"
-"$qlstm" table "$runs" --layout "$table" --out "$out/$profile/$table.csv"
-"$qlstm" table "$runs" --layout "$table" --markdown --out "$out/$profile/$table.md"
+# the gru table sets our LSTM runs (from the other tables) beside the GRU's
+tables=("$runs"); [ "$table" = gru ] && tables=("$out/$profile")
+"$qlstm" table "${tables[@]}" --layout "$table" --out "$out/$profile/$table.csv"
+"$qlstm" table "${tables[@]}" --layout "$table" --markdown --out "$out/$profile/$table.md"
 echo "reproduce: $out/$profile/$table.csv and $table.md"

@@ -1,4 +1,4 @@
-//! The paper's diagnostics (docs/SPEC.md §5): λ1/λ2, the bound on how much the backward signal can
+//! The paper's diagnostics (docs/SPEC.md §5; the GRU's, §6): λ1/λ2, the bound on how much the backward signal can
 //! grow through one step, from the spectral norms of the recurrent blocks the forward pass
 //! actually uses, γ1 = max |c_{t−1}|, and the normalizers' gains and divisors; and the norm of
 //! ∂ξ/∂h_t at every step of a window.
@@ -13,7 +13,7 @@ use ndarray::{ArrayView2, s};
 
 use crate::model::Model;
 use crate::nn::norm::{NormKind, Normalizer};
-use crate::nn::{Cache, Normalization};
+use crate::nn::{Cache, CellKind, Layer, Normalization};
 use crate::run_dir::LambdaRow;
 use crate::tensor::Real;
 
@@ -70,23 +70,26 @@ fn normalize(x: &mut [f64]) {
 /// Per-gate inputs of the bound for one layer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GateTerms {
-    pub norm: [f64; 4],
-    pub g: [Option<f64>; 4],
-    pub sigma: [Option<f64>; 4],
+    pub norm: Vec<f64>,
+    pub g: Vec<Option<f64>>,
+    pub sigma: Vec<Option<f64>>,
+}
+
+impl GateTerms {
+    /// F_k: ‖W_hk‖ scaled by the normalizer, |g_k|/σ_k (layer, batch) or |g_k| (weight).
+    pub fn factor(&self, k: usize) -> f64 {
+        let ratio = match (self.g[k], self.sigma[k]) {
+            (Some(g), Some(s)) => g.abs() / s,
+            (Some(g), None) => g.abs(),
+            _ => 1.0,
+        };
+        ratio * self.norm[k]
+    }
 }
 
 /// λ1 and λ2 from the per-gate terms (docs/SPEC.md §5).
 pub fn lambdas(normalization: Normalization, terms: &GateTerms, gamma1: f64) -> (f64, f64) {
-    let f: Vec<f64> = (0..4)
-        .map(|k| {
-            let ratio = match (terms.g[k], terms.sigma[k]) {
-                (Some(g), Some(s)) => g.abs() / s,
-                (Some(g), None) => g.abs(),
-                _ => 1.0,
-            };
-            ratio * terms.norm[k]
-        })
-        .collect();
+    let f: Vec<f64> = (0..4).map(|k| terms.factor(k)).collect();
     let (l2, o) = match normalization {
         Normalization::BatchShared | Normalization::BatchSeparate => {
             (0.5 * f[0] * f[0] + 0.5 * gamma1 * gamma1 * f[1] * f[1] + 8.0 * f[2] * f[2], 0.25 * f[3] * f[3])
@@ -101,7 +104,7 @@ pub fn lambdas(normalization: Normalization, terms: &GateTerms, gamma1: f64) -> 
 /// never stopped.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostics {
-    vectors: Vec<[Vec<f64>; 4]>,
+    vectors: Vec<Vec<Vec<f64>>>,
 }
 
 impl Diagnostics {
@@ -111,63 +114,105 @@ impl Diagnostics {
         self.vectors.resize_with(model.layers.len(), Default::default);
         let mut rows = Vec::new();
         for (l, (layer, cache)) in model.layers.iter().zip(caches).enumerate() {
-            let h = layer.hidden;
-            let valid = real_state_steps(cache);
-            let gamma1 = cache.c_in().iter().fold(0.0f64, |m, c| m.max(c.f64().abs()));
-            let mut terms = GateTerms { norm: [0.0; 4], g: [None; 4], sigma: [None; 4] };
-            for k in 0..4 {
-                let cols = s![.., k * h..(k + 1) * h];
-                terms.norm[k] = match &layer.wn_gain_h {
-                    // ‖D_k⁻¹ W_hk‖: the quantized block with unit rows (columns here: transposed)
-                    Some(gain) => {
-                        let q = cache.quantized_recurrent_t().slice_move(cols);
-                        let unit = q.to_owned().mapv(|x| x.f64());
-                        let mut unit = unit;
-                        for mut col in unit.columns_mut() {
-                            let n = col.iter().map(|x| x * x).sum::<f64>().sqrt();
-                            if n > 0.0 {
-                                col.mapv_inplace(|x| x / (n + 1e-8));
-                            }
-                        }
-                        terms.g[k] = Some(
-                            gain.value
-                                .slice(s![0, k * h..(k + 1) * h])
-                                .iter()
-                                .fold(0.0f64, |m, g| m.max(g.f64().abs())),
-                        );
-                        spectral_norm(unit.view(), &mut self.vectors[l][k]).0
-                    }
-                    None => spectral_norm(cache.recurrent_weights_t().slice_move(cols), &mut self.vectors[l][k]).0,
-                };
-                if let Some(nh) = &layer.norm_h {
-                    let (g, sigma) = gain_over_sigma(nh, cache, k, &valid);
-                    terms.g[k] = Some(g);
-                    terms.sigma[k] = Some(sigma);
-                }
-            }
-            let (lambda1, lambda2) = lambdas(layer.normalization, &terms, gamma1);
-            rows.push(LambdaRow {
-                step,
-                epoch,
-                layer: l,
-                lambda1,
-                lambda2,
-                gamma1,
-                norm_i: terms.norm[0],
-                g_i: terms.g[0],
-                sigma_i: terms.sigma[0],
-                norm_f: terms.norm[1],
-                g_f: terms.g[1],
-                sigma_f: terms.sigma[1],
-                norm_a: terms.norm[2],
-                g_a: terms.g[2],
-                sigma_a: terms.sigma[2],
-                norm_o: terms.norm[3],
-                g_o: terms.g[3],
-                sigma_o: terms.sigma[3],
+            self.vectors[l].resize_with(layer.gates(), Vec::new);
+            let terms = self.gate_terms(l, layer, cache);
+            let row = LambdaRow { step, epoch, layer: l, cell: layer.cell, ..LambdaRow::default() };
+            rows.push(match layer.cell {
+                CellKind::Lstm => lstm_row(row, layer.normalization, &terms, cache),
+                CellKind::Gru => gru_row(row, &terms, cache, layer.hidden),
             });
         }
         rows
+    }
+
+    /// F_k's parts for every gate block k of a layer's recurrent weights: the spectral norm of
+    /// the block the forward pass used (under weight norm, of D_k⁻¹W_hk, the quantized block
+    /// with unit rows), the normalizer's gain and divisor.
+    fn gate_terms<T: Real>(&mut self, l: usize, layer: &Layer<T>, cache: &Cache<T>) -> GateTerms {
+        let h = layer.hidden;
+        let valid = real_state_steps(cache);
+        let gates = layer.gates();
+        let mut terms = GateTerms { norm: vec![0.0; gates], g: vec![None; gates], sigma: vec![None; gates] };
+        for k in 0..gates {
+            let cols = s![.., k * h..(k + 1) * h];
+            terms.norm[k] = match &layer.wn_gain_h {
+                // ‖D_k⁻¹ W_hk‖: the quantized block with unit rows (columns here: transposed)
+                Some(gain) => {
+                    let mut unit = cache.quantized_recurrent_t().slice_move(cols).mapv(|x| x.f64());
+                    for mut col in unit.columns_mut() {
+                        let n = col.iter().map(|x| x * x).sum::<f64>().sqrt();
+                        if n > 0.0 {
+                            col.mapv_inplace(|x| x / (n + 1e-8));
+                        }
+                    }
+                    let g =
+                        gain.value.slice(s![0, k * h..(k + 1) * h]).iter().fold(0.0f64, |m, g| m.max(g.f64().abs()));
+                    terms.g[k] = Some(g);
+                    spectral_norm(unit.view(), &mut self.vectors[l][k]).0
+                }
+                None => spectral_norm(cache.recurrent_weights_t().slice_move(cols), &mut self.vectors[l][k]).0,
+            };
+            if let Some(nh) = &layer.norm_h {
+                let (g, sigma) = gain_over_sigma(nh, cache, k, &valid);
+                terms.g[k] = Some(g);
+                terms.sigma[k] = Some(sigma);
+            }
+        }
+        terms
+    }
+}
+
+/// The LSTM's row (docs/SPEC.md §5): γ1 = max |c_{t−1}| over the window.
+fn lstm_row<T: Real>(row: LambdaRow, normalization: Normalization, t: &GateTerms, cache: &Cache<T>) -> LambdaRow {
+    let gamma1 = cache.c_in().iter().fold(0.0f64, |m, c| m.max(c.f64().abs()));
+    let (lambda1, lambda2) = lambdas(normalization, t, gamma1);
+    LambdaRow {
+        lambda1,
+        lambda2: Some(lambda2),
+        gamma1: Some(gamma1),
+        norm_i: Some(t.norm[0]),
+        g_i: t.g[0],
+        sigma_i: t.sigma[0],
+        norm_f: Some(t.norm[1]),
+        g_f: t.g[1],
+        sigma_f: t.sigma[1],
+        norm_a: Some(t.norm[2]),
+        g_a: t.g[2],
+        sigma_a: t.sigma[2],
+        norm_o: Some(t.norm[3]),
+        g_o: t.g[3],
+        sigma_o: t.sigma[3],
+        ..row
+    }
+}
+
+/// The GRU's row (docs/SPEC.md §6): λ1 = (γ_z/4)F_z + F_n + (γ_u/4)F_r, with ζ = max z,
+/// γ_z = max |h_{t−1} − n| and γ_u = max |u| over every step of the window; the linear form for
+/// every normalization.
+fn gru_row<T: Real>(row: LambdaRow, t: &GateTerms, cache: &Cache<T>, h: usize) -> LambdaRow {
+    let gates = cache.gates();
+    let z = gates.slice(s![.., h..2 * h]);
+    let n = gates.slice(s![.., 2 * h..3 * h]);
+    let zeta = z.iter().fold(0.0f64, |m, v| m.max(v.f64()));
+    let gamma_z =
+        ndarray::Zip::from(cache.h_in_window()).and(n).fold(0.0f64, |m, &hp, &nv| m.max((hp - nv).f64().abs()));
+    let gamma_u = cache.aux().iter().fold(0.0f64, |m, u| m.max(u.f64().abs()));
+    let (fr, fz, fnn) = (t.factor(0), t.factor(1), t.factor(2));
+    LambdaRow {
+        lambda1: gamma_z / 4.0 * fz + fnn + gamma_u / 4.0 * fr,
+        zeta: Some(zeta),
+        gamma_z: Some(gamma_z),
+        gamma_u: Some(gamma_u),
+        norm_r: Some(t.norm[0]),
+        g_r: t.g[0],
+        sigma_r: t.sigma[0],
+        norm_z: Some(t.norm[1]),
+        g_z: t.g[1],
+        sigma_z: t.sigma[1],
+        norm_n: Some(t.norm[2]),
+        g_n: t.g[2],
+        sigma_n: t.sigma[2],
+        ..row
     }
 }
 
@@ -258,11 +303,11 @@ mod tests {
 
     #[test]
     fn lambda_of_the_plain_cell_by_hand() {
-        let terms = GateTerms { norm: [2.0, 4.0, 1.5, 8.0], g: [None; 4], sigma: [None; 4] };
+        let terms = GateTerms { norm: vec![2.0, 4.0, 1.5, 8.0], g: vec![None; 4], sigma: vec![None; 4] };
         // ¼·2 + (0.5/4)·4 + 1.5 + ¼·8 = 0.5 + 0.5 + 1.5 + 2 = 4.5; λ2 = 2.5
         assert_eq!(lambdas(Normalization::None, &terms, 0.5), (4.5, 2.5));
         // layer norm: (g/σ)·‖W‖ per gate
-        let ln = GateTerms { norm: [1.0; 4], g: [Some(2.0); 4], sigma: [Some(4.0); 4] };
+        let ln = GateTerms { norm: vec![1.0; 4], g: vec![Some(2.0); 4], sigma: vec![Some(4.0); 4] };
         assert_eq!(lambdas(Normalization::Layer, &ln, 1.0), (0.125 + 0.125 + 0.5 + 0.125, 0.75));
         // batch: ½F_i² + (γ1²/2)F_f² + 8F_a² + ¼F_o² with F = 0.5
         assert_eq!(lambdas(Normalization::BatchShared, &ln, 2.0), (0.125 + 0.5 + 2.0 + 0.0625, 2.625));

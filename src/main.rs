@@ -102,7 +102,7 @@ enum Command {
         #[arg(required = true)]
         results: Vec<PathBuf>,
         /// The paper's table to lay out.
-        #[arg(long, value_parser = ["table2", "table3", "table4", "two_layer"])]
+        #[arg(long, value_parser = ["table2", "table3", "table4", "two_layer", "gru"])]
         layout: String,
         /// Write here (missing folders are created) instead of stdout.
         #[arg(long)]
@@ -116,6 +116,9 @@ enum Command {
         /// char | word1 | word2 | mnist | all (each config in its own process, for its peak memory).
         #[arg(long, default_value = "all")]
         config: String,
+        /// Comma-separated cells: lstm, gru.
+        #[arg(long, default_value = "lstm")]
+        cell: String,
         /// Comma-separated quantizers.
         #[arg(long, default_value = "fp")]
         quantizer: String,
@@ -227,9 +230,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Table { results, layout, out, markdown } => {
             cmd::table::table(&results, &layout, out.as_deref(), markdown).map(ok)
         }
-        Command::Bench { config, quantizer, normalization, threads, steps, no_header } => {
+        Command::Bench { config, cell, quantizer, normalization, threads, steps, no_header } => {
             cmd::set_threads(threads);
-            cmd::bench::run(&config, &quantizer, &normalization, steps, no_header).map(ok)
+            cmd::bench::run(&config, &cell, &quantizer, &normalization, steps, no_header).map(ok)
         }
         Command::Size { spec, set, csv } => cmd::size::size(&spec, &set, csv).map(ok),
         Command::Plot { runs, out, grad_step } => cmd::plot::plot(&runs, &out, grad_step).map(ok),

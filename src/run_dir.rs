@@ -24,7 +24,7 @@ use crate::bail;
 use crate::error::{Result, io_err};
 use crate::io::{read_csv_file, write_atomic, write_csv};
 use crate::names::named_enum;
-use crate::nn::{Normalization, Quantizer, Stats};
+use crate::nn::{CellKind, Normalization, Quantizer, Stats};
 use crate::spec::{Spec, Task};
 
 named_enum! {
@@ -112,30 +112,62 @@ pub struct Summary {
     pub status: Status,
     /// The optimizer step at which a diverged run stopped.
     pub diverged_step: Option<u64>,
+    /// The recurrent cell (summaries written before the GRU have no such column: LSTM).
+    #[serde(default)]
+    pub cell: CellKind,
 }
 
-/// One row of lambda.csv (docs/SPEC.md §5): per layer, λ1, λ2, γ1 and per gate k ∈ {i, f, a, o}
-/// the spectral norm of the recurrent block, the normalizer's gain and divisor.
+/// One row of lambda.csv: per layer, λ1 and what it is made of. LSTM rows (docs/SPEC.md §5):
+/// λ2, γ1 and per gate k ∈ {i, f, a, o} the spectral norm of the recurrent block, the
+/// normalizer's gain and divisor. GRU rows (§6): ζ, γ_z, γ_u and the same per gate k ∈
+/// {r, z, n}. A cell's columns are empty in the other's rows.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LambdaRow {
     pub step: u64,
     pub epoch: usize,
     pub layer: usize,
     pub lambda1: f64,
-    pub lambda2: f64,
-    pub gamma1: f64,
-    pub norm_i: f64,
+    pub lambda2: Option<f64>,
+    pub gamma1: Option<f64>,
+    pub norm_i: Option<f64>,
     pub g_i: Option<f64>,
     pub sigma_i: Option<f64>,
-    pub norm_f: f64,
+    pub norm_f: Option<f64>,
     pub g_f: Option<f64>,
     pub sigma_f: Option<f64>,
-    pub norm_a: f64,
+    pub norm_a: Option<f64>,
     pub g_a: Option<f64>,
     pub sigma_a: Option<f64>,
-    pub norm_o: f64,
+    pub norm_o: Option<f64>,
     pub g_o: Option<f64>,
     pub sigma_o: Option<f64>,
+    /// The cell (files written before the GRU have no such column: LSTM).
+    #[serde(default)]
+    pub cell: CellKind,
+    #[serde(default)]
+    pub zeta: Option<f64>,
+    #[serde(default)]
+    pub gamma_z: Option<f64>,
+    #[serde(default)]
+    pub gamma_u: Option<f64>,
+    #[serde(default)]
+    pub norm_r: Option<f64>,
+    #[serde(default)]
+    pub g_r: Option<f64>,
+    #[serde(default)]
+    pub sigma_r: Option<f64>,
+    #[serde(default)]
+    pub norm_z: Option<f64>,
+    #[serde(default)]
+    pub g_z: Option<f64>,
+    #[serde(default)]
+    pub sigma_z: Option<f64>,
+    #[serde(default)]
+    pub norm_n: Option<f64>,
+    #[serde(default)]
+    pub g_n: Option<f64>,
+    #[serde(default)]
+    pub sigma_n: Option<f64>,
 }
 
 /// One row of grad_norm.csv: ‖∂ξ/∂h_t‖ over the batch at step t of the window trained at `step`.

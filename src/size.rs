@@ -5,7 +5,7 @@
 
 use crate::bail;
 use crate::error::Result;
-use crate::spec::{Normalization, Spec};
+use crate::spec::{CellKind, Normalization, Spec};
 
 /// One line of the breakdown: `count` numbers stored at `bits` each.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,11 +22,15 @@ impl SizePart {
     }
 }
 
-/// Every part of every LSTM layer for a vocabulary of `vocab` symbols.
+/// Every part of every recurrent layer for a vocabulary of `vocab` symbols. With G gate
+/// blocks (LSTM 4, GRU 3): weights G·H(r + H), biases G·H (the GRU adds b_hn: H more), and the
+/// normalizers 2GH (weight), 4GH (layer), 8GH (shared batch), 4GH(T_max + 1) (separate batch):
+/// docs/SPEC.md §4 for the LSTM, §6 for the GRU.
 pub fn breakdown(spec: &Spec, vocab: usize) -> Vec<SizePart> {
     let m = &spec.model;
     let h = m.hidden;
-    let g = 4 * h;
+    let blocks = m.cell.gates();
+    let g = blocks * h;
     let bits = m.quantizer.bits();
     let mut parts = Vec::new();
     for l in 0..m.layers {
@@ -34,13 +38,14 @@ pub fn breakdown(spec: &Spec, vocab: usize) -> Vec<SizePart> {
         let x_bits = if spec.task.is_mnist() && l == 0 { 32 } else { bits };
         parts.push(SizePart { layer: l, part: "w_x", count: g * r, bits: x_bits });
         parts.push(SizePart { layer: l, part: "w_h", count: g * h, bits });
-        parts.push(SizePart { layer: l, part: "bias", count: g, bits: 32 });
+        let rec_bias = if m.cell == CellKind::Gru { h } else { 0 };
+        parts.push(SizePart { layer: l, part: "bias", count: g + rec_bias, bits: 32 });
         let norm = match m.normalization {
             Normalization::None => 0,
-            Normalization::Weight => 8 * h,
-            Normalization::Layer => 16 * h,
-            Normalization::BatchShared => 32 * h,
-            Normalization::BatchSeparate => 16 * h * (spec.train.bptt + 1),
+            Normalization::Weight => 2 * g,
+            Normalization::Layer => 4 * g,
+            Normalization::BatchShared => 8 * g,
+            Normalization::BatchSeparate => 4 * g * (spec.train.bptt + 1),
         };
         if norm > 0 {
             parts.push(SizePart { layer: l, part: "normalization", count: norm, bits: 32 });
@@ -64,14 +69,15 @@ pub fn kb(bytes: f64) -> u64 {
 pub fn memory_estimate(spec: &Spec, vocab: usize) -> f64 {
     let m = &spec.model;
     let (h, l) = (m.hidden as f64, m.layers as f64);
+    let gates = m.cell.gates() as f64;
     let r = spec.input_size(vocab) as f64;
-    let params = 4.0 * h * (r + h + 3.0)
-        + 4.0 * h * (h + h + 3.0) * (l - 1.0)
+    let params = gates * h * (r + h + 3.0)
+        + gates * h * (h + h + 3.0) * (l - 1.0)
         + (vocab as f64) * (h + 1.0)
         + (vocab * m.embedding) as f64;
     let rows = (spec.train.batch_size.max(spec.train.eval_batch_size) * spec.train.bptt) as f64;
-    let per_layer = rows * (4.0 + 3.0 + 4.0 + 16.0) * h;
-    let floats = params * 4.0 + l * per_layer + 2.0 * rows * vocab as f64 + 8.0 * h * (r + h) * l;
+    let per_layer = rows * (gates + 3.0 + gates + 4.0 * gates) * h;
+    let floats = params * 4.0 + l * per_layer + 2.0 * rows * vocab as f64 + 2.0 * gates * h * (r + h) * l;
     floats * 4.0
 }
 
@@ -107,6 +113,20 @@ fn available_memory() -> Option<f64> {
 mod tests {
     use super::*;
     use crate::spec::{Quantizer, Task};
+
+    #[test]
+    fn gru_sizes_by_docs_spec_section_6() {
+        // ptb_char GRU H = 512, bc/weight: 3·512·(50 + 512) bits + 4·512·32 + 6·512·32 bits
+        let mut s = spec(Task::PtbChar, 512, 1, Quantizer::Bc, Normalization::Weight);
+        s.model.cell = CellKind::Gru;
+        let bytes = (3.0 * 512.0 * 562.0 + (4.0 * 512.0 + 6.0 * 512.0) * 32.0) / 8.0;
+        assert_eq!(size_kb(&s, 50), kb(bytes));
+        // batch_separate: 12H(T_max + 1) normalizer floats
+        s.model.normalization = Normalization::BatchSeparate;
+        let parts = breakdown(&s, 50);
+        assert_eq!(parts.iter().find(|p| p.part == "normalization").unwrap().count, 12 * 512 * 101);
+        assert_eq!(parts.iter().find(|p| p.part == "bias").unwrap().count, 4 * 512);
+    }
 
     fn spec(task: Task, h: usize, layers: usize, q: Quantizer, n: Normalization) -> Spec {
         let mut s = Spec::defaults(task);

@@ -11,7 +11,11 @@ use qlstm::spec::Spec;
 use qlstm::train::Trainer;
 
 fn trainer(q: &str, n: &str, steps: usize) -> Trainer {
-    let sets = [
+    trainer_with(q, n, steps, &[])
+}
+
+fn trainer_with(q: &str, n: &str, steps: usize, extra: &[&str]) -> Trainer {
+    let mut sets = vec![
         data_set(),
         format!("model.quantizer={q}"),
         format!("model.normalization={n}"),
@@ -20,6 +24,7 @@ fn trainer(q: &str, n: &str, steps: usize) -> Trainer {
         "diagnostics.lambda_every=10".into(),
         "diagnostics.grad_every=10".into(),
     ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
     Trainer::new(Spec::load(&root().join("configs/paper/ptb_char_fp_none.toml"), &sets).unwrap()).unwrap()
 }
 
@@ -80,7 +85,8 @@ fn csv_columns_and_the_plot_command() {
     let run = out.join("ptb_char_bc_layer");
     assert_eq!(
         header(&run.join("lambda.csv")),
-        "step,epoch,layer,lambda1,lambda2,gamma1,norm_i,g_i,sigma_i,norm_f,g_f,sigma_f,norm_a,g_a,sigma_a,norm_o,g_o,sigma_o"
+        "step,epoch,layer,lambda1,lambda2,gamma1,norm_i,g_i,sigma_i,norm_f,g_f,sigma_f,norm_a,g_a,sigma_a,norm_o,g_o,sigma_o,\
+         cell,zeta,gamma_z,gamma_u,norm_r,g_r,sigma_r,norm_z,g_z,sigma_z,norm_n,g_n,sigma_n"
     );
     assert_eq!(header(&run.join("grad_norm.csv")), "step,epoch,layer,t,grad_norm");
     let lambda = std::fs::read_to_string(run.join("lambda.csv")).unwrap();
@@ -111,4 +117,33 @@ fn csv_columns_and_the_plot_command() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(std::fs::read_to_string(&svg).unwrap().contains("ptb_char_bc_layer (step 0)"));
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The GRU (docs/SPEC.md §6) at step 0 on PTB-char H = 256: binarization inflates λ1 and the
+/// gradient trace as for the LSTM, weight norm takes it back.
+#[test]
+fn gru_quantization_inflates_lambda1_and_weight_norm_removes_it() {
+    qlstm::tensor::set_threads(2);
+    let at_step0 = |q: &str, n: &str| {
+        let mut t = trainer_with(q, n, 1, &["model.cell=gru", "model.hidden=256"]);
+        t.train_epoch(1).unwrap();
+        let row = t.lambda_rows().iter().find(|r| r.step == 0).unwrap().clone();
+        assert_eq!(row.cell.name(), "gru");
+        assert!(
+            row.zeta.is_some_and(|z| z > 0.0 && z <= 1.0) && row.norm_n.is_some() && row.lambda2.is_none(),
+            "{row:?}"
+        );
+        let trace: Vec<f64> =
+            t.grad_rows().iter().filter(|r| r.step == 0 && r.layer == 0).map(|r| r.grad_norm).collect();
+        (row.lambda1, trace[0] / trace[trace.len() - 1])
+    };
+    let (fp, fp_ratio) = at_step0("fp", "none");
+    let (bc, bc_ratio) = at_step0("bc", "none");
+    let (bcw, _) = at_step0("bc", "weight");
+    eprintln!(
+        "GRU λ1 at step 0: fp {fp:.3}, bc {bc:.3}, bc/weight {bcw:.3}; ‖∂ξ/∂h_0‖/‖∂ξ/∂h_99‖: fp {fp_ratio:.3e}, bc {bc_ratio:.3e}"
+    );
+    assert!(bc >= 5.0 * fp, "bc/none λ1 {bc} vs fp {fp}");
+    assert!(bcw <= 2.0 * fp && bcw >= 0.5 * fp, "bc/weight λ1 {bcw} vs fp {fp}");
+    assert!(bc_ratio > 1e3 * fp_ratio.max(1.0), "bc trace ratio {bc_ratio:e} vs fp {fp_ratio:e}");
 }

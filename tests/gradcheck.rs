@@ -7,7 +7,7 @@
 
 use ndarray::Array2;
 use qlstm::model::{Input, Model, State};
-use qlstm::spec::{Normalization, Quantizer, Spec, Task};
+use qlstm::spec::{CellKind, Normalization, Quantizer, Spec, Task};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
@@ -56,6 +56,7 @@ impl Case {
 /// A model and a window to check; the arguments are the knobs the cases vary.
 #[allow(clippy::too_many_arguments)]
 fn build(
+    cell: CellKind,
     task: Task,
     vocab: usize,
     hidden: usize,
@@ -67,6 +68,7 @@ fn build(
     norm: Normalization,
 ) -> Case {
     let mut spec = Spec::defaults(task);
+    spec.model.cell = cell;
     spec.model.hidden = hidden;
     spec.model.layers = layers;
     spec.model.quantizer = q;
@@ -92,7 +94,7 @@ fn build(
     let n_targets = if task.is_mnist() { batch } else { n };
     let targets: Vec<u32> = (0..n_targets).map(|_| rng.random_range(0..outputs)).collect();
     // A carried, non-zero incoming state (MNIST starts from its learned h0/c0 instead).
-    let mut state = if task.is_mnist() { model.initial_state(batch) } else { State::zeros(layers, batch, hidden) };
+    let mut state = if task.is_mnist() { model.initial_state(batch) } else { model.zero_state(batch) };
     if !task.is_mnist() {
         for a in state.h.iter_mut().chain(state.c.iter_mut()) {
             a.mapv_inplace(|_| rng.random_range(-0.8..0.8));
@@ -154,25 +156,25 @@ fn check(case: &mut Case, what: &str) {
 
 #[test]
 fn char_lm_single_layer_carried_state() {
-    let mut c = build(Task::PtbChar, 7, 5, 1, 4, 3, 0.0, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::PtbChar, 7, 5, 1, 4, 3, 0.0, Quantizer::Fp, Normalization::None);
     check(&mut c, "char 1 layer");
 }
 
 #[test]
 fn char_lm_stacked_with_dropout_between_and_output() {
-    let mut c = build(Task::PtbChar, 6, 4, 3, 3, 2, 0.4, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::PtbChar, 6, 4, 3, 3, 2, 0.4, Quantizer::Fp, Normalization::None);
     check(&mut c, "char 3 layers dropout");
 }
 
 #[test]
 fn word_lm_embedding_two_layers_all_dropouts() {
-    let mut c = build(Task::PtbWord, 9, 4, 2, 3, 2, 0.3, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::PtbWord, 9, 4, 2, 3, 2, 0.3, Quantizer::Fp, Normalization::None);
     check(&mut c, "word 2 layers dropout");
 }
 
 #[test]
 fn mnist_classifier_learned_initial_state() {
-    let mut c = build(Task::SeqMnist, 0, 4, 2, 5, 3, 0.0, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 4, 2, 5, 3, 0.0, Quantizer::Fp, Normalization::None);
     check(&mut c, "mnist 2 layers");
 }
 
@@ -209,7 +211,7 @@ fn every_normalization_two_layers_carried_state_dropout() {
     // normalization is checked with quantizer fp on quantized-like values; batch norm runs in
     // training mode (batch statistics).
     for norm in NORMS {
-        let mut c = build(Task::PtbChar, 6, 4, 2, 3, 3, 0.25, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::PtbChar, 6, 4, 2, 3, 3, 0.25, Quantizer::Fp, norm);
         if norm == Normalization::Weight {
             quantize_like(&mut c);
         }
@@ -220,9 +222,9 @@ fn every_normalization_two_layers_carried_state_dropout() {
 #[test]
 fn every_normalization_word_model_and_mnist() {
     for norm in NORMS {
-        let mut c = build(Task::PtbWord, 8, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::PtbWord, 8, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} word"));
-        let mut c = build(Task::SeqMnist, 0, 3, 1, 4, 3, 0.0, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 1, 4, 3, 0.0, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} mnist"));
     }
 }
@@ -234,8 +236,8 @@ fn every_normalization_word_model_and_mnist() {
 fn straight_through_estimator_passes_dl_dq_unchanged() {
     for q in [Quantizer::Bc, Quantizer::Bwn, Quantizer::Lab, Quantizer::Tc, Quantizer::Twn, Quantizer::Lat] {
         for norm in [Normalization::None, Normalization::Weight, Normalization::Layer] {
-            let mut a = build(Task::PtbChar, 6, 4, 2, 3, 2, 0.0, q, norm);
-            let mut b = build(Task::PtbChar, 6, 4, 2, 3, 2, 0.0, Quantizer::Fp, norm);
+            let mut a = build(CellKind::Lstm, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, q, norm);
+            let mut b = build(CellKind::Lstm, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, Quantizer::Fp, norm);
             for (la, lb) in a.model.layers.iter_mut().zip(b.model.layers.iter_mut()) {
                 // a non-uniform curvature for lab/lat (d = √v + 1e-8 from Adam's second moment)
                 let v = la.w_h.value.mapv(|x| (0.5 + x.abs()).powi(2));
@@ -260,7 +262,76 @@ fn straight_through_estimator_passes_dl_dq_unchanged() {
 fn two_thread_batch_split_path() {
     qlstm::tensor::set_threads(2);
     for norm in [Normalization::None, Normalization::Layer] {
-        let mut c = build(Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} batch 16, 2 threads"));
+    }
+}
+
+// ---- the GRU (docs/SPEC.md §6), through the same recurrence, quantization and normalization
+
+#[test]
+fn gru_every_normalization_two_layers_carried_state_dropout() {
+    for norm in NORMS {
+        let mut c = build(CellKind::Gru, Task::PtbChar, 6, 4, 2, 3, 3, 0.25, Quantizer::Fp, norm);
+        if norm == Normalization::Weight {
+            quantize_like(&mut c);
+        }
+        check(&mut c, &format!("GRU {norm:?} 2 layers"));
+    }
+}
+
+#[test]
+fn gru_every_normalization_word_model_and_mnist() {
+    for norm in NORMS {
+        let mut c = build(CellKind::Gru, Task::PtbWord, 8, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
+        check(&mut c, &format!("GRU {norm:?} word"));
+        let mut c = build(CellKind::Gru, Task::SeqMnist, 0, 3, 2, 4, 3, 0.0, Quantizer::Fp, norm);
+        check(&mut c, &format!("GRU {norm:?} mnist 2 layers"));
+    }
+}
+
+#[test]
+fn gru_quantized_weights_as_parameters() {
+    // Quantized-like values (±1 and exact zeros) as an fp model's weights, so every normalization
+    // is checked through the values a quantizer produces. The word model's dense embedding
+    // input, not one-hot: a one-hot row times ±1 weights gives products that tie exactly across
+    // the batch, and batch statistics of zero variance (σ = √ε) are a kink central differences
+    // cannot see past.
+    for norm in NORMS {
+        let mut c = build(CellKind::Gru, Task::PtbWord, 7, 4, 2, 3, 3, 0.2, Quantizer::Fp, norm);
+        quantize_like(&mut c);
+        check(&mut c, &format!("GRU {norm:?} on ±1/0 weights"));
+    }
+}
+
+#[test]
+fn gru_straight_through_estimator_passes_dl_dq_unchanged() {
+    for q in [Quantizer::Bc, Quantizer::Bwn, Quantizer::Lab, Quantizer::Tc, Quantizer::Twn, Quantizer::Lat] {
+        for norm in [Normalization::None, Normalization::Weight, Normalization::BatchSeparate] {
+            let mut a = build(CellKind::Gru, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, q, norm);
+            let mut b = build(CellKind::Gru, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, Quantizer::Fp, norm);
+            for (la, lb) in a.model.layers.iter_mut().zip(b.model.layers.iter_mut()) {
+                let v = la.w_h.value.mapv(|x| (0.5 + x.abs()).powi(2));
+                la.w_h.moments = Some(qlstm::tensor::Moments { m: Array2::zeros(v.dim()), v });
+                let mut cache = qlstm::nn::Cache::default();
+                la.prepare_weights(&mut cache);
+                lb.w_x.value.assign(&cache.quantized_input_t().t());
+                lb.w_h.value.assign(&cache.quantized_recurrent_t().t());
+            }
+            a.analytic();
+            b.analytic();
+            let ga: Vec<Array2<f64>> = a.model.params_mut().iter().map(|p| p.grad.clone()).collect();
+            let gb: Vec<Array2<f64>> = b.model.params_mut().iter().map(|p| p.grad.clone()).collect();
+            assert_eq!(ga, gb, "GRU {q:?}/{norm:?}: latent gradients differ from ∂L/∂Q(W)");
+        }
+    }
+}
+
+#[test]
+fn gru_two_thread_batch_split_path() {
+    qlstm::tensor::set_threads(2);
+    for norm in [Normalization::None, Normalization::Layer, Normalization::BatchShared] {
+        let mut c = build(CellKind::Gru, Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
+        check(&mut c, &format!("GRU {norm:?} batch 16, 2 threads"));
     }
 }

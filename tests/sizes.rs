@@ -70,7 +70,7 @@ fn every_published_size_is_reproduced() {
 fn every_config_validates_and_sizes() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
     let mut n = 0;
-    let files = ["", "paper", "budget"]
+    let files = ["", "paper", "budget", "budget/gru"]
         .iter()
         .flat_map(|sub| std::fs::read_dir(dir.join(sub)).unwrap().flatten().map(|e| e.path()));
     for path in files {
@@ -85,5 +85,8 @@ fn every_config_validates_and_sizes() {
             n += 1;
         }
     }
-    assert!(n >= 6 + 2 + 2 * 105, "{n} configs: an example per task, quickstart, ptb_bc_weight, paper and budget");
+    assert!(
+        n >= 6 + 2 + 2 * 105 + 45,
+        "{n} configs: an example per task, quickstart, ptb_bc_weight, paper, budget, budget/gru"
+    );
 }

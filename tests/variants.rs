@@ -15,6 +15,26 @@ fn spec(q: &str, n: &str, sets: &[String]) -> Spec {
 }
 
 #[test]
+fn all_35_gru_variants_train_100_steps_with_finite_loss() {
+    qlstm::tensor::set_threads(2);
+    let mut failures = Vec::new();
+    for q in Quantizer::ALL.iter().map(|q| q.name()) {
+        for n in Normalization::ALL.iter().map(|n| n.name()) {
+            let sets =
+                ["model.cell=gru", "model.hidden=64", "train.max_steps=100", "train.batch_size=32", "train.bptt=50"];
+            let mut t = Trainer::new(spec(q, n, &sets.map(String::from))).unwrap();
+            let end = t.train_epoch(1).unwrap();
+            let loss = t.epoch_stats().mean_loss();
+            eprintln!("GRU {q}/{n}: mean train loss over 100 steps {loss:.3} nats");
+            if !matches!(end, qlstm::train::EpochEnd::Budget) || !loss.is_finite() || t.step() != 100 {
+                failures.push(format!("GRU {q}/{n}: {end:?}, loss {loss}, {} steps", t.step()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
 fn all_35_variants_train_100_steps_with_finite_loss() {
     qlstm::tensor::set_threads(2);
     let mut failures = Vec::new();

@@ -19,7 +19,7 @@ use crate::bail;
 use crate::cmd::print_csv_rows;
 use crate::error::{Error, Result};
 use crate::model::{Input, Model};
-use crate::spec::{Normalization, Optimizer as Kind, Quantizer, Spec, Task};
+use crate::spec::{CellKind, Normalization, Optimizer as Kind, Quantizer, Spec, Task};
 use crate::tensor::{gemm, threads};
 use crate::train::Optimizer;
 use crate::train::schedule::LearningRates;
@@ -96,6 +96,7 @@ pub struct BenchRow {
     pub roof_gflops: Fixed<1>,
     pub roof_fraction: Fixed<3>,
     pub peak_rss_mb: Fixed<0>,
+    pub cell: CellKind,
 }
 
 /// A number written with `D` decimals (timings are not worth more digits).
@@ -119,8 +120,9 @@ impl BenchConfig {
         }
     }
 
-    fn spec(&self, q: Quantizer, n: Normalization) -> Spec {
+    fn spec(&self, cell: CellKind, q: Quantizer, n: Normalization) -> Spec {
         let mut s = Spec::defaults(self.task);
+        s.model.cell = cell;
         s.model.hidden = self.hidden;
         s.model.layers = self.layers;
         s.model.embedding = self.embedding;
@@ -167,8 +169,8 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 /// Time `steps` training steps (after 2 warm-up steps) of one configuration and variant.
-pub fn bench_one(c: &BenchConfig, q: Quantizer, n: Normalization, steps: usize, roof: f64) -> BenchRow {
-    let spec = c.spec(q, n);
+pub fn bench_one(c: &BenchConfig, cell: CellKind, q: Quantizer, n: Normalization, steps: usize, roof: f64) -> BenchRow {
+    let spec = c.spec(cell, q, n);
     let mut rng = Pcg64Mcg::seed_from_u64(0);
     let mut model: Model<f32> = Model::new(&spec.model_config(c.vocab), &mut rng);
     let mut opt = Optimizer::new(Kind::Adam);
@@ -205,12 +207,14 @@ pub fn bench_one(c: &BenchConfig, q: Quantizer, n: Normalization, steps: usize, 
         roof_gflops: Fixed(roof),
         roof_fraction: Fixed(gflops / roof),
         peak_rss_mb: Fixed(peak_rss_mb()),
+        cell,
     }
 }
 
 /// `qlstm bench`: one config in this process, or every config in a child process each so
 /// that each row's peak memory is its own.
-pub fn run(config: &str, quantizers: &str, norms: &str, steps: usize, no_header: bool) -> Result<()> {
+pub fn run(config: &str, cells: &str, quantizers: &str, norms: &str, steps: usize, no_header: bool) -> Result<()> {
+    let cs = parse_list::<CellKind>(cells, "cell")?;
     let qs = parse_list::<Quantizer>(quantizers, "quantizer")?;
     let ns = parse_list::<Normalization>(norms, "normalization")?;
     if config == "all" {
@@ -220,7 +224,8 @@ pub fn run(config: &str, quantizers: &str, norms: &str, steps: usize, no_header:
         let exe = std::env::current_exe().map_err(|e| Error::new(e.to_string()))?;
         for c in CONFIGS {
             let (t, s) = (threads().to_string(), steps.to_string());
-            let args = ["bench", "--config", c.name, "--quantizer", quantizers, "--normalization", norms];
+            let args =
+                ["bench", "--config", c.name, "--cell", cells, "--quantizer", quantizers, "--normalization", norms];
             let status = std::process::Command::new(&exe)
                 .args(args)
                 .args(["--threads", &t, "--steps", &s, "--no-header"])
@@ -235,10 +240,12 @@ pub fn run(config: &str, quantizers: &str, norms: &str, steps: usize, no_header:
     let c = BenchConfig::by_name(config)?;
     let roof = sgemm_roof(&c);
     let mut header = !no_header;
-    for &q in &qs {
-        for &n in &ns {
-            print_csv_rows(&[bench_one(&c, q, n, steps, roof)], header)?;
-            header = false;
+    for &cell in &cs {
+        for &q in &qs {
+            for &n in &ns {
+                print_csv_rows(&[bench_one(&c, cell, q, n, steps, roof)], header)?;
+                header = false;
+            }
         }
     }
     Ok(())

@@ -29,12 +29,15 @@ impl<T: Real> Model<T> {
         }
     }
 
-    /// Every LSTM tensor U(−1/√H, 1/√H); decoder weight U(−0.1, 0.1), bias 0; embedding
-    /// U(−0.1, 0.1).
+    /// Every recurrent tensor U(−1/√H, 1/√H) (the GRU's b_hn too); decoder weight
+    /// U(−0.1, 0.1), bias 0; embedding U(−0.1, 0.1).
     pub(super) fn init_language_model<R: Rng>(&mut self, rng: &mut R) {
         let k = 1.0 / (self.hidden as f64).sqrt();
         for layer in &mut self.layers {
-            for p in [&mut layer.w_x, &mut layer.w_h, &mut layer.bias] {
+            for p in [Some(&mut layer.w_x), Some(&mut layer.w_h), Some(&mut layer.bias), layer.bias_hn.as_mut()]
+                .into_iter()
+                .flatten()
+            {
                 uniform(&mut p.value, k, rng);
             }
         }
@@ -44,15 +47,17 @@ impl<T: Real> Model<T> {
         }
     }
 
-    /// Forget-gate bias 1, others 0; W_h block a = identity, blocks i, f, o orthogonal;
-    /// W_x a random unit-norm vector (layer 0; above it, like W_h's blocks). Decoder as
-    /// PyTorch's nn.Linear default, U(−1/√H, 1/√H).
+    /// Forget-gate bias 1 (the GRU's update gate z: the second block too), others 0; W_h's
+    /// candidate block (LSTM a, GRU n: the third) = identity, the other blocks orthogonal; W_x a
+    /// random unit-norm vector (layer 0; above it, like W_h's blocks). Decoder as PyTorch's
+    /// nn.Linear default, U(−1/√H, 1/√H). (docs/SPEC.md §3 and §6)
     pub(super) fn init_mnist<R: Rng>(&mut self, rng: &mut R) {
         let h = self.hidden;
         for (l, layer) in self.layers.iter_mut().enumerate() {
             layer.bias.value.fill(T::zero());
             layer.bias.value.slice_mut(s![0, h..2 * h]).fill(T::one());
-            for k in 0..4 {
+            let gates = layer.gates();
+            for k in 0..gates {
                 let mut block = layer.w_h.value.slice_mut(s![k * h..(k + 1) * h, ..]);
                 if k == 2 {
                     block.fill(T::zero());
@@ -62,13 +67,13 @@ impl<T: Real> Model<T> {
                 }
             }
             if l == 0 {
-                let v: Vec<f64> = (0..4 * h).map(|_| StandardNormal.sample(rng)).collect();
+                let v: Vec<f64> = (0..gates * h).map(|_| StandardNormal.sample(rng)).collect();
                 let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
                 for (w, x) in layer.w_x.value.iter_mut().zip(v) {
                     *w = T::r(x / norm);
                 }
             } else {
-                for k in 0..4 {
+                for k in 0..gates {
                     layer.w_x.value.slice_mut(s![k * h..(k + 1) * h, ..]).assign(&orthogonal::<T, R>(h, rng));
                 }
             }

@@ -12,7 +12,7 @@ use rand::Rng;
 
 use crate::nn::dropout::sample_mask;
 use crate::nn::softmax_cross_entropy;
-use crate::nn::{Cache, Embedding, Grads, Layer, LayerInput, Linear, Normalization, Quantizer, Stats};
+use crate::nn::{Cache, CellKind, Embedding, Grads, Layer, LayerInput, Linear, Normalization, Quantizer, Stats};
 use crate::tensor::{Group, Param, Real, ensure_shape};
 
 mod init;
@@ -61,6 +61,7 @@ pub enum Init {
 /// Everything that shapes a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    pub cell: CellKind,
     pub input: InputKind,
     pub head: Head,
     /// Softmax width: the vocabulary, or the classes.
@@ -158,7 +159,8 @@ impl<T: Real> Model<T> {
             .map(|l| {
                 let input = if l == 0 { config.input.width() } else { h };
                 let mut layer = Layer::new(
-                    &format!("lstm.{l}"),
+                    &format!("{}.{l}", config.cell),
+                    config.cell,
                     input,
                     h,
                     config.quantizer,
@@ -190,9 +192,12 @@ impl<T: Real> Model<T> {
         match config.init {
             Init::SeqMnist => {
                 for l in 0..config.layers {
-                    let p = |n: &str| Param::new(format!("lstm.{l}.{n}"), Array2::zeros((1, h)), Group::Other);
+                    let p =
+                        |n: &str| Param::new(format!("{}.{l}.{n}", config.cell), Array2::zeros((1, h)), Group::Other);
                     model.init_h.push(p("h0"));
-                    model.init_c.push(p("c0"));
+                    if config.cell.carries_c() {
+                        model.init_c.push(p("c0"));
+                    }
                 }
                 model.init_mnist(rng);
             }
@@ -244,12 +249,25 @@ impl<T: Real> Model<T> {
     /// The state a window starts from: zeros for language models at the start of an epoch,
     /// the learned h0/c0 for MNIST.
     pub fn initial_state(&self, batch: usize) -> State<T> {
-        let mut st = State::zeros(self.layers.len(), batch, self.hidden);
-        for (l, (h0, c0)) in self.init_h.iter().zip(&self.init_c).enumerate() {
+        let mut st = self.zero_state(batch);
+        for (l, h0) in self.init_h.iter().enumerate() {
             st.h[l].assign(&h0.value.broadcast((batch, self.hidden)).unwrap());
+        }
+        for (l, c0) in self.init_c.iter().enumerate() {
             st.c[l].assign(&c0.value.broadcast((batch, self.hidden)).unwrap());
         }
         st
+    }
+
+    /// The all-zero state of a batch: h (B, H) per layer, and c (B, H) for a cell that has one
+    /// ((B, 0) for the GRU).
+    pub fn zero_state(&self, batch: usize) -> State<T> {
+        let c = self.layers.first().is_some_and(|l| l.cell.carries_c());
+        let n = self.layers.len();
+        State {
+            h: vec![Array2::zeros((batch, self.hidden)); n],
+            c: vec![Array2::zeros((batch, if c { self.hidden } else { 0 })); n],
+        }
     }
 
     /// The training-time initial state of sequential MNIST: the learned h0/c0 plus N(0, 0.1²)
@@ -406,9 +424,12 @@ impl<T: Real> Model<T> {
             }
             e.backward(ids, ws.d_out.view());
         }
-        for (l, (h0, c0)) in self.init_h.iter_mut().zip(self.init_c.iter_mut()).enumerate() {
-            let (dh, dc) = ws.grads[l].initial_state();
+        for (l, h0) in self.init_h.iter_mut().enumerate() {
+            let (dh, _) = ws.grads[l].initial_state();
             h0.grad.row_mut(0).zip_mut_with(&dh.sum_axis(Axis(0)), |a, &b| *a += b);
+        }
+        for (l, c0) in self.init_c.iter_mut().enumerate() {
+            let (_, dc) = ws.grads[l].initial_state();
             c0.grad.row_mut(0).zip_mut_with(&dc.sum_axis(Axis(0)), |a, &b| *a += b);
         }
     }

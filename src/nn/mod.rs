@@ -15,4 +15,4 @@ pub use linear::Linear;
 pub use loss::{Stats, softmax_cross_entropy};
 pub use norm::Normalization;
 pub use quant::Quantizer;
-pub use recurrent::{Cache, Grads, Layer, LayerInput};
+pub use recurrent::{Cache, CellKind, Grads, Layer, LayerInput};

@@ -31,7 +31,9 @@ fn load(dir: &Path, grad_step: Option<u64>) -> Result<Traces> {
             dir.display()
         );
     }
-    let lambda = run.read_lambda()?.iter().filter(|r| r.layer == 0).map(|r| (r.step as f64, r.lambda1)).collect();
+    let rows = run.read_lambda()?;
+    let gru = rows.first().is_some_and(|r| r.cell == crate::nn::CellKind::Gru);
+    let lambda = rows.iter().filter(|r| r.layer == 0).map(|r| (r.step as f64, r.lambda1)).collect();
     let mut by_step: BTreeMap<u64, Vec<(f64, f64)>> = BTreeMap::new();
     for r in run.read_grad_norms()?.iter().filter(|r| r.layer == 0) {
         by_step.entry(r.step).or_default().push((r.t as f64, r.grad_norm));
@@ -41,7 +43,9 @@ fn load(dir: &Path, grad_step: Option<u64>) -> Result<Traces> {
         None => by_step.keys().copied().next_back(),
     };
     let (grad_step, grad) = chosen.and_then(|s| by_step.remove_entry(&s)).unwrap_or((0, Vec::new()));
-    Ok(Traces { name: run.name(), lambda, grad_step, grad })
+    // GRU runs say so: their λ1 is the bound of docs/SPEC.md §6, not §5's
+    let name = if gru { format!("{} (GRU)", run.name()) } else { run.name() };
+    Ok(Traces { name, lambda, grad_step, grad })
 }
 
 /// Positive, finite points only (log axes).

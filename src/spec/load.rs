@@ -6,7 +6,7 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use super::{DATA_ENV, Normalization, Optimizer, Quantizer, Schedule, Spec, Task};
+use super::{CellKind, DATA_ENV, Normalization, Optimizer, Quantizer, Schedule, Spec, Task};
 use crate::bail;
 use crate::error::{Error, Result};
 
@@ -261,6 +261,7 @@ fn article(t: &str) -> String {
 /// Enumerated string fields: say which values are allowed.
 fn check_enum(path: &str, s: &str, origin: &str) -> Result<()> {
     let parsed = match path {
+        "model.cell" => s.parse::<CellKind>().map(|_| ()),
         "model.quantizer" => s.parse::<Quantizer>().map(|_| ()),
         "model.normalization" => s.parse::<Normalization>().map(|_| ()),
         "train.optimizer" => s.parse::<Optimizer>().map(|_| ()),

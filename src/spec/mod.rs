@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Head, Init, InputKind, ModelConfig};
 use crate::names::named_enum;
-pub use crate::nn::{Normalization, Quantizer};
+pub use crate::nn::{CellKind, Normalization, Quantizer};
 
 mod load;
 
@@ -103,6 +103,8 @@ pub const DATA_ENV: &str = "QLSTM_DATA";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// The recurrent cell: lstm, or gru (docs/SPEC.md §6).
+    pub cell: CellKind,
     pub hidden: usize,
     pub layers: usize,
     /// Word-embedding width (ptb_word); 0 for one-hot (char/byte) and pixel input.
@@ -167,6 +169,7 @@ impl Spec {
     /// The paper's recipe for a task (docs/SPEC.md §3), full precision, no normalization.
     pub fn defaults(task: Task) -> Spec {
         let model = ModelSpec {
+            cell: CellKind::Lstm,
             hidden: 512,
             layers: 1,
             embedding: 0,
@@ -250,6 +253,7 @@ impl Spec {
         let m = &self.model;
         let mnist = self.task.is_mnist();
         ModelConfig {
+            cell: m.cell,
             input: if mnist {
                 InputKind::Pixels
             } else if self.task.uses_embedding() {

@@ -22,8 +22,8 @@ use crate::spec::{Spec, Task};
 pub const GFLOPS_PER_THREAD: f64 = 25.0;
 
 /// Training FLOPs of one step of `spec` (a full window of `batch_size × bptt` tokens), counted as
-/// the benchmark counts them: per token 2·Σ_l (in_l + H)·4H for the layers, per prediction 2·H·V
-/// for the softmax layer, × 3 for forward and backward.
+/// the benchmark counts them: per token 2·Σ_l (in_l + H)·G·H for the layers (G gate blocks:
+/// LSTM 4, GRU 3), per prediction 2·H·V for the softmax layer, × 3 for forward and backward.
 pub fn train_step_flops(spec: &Spec, vocab: usize) -> f64 {
     3.0 * forward_flops(spec, vocab, spec.train.batch_size)
 }
@@ -33,7 +33,8 @@ fn forward_flops(spec: &Spec, vocab: usize, batch: usize) -> f64 {
     let m = &spec.model;
     let h = m.hidden as f64;
     let input = spec.input_size(vocab) as f64;
-    let per_token: f64 = (0..m.layers).map(|l| 2.0 * (if l == 0 { input } else { h } + h) * 4.0 * h).sum();
+    let g = (m.cell.gates() as f64) * h;
+    let per_token: f64 = (0..m.layers).map(|l| 2.0 * (if l == 0 { input } else { h } + h) * g).sum();
     let config = spec.model_config(vocab);
     let tokens = (batch * spec.train.bptt) as f64;
     let predictions = if spec.task.is_mnist() { batch as f64 } else { tokens };
@@ -124,7 +125,7 @@ impl Plan {
         let rate = GFLOPS_PER_THREAD * 1e9;
         // The recurrent product of one step, batch × H × 4H multiply-adds, decides whether a
         // second thread pays (below 2^24 it costs more in synchronisation than it saves).
-        let macs = t.batch_size * spec.model.hidden * 4 * spec.model.hidden;
+        let macs = t.batch_size * spec.model.hidden * spec.model.cell.gates() * spec.model.hidden;
         let threads = match macs {
             0..0x100_0000 => 1,
             0x100_0000..0x800_0000 => 2,

@@ -11,7 +11,7 @@ mod simd;
 pub use gemm::{flush_denormals, gemm, gemm_with, set_threads, threads};
 pub use param::{Group, Moments, Param};
 pub use real::{Real, expf, tanhf};
-pub use reduce::{exp_shift_sum, max, sum, sum_sq, sum_sq_dev, sum_sq_f64};
+pub use reduce::{exp_shift_sum, max, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum};
 pub use simd::{Simd, simd};
 pub(crate) use simd::{simd_kernel, simd_method};
 

@@ -85,3 +85,20 @@ pub fn exp_shift_sum<T: Real>(x: &mut [T], m: T) -> T {
     }
     s
 }
+
+/// Σ (a + b)² of two slices of one length, accumulated in f64, vectorizable: the squared norm
+/// of a gradient that arrives in two parts (from the future and from above).
+#[inline(always)]
+pub fn sum_sq_f64_of_sum<T: Real>(a: &[T], b: &[T]) -> f64 {
+    let b = &b[..a.len()];
+    let mut acc = [0.0f64; LANES];
+    let n = a.len() / LANES * LANES;
+    for j in (0..n).step_by(LANES) {
+        for l in 0..LANES {
+            let d = (a[j + l] + b[j + l]).f64();
+            acc[l] += d * d;
+        }
+    }
+    let tail: f64 = (n..a.len()).map(|j| (a[j] + b[j]).f64().powi(2)).sum();
+    acc.iter().sum::<f64>() + tail
+}

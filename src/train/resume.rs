@@ -183,7 +183,9 @@ pub fn save_checkpoint(
     if let Some(st) = carried.filter(|_| state.window > 0) {
         for (l, (h, c)) in st.h.iter().zip(&st.c).enumerate() {
             views.push((format!("state.h.{l}"), h.view()));
-            views.push((format!("state.c.{l}"), c.view()));
+            if c.ncols() > 0 {
+                views.push((format!("state.c.{l}"), c.view()));
+            }
         }
     }
     checkpoint::write(path, &views, meta)
@@ -230,11 +232,13 @@ pub fn restore(
         model.params_mut().into_iter().for_each(|p| p.moments = None);
     }
     let carried = if state.window > 0 && carries_state {
-        let (l, b, h) = (spec.model.layers, spec.train.batch_size, spec.model.hidden);
-        let mut st = State::zeros(l, b, h);
-        for i in 0..l {
-            st.h[i] = ck.take(&format!("state.h.{i}"), (b, h))?;
-            st.c[i] = ck.take(&format!("state.c.{i}"), (b, h))?;
+        let b = spec.train.batch_size;
+        let mut st = model.zero_state(b);
+        for (i, (h, c)) in st.h.iter_mut().zip(st.c.iter_mut()).enumerate() {
+            *h = ck.take(&format!("state.h.{i}"), h.dim())?;
+            if c.ncols() > 0 {
+                *c = ck.take(&format!("state.c.{i}"), c.dim())?;
+            }
         }
         Some(st)
     } else {

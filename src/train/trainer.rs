@@ -286,6 +286,7 @@ impl Trainer {
             wall_s: s.wall_before + start.elapsed().as_secs_f64(),
             status,
             diverged_step: s.diverged_step,
+            cell: self.spec.model.cell,
         }
     }
 
@@ -320,7 +321,7 @@ impl Trainer {
                     let (x, y) = (x.to_vec(), y.to_vec());
                     let st = match self.carried.take() {
                         Some(s) if i > 0 => s,
-                        _ => State::zeros(self.spec.model.layers, self.spec.train.batch_size, self.spec.model.hidden),
+                        _ => self.model.zero_state(self.spec.train.batch_size),
                     };
                     let s = self.train_step(Input::Tokens(&x), &y, &st, &mut rng);
                     self.carried = Some(self.model.final_state());
@@ -422,7 +423,7 @@ impl Trainer {
         match &self.data {
             TaskData::Lm(_) => {
                 let streams = &self.streams.as_ref().unwrap()[if split == Split::Valid { 1 } else { 2 }];
-                let mut state = State::zeros(self.spec.model.layers, eb, self.spec.model.hidden);
+                let mut state = self.model.zero_state(eb);
                 let windows = streams.num_windows(self.spec.train.bptt);
                 self.observer.evaluating(split, 0, windows);
                 for (i, (start, steps)) in streams.windows(self.spec.train.bptt).enumerate() {

@@ -20,13 +20,16 @@ pub struct Cache<T> {
     /// lab/lat: the curvature d = √v + 1e-8 of each latent weight, (G·H, in), this window's.
     pub(super) d_x: Array2<T>,
     pub(super) d_h: Array2<T>,
-    /// Gate activations (LSTM: σ(i), σ(f), tanh(a), σ(o)): (T·B, G·H).
+    /// Gate activations (LSTM: σ(i), σ(f), tanh(a), σ(o); GRU: r, z, n): (T·B, G·H).
     pub(super) gates: Array2<T>,
-    /// h_{-1}, h_0 … h_{T-1}: ((T+1)·B, H); likewise the LSTM's cell state c.
+    /// h_{-1}, h_0 … h_{T-1}: ((T+1)·B, H); likewise the LSTM's cell state c (width 0 for the
+    /// GRU, which has none).
     pub(super) hs: Array2<T>,
     pub(super) cs: Array2<T>,
-    /// The LSTM's tanh(c_t), (T·B, H).
-    pub(super) tanh_c: Array2<T>,
+    /// The cell's own per-step buffer (LSTM tanh(c_t), GRU u = N(W_hn·h) + b_hn), (T·B, H).
+    pub(super) aux: Array2<T>,
+    /// The GRU's recurrent product of a step (scratch), (B, G·H).
+    pub(super) rec: Array2<T>,
     /// Layer/batch norm only: the raw products (scratch), the normalized x̂ and 1/σ of each
     /// product (x: whole window; h: every step), laid out as `Normalizer::rstd_rows` says.
     pub(super) z: Array2<T>,
@@ -59,6 +62,21 @@ impl<T: Real> Cache<T> {
     /// The h entering step t (h_{t−1}), (B, H).
     pub fn h_in(&self, t: usize) -> ArrayView2<'_, T> {
         self.hs.slice(s![t * self.batch..(t + 1) * self.batch, ..])
+    }
+
+    /// The gate activations of the window, (T·B, G·H).
+    pub fn gates(&self) -> ArrayView2<'_, T> {
+        self.gates.view()
+    }
+
+    /// The cell's per-step buffer (LSTM tanh(c_t), GRU u), (T·B, H).
+    pub fn aux(&self) -> ArrayView2<'_, T> {
+        self.aux.view()
+    }
+
+    /// The h entering each step of the window, h_{-1} … h_{T-2}: (T·B, H).
+    pub fn h_in_window(&self) -> ArrayView2<'_, T> {
+        self.hs.slice(s![..self.steps * self.batch, ..])
     }
 
     /// The cell states entering the steps of the window, c_{-1} … c_{T-2}: (T·B, H).
@@ -96,8 +114,10 @@ impl<T: Real> Cache<T> {
 /// Backward scratch, reused across windows.
 #[derive(Default)]
 pub struct Grads<T> {
-    /// ∂L/∂(gate pre-activations), (T·B, G·H).
+    /// ∂L/∂(gate pre-activations of the input side), (T·B, G·H).
     pub(super) dgates: Array2<T>,
+    /// ∂L/∂(recurrent product) for a cell that takes it apart (GRU), (T·B, G·H).
+    pub(super) dg_rec: Array2<T>,
     /// ∂L/∂(raw products) under layer/batch norm, (T·B, G·H).
     pub(super) dz: Array2<T>,
     /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.

@@ -9,7 +9,7 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
-use super::{Cache, Cell, Grads, Lstm};
+use super::{Cache, CellKind, Grads, Gru, Lstm};
 use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
@@ -31,17 +31,17 @@ impl<T> LayerInput<'_, T> {
     }
 }
 
-/// The cell of every layer (the one cell kind there is today).
-type LayerCell = Lstm;
-
 pub struct Layer<T> {
+    pub cell: CellKind,
     pub input_size: usize,
     pub hidden: usize,
     /// Latent full-precision weights, PyTorch layout (G·H, in) and (G·H, H).
     pub w_x: Param<T>,
     pub w_h: Param<T>,
-    /// One bias per layer, (1, G·H).
+    /// The input side's bias, (1, G·H) (the LSTM's one bias, PyTorch's b_ih + b_hh).
     pub bias: Param<T>,
+    /// The GRU's bias inside the reset product, b_hn, (1, H).
+    pub bias_hn: Option<Param<T>>,
     pub quantizer: Quantizer,
     /// Quantize W_x too (false for sequential MNIST, whose 4H×1 input weights stay fp).
     pub quantize_input: bool,
@@ -54,32 +54,50 @@ pub struct Layer<T> {
     pub norm_h: Option<Normalizer<T>>,
 }
 
-impl<T: Real> Layer<T> {
-    /// Gate blocks per layer.
-    pub const GATES: usize = LayerCell::GATES;
+/// Run `$body` with `$C` the cell type of `$kind` (static dispatch, once per window).
+macro_rules! with_cell {
+    ($kind:expr, $C:ident => $body:expr) => {
+        match $kind {
+            CellKind::Lstm => {
+                type $C = Lstm;
+                $body
+            }
+            CellKind::Gru => {
+                type $C = Gru;
+                $body
+            }
+        }
+    };
+}
 
+impl<T: Real> Layer<T> {
     /// `slots`: time slots of separate batch statistics (T_max = bptt).
     pub fn new(
         prefix: &str,
+        cell: CellKind,
         input_size: usize,
         hidden: usize,
         quantizer: Quantizer,
         normalization: Normalization,
         slots: usize,
     ) -> Self {
-        let blocks = Self::GATES;
+        let blocks = cell.gates();
         let g = blocks * hidden;
         let wn = normalization == Normalization::Weight;
         let gain = |name: &str| Some(Param::new(format!("{prefix}.{name}"), Array2::zeros((1, g)), Group::Other));
         let norm = |product: &str| {
             Normalizer::for_normalization(normalization, &format!("{prefix}.{product}"), hidden, blocks, slots)
         };
+        let bias_hn = (cell == CellKind::Gru)
+            .then(|| Param::new(format!("{prefix}.bias_hn"), Array2::zeros((1, hidden)), Group::Other));
         Layer {
+            cell,
             input_size,
             hidden,
             w_x: Param::new(format!("{prefix}.w_x"), Array2::zeros((g, input_size)), Group::LatentWeight),
             w_h: Param::new(format!("{prefix}.w_h"), Array2::zeros((g, hidden)), Group::LatentWeight),
             bias: Param::new(format!("{prefix}.bias"), Array2::zeros((1, g)), Group::Other),
+            bias_hn,
             quantizer,
             quantize_input: true,
             normalization,
@@ -106,8 +124,14 @@ impl<T: Real> Layer<T> {
         [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten()
     }
 
+    /// Gate blocks per layer (LSTM 4, GRU 3).
+    pub fn gates(&self) -> usize {
+        self.cell.gates()
+    }
+
     pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
         let mut v = vec![&mut self.w_x, &mut self.w_h, &mut self.bias];
+        v.extend(self.bias_hn.as_mut());
         v.extend(self.wn_gain_x.as_mut());
         v.extend(self.wn_gain_h.as_mut());
         for n in [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten() {
@@ -123,6 +147,7 @@ impl<T: Real> Layer<T> {
             Some(&mut self.w_x),
             Some(&mut self.w_h),
             Some(&mut self.bias),
+            self.bias_hn.as_mut(),
             self.wn_gain_x.as_mut(),
             self.wn_gain_h.as_mut(),
         ]
@@ -146,12 +171,13 @@ impl<T: Real> Layer<T> {
     /// lab/lat weigh each entry by d = √v + 1e-8 from the optimizer's raw second moment of the
     /// latent weight (d = 1 before the first Adam step, or with SGD).
     pub fn prepare_weights(&self, cache: &mut Cache<T>) {
-        let qx = if self.quantize_input { self.quantizer } else { Quantizer::Fp };
+        let (qx, blocks) = (if self.quantize_input { self.quantizer } else { Quantizer::Fp }, self.gates());
         let dx = curvature(qx, &self.w_x, &mut cache.d_x);
-        prepare_one(self.w_x.value.view(), qx, dx, self.wn_gain_x.as_ref(), &mut cache.qx_t, &mut cache.wx_t);
+        prepare_one(self.w_x.value.view(), blocks, qx, dx, self.wn_gain_x.as_ref(), &mut cache.qx_t, &mut cache.wx_t);
         let dh = curvature(self.quantizer, &self.w_h, &mut cache.d_h);
         prepare_one(
             self.w_h.value.view(),
+            blocks,
             self.quantizer,
             dh,
             self.wn_gain_h.as_ref(),
@@ -173,16 +199,21 @@ impl<T: Real> Layer<T> {
         let batch = h0.nrows();
         let rows = input.rows();
         let steps = rows / batch;
-        let (h, g) = (self.hidden, Self::GATES * self.hidden);
+        let (h, g) = (self.hidden, self.gates() * self.hidden);
+        // the cell state c: the LSTM's, H wide; none (0 wide) for the GRU
+        let hc = if self.cell.carries_c() { h } else { 0 };
         assert_eq!(steps * batch, rows, "window rows must be a multiple of the batch");
         cache.steps = steps;
         cache.batch = batch;
         ensure_shape(&mut cache.gates, rows, g);
         ensure_shape(&mut cache.hs, rows + batch, h);
-        ensure_shape(&mut cache.cs, rows + batch, h);
-        ensure_shape(&mut cache.tanh_c, rows, h);
+        ensure_shape(&mut cache.cs, rows + batch, hc);
+        ensure_shape(&mut cache.aux, rows, h);
+        ensure_shape(&mut cache.rec, if self.cell.product_apart() { batch } else { 0 }, g);
         cache.hs.slice_mut(s![..batch, ..]).assign(&h0);
-        cache.cs.slice_mut(s![..batch, ..]).assign(&c0);
+        if hc > 0 {
+            cache.cs.slice_mut(s![..batch, ..]).assign(&c0);
+        }
 
         // Input projection for the whole window: G = N_x(X·W_xᵀ) + b. Without a normalizer the
         // product goes straight into G; with one, into the scratch z first.
@@ -218,7 +249,7 @@ impl<T: Real> Layer<T> {
         }
 
         // The recurrence: the per-step product W_h·h_{t-1}, its normalizer and the cell.
-        let Cache { wh_t, gates, hs, cs, tanh_c, z, xhat_h, rstd_h, .. } = cache;
+        let Cache { wh_t, gates, hs, cs, aux, rec, z, xhat_h, rstd_h, .. } = cache;
         let (rr, rc) = match &self.norm_h {
             Some(nh) => {
                 ensure_shape(z, batch, g);
@@ -232,8 +263,10 @@ impl<T: Real> Layer<T> {
         let window = WindowRows {
             gates: gates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
             hs: hs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
-            cs: cs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
-            tanh_c: tanh_c.view_mut().into_shape_with_order((steps, batch, h)).unwrap(),
+            cs: cs.view_mut().into_shape_with_order((steps + 1, batch, hc)).unwrap(),
+            aux: aux.view_mut().into_shape_with_order((steps, batch, h)).unwrap(),
+            rec: rec.view_mut(),
+            rec_bias: self.bias_hn.as_ref().map_or(&[], |b| b.value.as_slice().unwrap()),
             norm: StepNorm::new(self.norm_h.as_mut(), train),
             z: if normed { z.slice_mut(s![..batch, ..]) } else { empty2() },
             xhat: if normed {
@@ -248,7 +281,7 @@ impl<T: Real> Layer<T> {
             },
         };
         let wh_t = wh_t.view();
-        steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<LayerCell, T>(r, wh_t, h, par));
+        with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<C, T>(r, wh_t, h, par)));
     }
 
     /// Backward through the window. `d_out` is ∂L/∂h_t for every step (T·B, H); the state
@@ -263,12 +296,15 @@ impl<T: Real> Layer<T> {
         d_out: ArrayView2<T>,
         d_input: Option<ArrayViewMut2<T>>,
     ) {
-        let (steps, batch, h, g) = (cache.steps, cache.batch, self.hidden, Self::GATES * self.hidden);
+        let (steps, batch, h, g) = (cache.steps, cache.batch, self.hidden, self.gates() * self.hidden);
+        let hc = if self.cell.carries_c() { h } else { 0 };
+        let apart = self.cell.product_apart();
         let rows = steps * batch;
         ensure_shape(&mut grads.dgates, rows, g);
+        ensure_shape(&mut grads.dg_rec, if apart { rows } else { 0 }, g);
         ensure_shape(&mut grads.dz, rows, g);
         ensure_shape(&mut grads.dh, batch, h);
-        ensure_shape(&mut grads.dc, batch, h);
+        ensure_shape(&mut grads.dc, batch, hc);
         grads.dh.fill(T::zero());
         grads.dc.fill(T::zero());
         grads.h_grad_norms.clear();
@@ -277,17 +313,23 @@ impl<T: Real> Layer<T> {
         grads.wh.assign(&cache.wh_t.t());
 
         // The recurrence backwards, on one or two halves of the batch as in the forward.
-        let Grads { dgates, dz, dh, dc, h_grad_norms, wh, .. } = grads;
+        let Grads { dgates, dg_rec, dz, dh, dc, h_grad_norms, wh, .. } = grads;
         let normed = self.norm_h.is_some();
         let (rr, rc) = self.norm_h.as_ref().map_or((0, 0), |n| (n.rstd_rows_per_step(batch), n.rstd_cols()));
         let window = GradWindowRows {
             gates: cache.gates.view().into_shape_with_order((steps, batch, g)).unwrap(),
-            cs: cache.cs.view().into_shape_with_order((steps + 1, batch, h)).unwrap(),
-            tanh_c: cache.tanh_c.view().into_shape_with_order((steps, batch, h)).unwrap(),
+            hs: cache.hs.view().into_shape_with_order((steps + 1, batch, h)).unwrap(),
+            cs: cache.cs.view().into_shape_with_order((steps + 1, batch, hc)).unwrap(),
+            aux: cache.aux.view().into_shape_with_order((steps, batch, h)).unwrap(),
             d_out: d_out.into_shape_with_order((steps, batch, h)).unwrap(),
             dh: dh.view_mut(),
             dc: dc.view_mut(),
             dg: dgates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
+            dg_rec: if apart {
+                dg_rec.view_mut().into_shape_with_order((steps, batch, g)).unwrap()
+            } else {
+                empty3(steps)
+            },
             norm: StepNorm::new(self.norm_h.as_mut(), true),
             xhat: if normed {
                 cache.xhat_h.view().into_shape_with_order((steps, batch, g)).unwrap()
@@ -303,23 +345,30 @@ impl<T: Real> Layer<T> {
         };
         let wh = wh.view();
         let sq = std::sync::Mutex::new(vec![0.0f64; steps]);
-        steps::split_batch(window, batch, &|r: GradWindowRows<T>, par| {
-            let part = steps::backward::<LayerCell, T>(r, wh, h, par);
+        with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: GradWindowRows<T>, par| {
+            let part = steps::backward::<C, T>(r, wh, h, par);
             let mut total = sq.lock().unwrap();
             total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        });
+        }));
         for (n, s) in h_grad_norms.iter_mut().zip(sq.into_inner().unwrap()) {
             *n = s.sqrt();
+        }
+        // ∂L/∂(the recurrent product after its normalizer): the input side's for the LSTM, the
+        // cell's own for the GRU, whose b_hn it also gives (its last gate block).
+        let d_rec = if apart { grads.dg_rec.view() } else { grads.dgates.view() };
+        if let Some(b) = &mut self.bias_hn {
+            let db = d_rec.slice(s![.., 2 * h..3 * h]).sum_axis(Axis(0));
+            b.grad.row_mut(0).zip_mut_with(&db, |a, &d| *a += d);
         }
         // A row-local normalizer's γ, β gradients, for the whole window at once (its steps may
         // have run on two halves of the batch); a batch normalizer summed them step by step.
         if let Some(nh) = self.norm_h.as_mut().filter(|n| n.row_local()) {
-            nh.param_grads(grads.dgates.view(), cache.xhat_h.view());
+            nh.param_grads(d_rec, cache.xhat_h.view());
         }
 
         // Window-batched weight gradients w.r.t. the effective (transposed) weights.
         ensure_shape(&mut grads.dwh_t, h, g);
-        let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { grads.dgates.view() };
+        let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { d_rec };
         gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), d_zh, T::one());
         // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
         if let Some(nx) = &mut self.norm_x {
@@ -385,6 +434,7 @@ fn curvature<'a, T: Real>(q: Quantizer, w: &Param<T>, d: &'a mut Array2<T>) -> O
 /// W (G·H, in) latent → Q(W) per gate block → weight norm → effective, all transposed (in, G·H).
 fn prepare_one<T: Real>(
     w: ArrayView2<T>,
+    blocks: usize,
     quantizer: Quantizer,
     curvature: Option<&Array2<T>>,
     gain: Option<&Param<T>>,
@@ -394,8 +444,8 @@ fn prepare_one<T: Real>(
     let (g, inp) = w.dim();
     ensure_shape(q_t, inp, g);
     ensure_shape(eff_t, inp, g);
-    let hidden = g / Layer::<T>::GATES;
-    for k in 0..Layer::<T>::GATES {
+    let hidden = g / blocks;
+    for k in 0..blocks {
         let rows = s![k * hidden..(k + 1) * hidden, ..];
         let d = curvature.map(|c| c.slice(rows));
         quant::quantize_block(

@@ -15,13 +15,15 @@ pub struct Lstm;
 
 impl Cell for Lstm {
     const GATES: usize = 4;
+    const CARRIES_C: bool = true;
+    const PRODUCT_APART: bool = false;
 
     fn forward<T: Real>(s: StepRows<'_, T>, hidden: usize) {
-        forward_rows(s.gates, s.c_prev, s.c, s.tanh_c, s.h, hidden);
+        forward_rows(s.gates, s.c_prev, s.c, s.aux, s.h, hidden);
     }
 
     fn backward<T: Real>(s: StepGradRows<'_, T>, hidden: usize) -> f64 {
-        backward_rows(s.gates, s.c_prev, s.tanh_c, s.d_out, s.dh, s.dc, s.dg, hidden)
+        backward_rows(s.gates, s.c_prev, s.aux, s.d_out, s.dh, s.dc, s.dg, hidden)
     }
 }
 
@@ -145,15 +147,6 @@ simd_kernel! {
         }
         // ‖∂L/∂h_t‖² of the row, in its own loop so the one above has no reduction to serialize;
         // in f64, since exploding gradients (plain bc) square past f32's range while finite
-        let mut acc = [0.0f64; 16];
-        let n = hidden / 16 * 16;
-        for j in (0..n).step_by(16) {
-            for l in 0..16 {
-                let d = (dhr[j + l] + dor[j + l]).f64();
-                acc[l] += d * d;
-            }
-        }
-        let tail: f64 = (n..hidden).map(|j| (dhr[j] + dor[j]).f64().powi(2)).sum();
-        acc.iter().sum::<f64>() + tail
+        crate::tensor::sum_sq_f64_of_sum(dhr, dor)
     }
 }

@@ -1,8 +1,9 @@
 //! The one time loop of a recurrent layer. Per step t, forward:
-//!   G_t += N_h(h_{t-1}·W_hᵀ)      (the recurrent product and its normalizer: `StepNorm`)
+//!   G_t += N_h(h_{t-1}·W_hᵀ)      (the recurrent product and its normalizer: `StepNorm`; a
+//!                                  cell that takes the product apart gets it in R_t instead)
 //!   cell(G_t, state_{t-1}) → state_t
 //! and backward, from the last step to the first:
-//!   cell⁻¹ → ∂L/∂G_t;   ∂L/∂h_{t-1} = N_h⁻¹(∂L/∂G_t) · W_h
+//!   cell⁻¹ → ∂L/∂G_t (and ∂L/∂R_t);   ∂L/∂h_{t-1} (+)= N_h⁻¹(∂L/∂G_t or ∂L/∂R_t) · W_h
 //! Everything that can be batched over the window (the input projection, the weight
 //! gradients) happens outside, in `layer.rs`: only this product and the cell are per step.
 //!
@@ -52,10 +53,14 @@ impl<'a, T: Real> StepNorm<'a, T> {
 /// (time, row, ·): what the forward touches.
 pub(super) struct WindowRows<'a, T> {
     pub gates: ArrayViewMut3<'a, T>,
-    /// h_{-1} … h_{T-1} and c likewise: (T+1, rows, H)
+    /// h_{-1} … h_{T-1} and c likewise: (T+1, rows, H) (c: width 0 for a cell without one)
     pub hs: ArrayViewMut3<'a, T>,
     pub cs: ArrayViewMut3<'a, T>,
-    pub tanh_c: ArrayViewMut3<'a, T>,
+    /// The cell's per-step buffer for its backward (LSTM tanh c, GRU u): (T, rows, H)
+    pub aux: ArrayViewMut3<'a, T>,
+    /// The step's recurrent product for a cell that takes it apart, (rows, G·H); empty otherwise.
+    pub rec: ArrayViewMut2<'a, T>,
+    pub rec_bias: &'a [T],
     pub norm: StepNorm<'a, T>,
     /// With a normalizer: the step's raw product (rows, G·H), x̂ (T, rows, G·H) and 1/σ
     /// (T, `rstd_rows_per_step`, `rstd_cols`); empty views without.
@@ -67,12 +72,15 @@ pub(super) struct WindowRows<'a, T> {
 /// What the backward touches, for the same rows.
 pub(super) struct GradWindowRows<'a, T> {
     pub gates: ArrayView3<'a, T>,
+    pub hs: ArrayView3<'a, T>,
     pub cs: ArrayView3<'a, T>,
-    pub tanh_c: ArrayView3<'a, T>,
+    pub aux: ArrayView3<'a, T>,
     pub d_out: ArrayView3<'a, T>,
     pub dh: ArrayViewMut2<'a, T>,
     pub dc: ArrayViewMut2<'a, T>,
     pub dg: ArrayViewMut3<'a, T>,
+    /// ∂L/∂(recurrent product) for a cell that takes it apart, (T, rows, G·H); empty otherwise.
+    pub dg_rec: ArrayViewMut3<'a, T>,
     pub norm: StepNorm<'a, T>,
     pub xhat: ArrayView3<'a, T>,
     pub rstd: ArrayView3<'a, T>,
@@ -90,13 +98,37 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
         let (g0, g1) = self.gates.split_at(Axis(1), m);
         let (h0, h1) = self.hs.split_at(Axis(1), m);
         let (c0, c1) = self.cs.split_at(Axis(1), m);
-        let (t0, t1) = self.tanh_c.split_at(Axis(1), m);
+        let (a0, a1) = self.aux.split_at(Axis(1), m);
+        let (q0, q1) = split_rows2(self.rec, m);
         let (z0, z1) = split_rows2(self.z, m);
         let (x0, x1) = split_rows3(self.xhat, m);
         let (r0, r1) = split_rows3(self.rstd, m);
+        let b = self.rec_bias;
         Ok((
-            WindowRows { gates: g0, hs: h0, cs: c0, tanh_c: t0, norm: self.norm, z: z0, xhat: x0, rstd: r0 },
-            WindowRows { gates: g1, hs: h1, cs: c1, tanh_c: t1, norm: norm1, z: z1, xhat: x1, rstd: r1 },
+            WindowRows {
+                gates: g0,
+                hs: h0,
+                cs: c0,
+                aux: a0,
+                rec: q0,
+                rec_bias: b,
+                norm: self.norm,
+                z: z0,
+                xhat: x0,
+                rstd: r0,
+            },
+            WindowRows {
+                gates: g1,
+                hs: h1,
+                cs: c1,
+                aux: a1,
+                rec: q1,
+                rec_bias: b,
+                norm: norm1,
+                z: z1,
+                xhat: x1,
+                rstd: r1,
+            },
         ))
     }
 }
@@ -104,32 +136,35 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
 impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
     fn split(self, m: usize) -> Result<(Self, Self), Self> {
         let Some(norm1) = self.norm.share() else { return Err(self) };
-        let (g0, g1) = self.gates.split_at(Axis(1), m);
-        let (c0, c1) = self.cs.split_at(Axis(1), m);
-        let (t0, t1) = self.tanh_c.split_at(Axis(1), m);
-        let (o0, o1) = self.d_out.split_at(Axis(1), m);
-        let (dh0, dh1) = self.dh.split_at(Axis(0), m);
-        let (dc0, dc1) = self.dc.split_at(Axis(0), m);
-        let (dg0, dg1) = self.dg.split_at(Axis(1), m);
-        let (x0, x1) = split_view3(self.xhat, m);
-        let (r0, r1) = split_view3(self.rstd, m);
-        let (z0, z1) = split_rows3(self.dz, m);
-        let half = |gates, cs, tanh_c, d_out, dh, dc, dg, norm, xhat, rstd, dz| GradWindowRows {
-            gates,
-            cs,
-            tanh_c,
-            d_out,
-            dh,
-            dc,
-            dg,
-            norm,
-            xhat,
-            rstd,
-            dz,
-        };
+        let (gates, gates1) = self.gates.split_at(Axis(1), m);
+        let (hs, hs1) = self.hs.split_at(Axis(1), m);
+        let (cs, cs1) = self.cs.split_at(Axis(1), m);
+        let (aux, aux1) = self.aux.split_at(Axis(1), m);
+        let (d_out, d_out1) = self.d_out.split_at(Axis(1), m);
+        let (dh, dh1) = self.dh.split_at(Axis(0), m);
+        let (dc, dc1) = self.dc.split_at(Axis(0), m);
+        let (dg, dg1) = self.dg.split_at(Axis(1), m);
+        let (dg_rec, dg_rec1) = split_rows3(self.dg_rec, m);
+        let (xhat, xhat1) = split_view3(self.xhat, m);
+        let (rstd, rstd1) = split_view3(self.rstd, m);
+        let (dz, dz1) = split_rows3(self.dz, m);
         Ok((
-            half(g0, c0, t0, o0, dh0, dc0, dg0, self.norm, x0, r0, z0),
-            half(g1, c1, t1, o1, dh1, dc1, dg1, norm1, x1, r1, z1),
+            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg, dg_rec, norm: self.norm, xhat, rstd, dz },
+            GradWindowRows {
+                gates: gates1,
+                hs: hs1,
+                cs: cs1,
+                aux: aux1,
+                d_out: d_out1,
+                dh: dh1,
+                dc: dc1,
+                dg: dg1,
+                dg_rec: dg_rec1,
+                norm: norm1,
+                xhat: xhat1,
+                rstd: rstd1,
+                dz: dz1,
+            },
         ))
     }
 }
@@ -177,27 +212,35 @@ pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh_t: ArrayView2<T
         let (h_prev, mut h_next) = r.hs.view_mut().split_at(Axis(0), t + 1);
         let (c_prev, mut c_next) = r.cs.view_mut().split_at(Axis(0), t + 1);
         let h_prev = h_prev.index_axis(Axis(0), t);
-        // G_t += N_h(h_{t-1}·W_hᵀ): without a normalizer the product goes straight into G_t.
+        // G_t += N_h(h_{t-1}·W_hᵀ): without a normalizer the product goes straight into G_t; a
+        // cell that takes it apart gets it in R_t (the normalizer adds into a zeroed R_t).
+        let mut target = if C::PRODUCT_APART { r.rec.view_mut() } else { gates.view_mut() };
+        if C::PRODUCT_APART && !matches!(r.norm, StepNorm::None) {
+            target.fill(T::zero());
+        }
         match &mut r.norm {
-            StepNorm::None => gemm_with(gates.view_mut(), true, h_prev, wh_t, T::one(), par),
+            StepNorm::None => gemm_with(target, !C::PRODUCT_APART, h_prev, wh_t, T::one(), par),
             StepNorm::Rows(n) => {
                 gemm_with(r.z.view_mut(), false, h_prev, wh_t, T::one(), par);
                 let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
-                n.forward_rows(r.z.view(), xhat, rstd, gates.view_mut());
+                n.forward_rows(r.z.view(), xhat, rstd, target);
             }
             StepNorm::Batch { norm, train } => {
                 gemm_with(r.z.view_mut(), false, h_prev, wh_t, T::one(), par);
                 let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
-                norm.forward(r.z.view(), t, *train, xhat, rstd, gates.view_mut());
+                norm.forward(r.z.view(), t, *train, xhat, rstd, target);
             }
         }
         C::forward(
             StepRows {
                 gates,
+                rec: r.rec.view(),
+                rec_bias: r.rec_bias,
+                h_prev,
+                h: h_next.index_axis_mut(Axis(0), 0),
                 c_prev: c_prev.index_axis(Axis(0), t),
                 c: c_next.index_axis_mut(Axis(0), 0),
-                tanh_c: r.tanh_c.index_axis_mut(Axis(0), t),
-                h: h_next.index_axis_mut(Axis(0), 0),
+                aux: r.aux.index_axis_mut(Axis(0), t),
             },
             hidden,
         );
@@ -216,31 +259,36 @@ pub(super) fn backward<C: Cell, T: Real>(
     let mut sq = vec![0.0; steps];
     for t in (0..steps).rev() {
         let mut dg = r.dg.index_axis_mut(Axis(0), t);
+        let mut dg_rec = r.dg_rec.index_axis_mut(Axis(0), t);
         sq[t] = C::backward(
             StepGradRows {
                 gates: r.gates.index_axis(Axis(0), t),
+                h_prev: r.hs.index_axis(Axis(0), t),
                 c_prev: r.cs.index_axis(Axis(0), t),
-                tanh_c: r.tanh_c.index_axis(Axis(0), t),
+                aux: r.aux.index_axis(Axis(0), t),
                 d_out: r.d_out.index_axis(Axis(0), t),
                 dh: r.dh.view_mut(),
                 dc: r.dc.view_mut(),
                 dg: dg.view_mut(),
+                dg_rec: dg_rec.view_mut(),
             },
             hidden,
         );
-        // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through the normalizer's backward if any.
+        // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through the normalizer's backward if any; added
+        // to the direct part the cell left in dh, for a cell that has one.
+        let dy = if C::PRODUCT_APART { dg_rec.view() } else { dg.view() };
         let (xhat, rstd) = (r.xhat.index_axis(Axis(0), t), r.rstd.index_axis(Axis(0), t));
         match &mut r.norm {
-            StepNorm::None => gemm_with(r.dh.view_mut(), false, dg.view(), wh, T::one(), par),
+            StepNorm::None => gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dy, wh, T::one(), par),
             StepNorm::Rows(n) => {
                 let mut dz = r.dz.index_axis_mut(Axis(0), t);
-                n.input_grad_rows(dg.view(), xhat, rstd, dz.view_mut());
-                gemm_with(r.dh.view_mut(), false, dz.view(), wh, T::one(), par);
+                n.input_grad_rows(dy, xhat, rstd, dz.view_mut());
+                gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
             }
             StepNorm::Batch { norm, .. } => {
                 let mut dz = r.dz.index_axis_mut(Axis(0), t);
-                norm.backward(dg.view(), xhat, rstd, dz.view_mut());
-                gemm_with(r.dh.view_mut(), false, dz.view(), wh, T::one(), par);
+                norm.backward(dy, xhat, rstd, dz.view_mut());
+                gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
             }
         }
     }
