@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod data;
 pub mod diag;
 pub mod error;
+pub mod export;
 pub mod io;
 pub mod model;
 mod names;

@@ -47,11 +47,15 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Recompute a trained model's metric from a run directory (its best.safetensors) or a
-    /// checkpoint file.
+    /// Recompute a trained model's metric from a run directory (its best.safetensors), a
+    /// checkpoint file, or a packed export (--packed).
     Eval {
         /// A run directory or a .safetensors checkpoint.
-        path: PathBuf,
+        #[arg(required_unless_present = "packed", conflicts_with = "packed")]
+        path: Option<PathBuf>,
+        /// Evaluate a `qlstm export` file instead, through its 1-/2-bit kernels.
+        #[arg(long, value_name = "FILE")]
+        packed: Option<PathBuf>,
         /// The split to evaluate.
         #[arg(long, value_enum, default_value = "test")]
         split: SplitArg,
@@ -148,6 +152,42 @@ enum Command {
         #[arg(long, value_name = "STEP")]
         grad_step: Option<u64>,
     },
+    /// Write a run's model as a packed file: 1 bit per weight (bc/bwn/lab) or 2 (tc/twn/lat),
+    /// with its scales and the full-precision parts; prints its bytes by part.
+    Export {
+        /// The run directory.
+        run: PathBuf,
+        /// The file to write (default: <RUN>/packed.safetensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// best: the model at the best validation loss; last: the last checkpoint.
+        #[arg(long, value_enum, default_value = "best")]
+        checkpoint: WhichArg,
+    },
+    /// Generate text from a trained language model (a run directory, or --packed FILE).
+    Sample {
+        /// The run directory.
+        #[arg(required_unless_present = "packed", conflicts_with = "packed")]
+        run: Option<PathBuf>,
+        /// Sample from a `qlstm export` file, through its 1-/2-bit kernels.
+        #[arg(long, value_name = "FILE")]
+        packed: Option<PathBuf>,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 300)]
+        len: usize,
+        /// Softmax temperature (0: always the most likely token).
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Text the model reads before it generates (default: the start of a line).
+        #[arg(long)]
+        prime: Option<String>,
+        /// The same seed gives the same text.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Threads (default: all cores).
+        #[arg(long, value_parser = at_least_one())]
+        threads: Option<usize>,
+    },
     /// Print the model size of a spec (docs/SPEC.md §4) without training.
     Size {
         /// The TOML experiment spec.
@@ -165,6 +205,12 @@ enum Command {
 enum Emit {
     Parallel,
     Slurm,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WhichArg {
+    Best,
+    Last,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -193,12 +239,33 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run { spec, set, out, threads, resume, dry_run: false } => {
             cmd::run::run(&spec, &set, &out, threads, resume)
         }
-        Command::Eval { path, split, set, threads } => {
+        Command::Eval { path, packed, split, set, threads } => {
             let split = match split {
                 SplitArg::Valid => Split::Valid,
                 SplitArg::Test => Split::Test,
             };
-            cmd::eval::eval(&path, split, &set, threads).map(ok)
+            match (path, packed) {
+                (_, Some(file)) => cmd::eval::eval_packed(&file, split, &set, threads).map(ok),
+                (Some(path), None) => cmd::eval::eval(&path, split, &set, threads).map(ok),
+                (None, None) => unreachable!("clap requires one"),
+            }
+        }
+        Command::Export { run, out, checkpoint } => {
+            let which = match checkpoint {
+                WhichArg::Best => cmd::export::Which::Best,
+                WhichArg::Last => cmd::export::Which::Last,
+            };
+            cmd::export::export(&run, out.as_deref(), which).map(ok)
+        }
+        Command::Sample { run, packed, len, temperature, prime, seed, threads } => {
+            cmd::set_threads(threads);
+            let source = match (&run, &packed) {
+                (_, Some(f)) => cmd::sample::Source::Packed(f),
+                (Some(r), None) => cmd::sample::Source::Run(r),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let args = cmd::sample::SampleArgs { source, len, temperature, prime: prime.as_deref(), seed };
+            cmd::sample::sample(&args).map(ok)
         }
         Command::Sweep { specs, grid, set, jobs, threads, out, emit, slurm_arg, status } => {
             let emit = emit.map(|e| match e {

@@ -24,6 +24,29 @@ struct EvalRow {
     loss_nats: f64,
 }
 
+/// `qlstm eval --packed FILE`: the same evaluation through the packed model's bit kernels.
+pub fn eval_packed(file: &Path, split: Split, sets: &[String], threads: Option<usize>) -> Result<()> {
+    crate::cmd::set_threads(threads);
+    let (spec, model) = crate::export::packed::load(file, sets)?;
+    let name = spec.name.clone();
+    let mut t =
+        Trainer::new(spec)?.with_model(model).with_observer(Box::new(crate::cmd::progress::Progress::new(&name)));
+    report(&mut t, file, split)
+}
+
+fn report(t: &mut Trainer, file: &Path, split: Split) -> Result<()> {
+    let stats = t.evaluate(split);
+    let metric = t.metric();
+    print_csv(&[EvalRow {
+        name: t.spec.name.clone(),
+        checkpoint: file.display().to_string(),
+        split: if split == Split::Valid { "valid" } else { "test" },
+        metric: metric.name().into(),
+        value: metric.value(&stats),
+        loss_nats: stats.mean_loss(),
+    }])
+}
+
 pub fn eval(path: &Path, split: Split, sets: &[String], threads: Option<usize>) -> Result<()> {
     crate::cmd::set_threads(threads);
     let file = if path.is_dir() {
@@ -40,14 +63,5 @@ pub fn eval(path: &Path, split: Split, sets: &[String], threads: Option<usize>) 
     let name = spec.name.clone();
     let mut t = Trainer::new(spec)?.with_observer(Box::new(crate::cmd::progress::Progress::new(&name)));
     t.load_model(&file)?;
-    let stats = t.evaluate(split);
-    let metric = t.metric();
-    print_csv(&[EvalRow {
-        name: t.spec.name.clone(),
-        checkpoint: file.display().to_string(),
-        split: if split == Split::Valid { "valid" } else { "test" },
-        metric: metric.name().into(),
-        value: metric.value(&stats),
-        loss_nats: stats.mean_loss(),
-    }])
+    report(&mut t, &file, split)
 }

@@ -3,9 +3,11 @@
 
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod plot;
 pub mod progress;
 pub mod run;
+pub mod sample;
 pub mod size;
 pub mod sweep;
 pub mod table;

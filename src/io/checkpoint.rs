@@ -19,18 +19,34 @@ pub const FORMAT: &str = "qlstm-checkpoint-2";
 const READABLE: [&str; 2] = ["qlstm-checkpoint-1", FORMAT];
 
 /// Write tensors and metadata to `path` (atomically).
-pub fn write(path: &Path, tensors: &[(String, ArrayView2<f32>)], mut meta: HashMap<String, String>) -> Result<()> {
-    meta.insert("format".into(), FORMAT.into());
+pub fn write(path: &Path, tensors: &[(String, ArrayView2<f32>)], meta: HashMap<String, String>) -> Result<()> {
+    write_with(path, FORMAT, tensors, &[], meta)
+}
+
+/// Write f32 tensors and U8 tensors (`(name, (rows, cols), bytes)`) under a format name.
+pub fn write_with(
+    path: &Path,
+    format: &str,
+    tensors: &[(String, ArrayView2<f32>)],
+    bytes_tensors: &[(String, (usize, usize), Vec<u8>)],
+    mut meta: HashMap<String, String>,
+) -> Result<()> {
+    meta.insert("format".into(), format.into());
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, a)| a.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
-    let views = tensors
+    let err =
+        |name: &str, e: safetensors::SafeTensorError| Error::new(format!("{}: tensor {name}: {e}", path.display()));
+    let mut views = tensors
         .iter()
         .zip(&bytes)
         .map(|((name, a), b)| {
             TensorView::new(Dtype::F32, vec![a.nrows(), a.ncols()], b)
                 .map(|v| (name.clone(), v))
-                .map_err(|e| Error::new(format!("{}: tensor {name}: {e}", path.display())))
+                .map_err(|e| err(name, e))
         })
         .collect::<Result<Vec<_>>>()?;
+    for (name, (r, c), b) in bytes_tensors {
+        views.push((name.clone(), TensorView::new(Dtype::U8, vec![*r, *c], b).map_err(|e| err(name, e))?));
+    }
     let blob = safetensors::serialize(views, Some(meta)).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
     write_atomic(path, &blob)
 }
@@ -39,6 +55,8 @@ pub fn write(path: &Path, tensors: &[(String, ArrayView2<f32>)], mut meta: HashM
 pub struct Loaded {
     pub path: String,
     pub tensors: HashMap<String, Array2<f32>>,
+    /// U8 tensors (a packed export's bit planes): shape and bytes.
+    pub bytes: HashMap<String, ((usize, usize), Vec<u8>)>,
     pub meta: HashMap<String, String>,
 }
 
@@ -70,6 +88,11 @@ impl Loaded {
 
 /// The metadata of a checkpoint alone, from its header (the tensors are not read).
 pub fn read_meta(path: &Path) -> Result<HashMap<String, String>> {
+    read_meta_of(path, &READABLE)
+}
+
+/// The metadata of a file of one of `formats`, from its header alone.
+pub fn read_meta_of(path: &Path, formats: &[&str]) -> Result<HashMap<String, String>> {
     use std::io::Read;
     let p = path.display().to_string();
     let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
@@ -88,26 +111,40 @@ pub fn read_meta(path: &Path) -> Result<HashMap<String, String>> {
         .and_then(|m| m.as_object())
         .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
         .unwrap_or_default();
-    if !meta.get("format").is_some_and(|f| READABLE.contains(&f.as_str())) {
-        bail!("{p}: not a qlstm checkpoint (metadata `format` is not {FORMAT})");
+    if !meta.get("format").is_some_and(|f| formats.contains(&f.as_str())) {
+        bail!("{p}: not a qlstm file of format {} (metadata `format`)", formats.join(" or "));
     }
     Ok(meta)
 }
 
 pub fn read(path: &Path) -> Result<Loaded> {
+    read_with(path, &READABLE, "a qlstm checkpoint")
+}
+
+/// Read a file of one of `formats` (`what` names them in the message).
+pub fn read_with(path: &Path, formats: &[&str], what: &str) -> Result<Loaded> {
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::new(format!("{p}: not a readable safetensors file ({e})")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::new(format!("{p}: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    if !meta.get("format").is_some_and(|f| READABLE.contains(&f.as_str())) {
-        bail!("{p}: not a qlstm checkpoint (metadata `format` is not {FORMAT})");
+    if !meta.get("format").is_some_and(|f| formats.contains(&f.as_str())) {
+        bail!("{p}: not {what} (metadata `format` is not {})", formats.join(" or "));
     }
     let mut tensors = HashMap::new();
+    let mut bytes = HashMap::new();
     for (name, view) in st.tensors() {
+        if view.dtype() == Dtype::U8 && view.shape().len() == 2 {
+            bytes.insert(name, ((view.shape()[0], view.shape()[1]), view.data().to_vec()));
+            continue;
+        }
         if view.dtype() != Dtype::F32 || view.shape().len() != 2 {
-            bail!("{p}: tensor `{name}` is {:?} {:?}; qlstm writes 2-D f32", view.dtype(), view.shape());
+            bail!(
+                "{p}: tensor `{name}` is {:?} {:?}; qlstm writes 2-D f32 (and U8 bit planes)",
+                view.dtype(),
+                view.shape()
+            );
         }
         let data: Vec<f32> =
             view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -115,5 +152,5 @@ pub fn read(path: &Path) -> Result<Loaded> {
             .map_err(|e| Error::new(format!("{p}: {e}")))?;
         tensors.insert(name, a);
     }
-    Ok(Loaded { path: p, tensors, meta })
+    Ok(Loaded { path: p, tensors, bytes, meta })
 }

@@ -297,6 +297,33 @@ impl<T: Real> Model<T> {
         train: bool,
         rng: &mut R,
     ) -> Stats {
+        self.forward_logits(input, state, train, 0, rng);
+        let ws = &mut self.ws;
+        let count = targets.len();
+        assert_eq!(count, ws.logits.nrows(), "one target per prediction");
+        let (loss_sum, correct) = softmax_cross_entropy(
+            &mut ws.logits,
+            targets,
+            T::r(1.0 / count as f64),
+            self.decoder.bias.value.as_slice().unwrap(),
+            &mut ws.d_bias,
+        );
+        Stats { loss_sum, count, correct }
+    }
+
+    /// The logits (with the output bias) of a window in evaluation mode, one row per
+    /// prediction: what sampling draws from. `t0`: the in-window time index of its first step
+    /// (sampling one step at a time continues a window of bptt steps).
+    pub fn predict(&mut self, input: Input<T>, state: &State<T>, t0: usize) -> ArrayView2<'_, T> {
+        let mut unused = rand_pcg::Pcg64Mcg::new(0); // no dropout in evaluation
+        self.forward_logits(input, state, false, t0, &mut unused);
+        let bias = self.decoder.bias.value.row(0);
+        self.ws.logits += &bias;
+        self.ws.logits.view()
+    }
+
+    /// Everything of `forward` up to the logits without the output bias (in `ws.logits`).
+    fn forward_logits<R: Rng>(&mut self, input: Input<T>, state: &State<T>, train: bool, t0: usize, rng: &mut R) {
         let batch = state.h[0].nrows();
         let rows = input.rows();
         let nl = self.layers.len();
@@ -330,7 +357,7 @@ impl<T: Real> Model<T> {
             } else {
                 LayerInput::Dense(done[l - 1].output())
             };
-            self.layers[l].forward(cache, x, state.h[l].view(), state.c[l].view(), train);
+            self.layers[l].forward(cache, x, state.h[l].view(), state.c[l].view(), train, t0);
             if l + 1 < nl && train && self.dropout_between > 0.0 {
                 let out = cache.output();
                 sample_mask(rng, self.dropout_between, rows, self.hidden, &mut ws.masks_between[l]);
@@ -353,16 +380,6 @@ impl<T: Real> Model<T> {
             ws.top *= &ws.mask_out;
         }
         self.decoder.forward_unbiased(ws.top.view(), &mut ws.logits);
-        let count = targets.len();
-        assert_eq!(count, ws.logits.nrows(), "one target per prediction");
-        let (loss_sum, correct) = softmax_cross_entropy(
-            &mut ws.logits,
-            targets,
-            T::r(1.0 / count as f64),
-            self.decoder.bias.value.as_slice().unwrap(),
-            &mut ws.d_bias,
-        );
-        Stats { loss_sum, count, correct }
     }
 
     /// Backward through the window `forward` just ran (with `train`). Accumulates every

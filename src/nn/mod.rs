@@ -6,6 +6,7 @@ pub mod embedding;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod packed;
 pub mod quant;
 pub mod recurrent;
 pub mod weight_norm;

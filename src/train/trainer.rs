@@ -127,6 +127,13 @@ impl Trainer {
         })
     }
 
+    /// Evaluate (or sample from) `model` instead of the freshly initialised one: a loaded
+    /// checkpoint's or a packed export's, built for this spec.
+    pub fn with_model(mut self, model: Model<f32>) -> Trainer {
+        self.model = model;
+        self
+    }
+
     /// Report progress to `observer` (by default nobody watches).
     pub fn with_observer(mut self, observer: Box<dyn Observer>) -> Trainer {
         self.observer = observer;

@@ -11,6 +11,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
 use super::{Cache, CellKind, Grads, Gru, Lstm};
 use crate::nn::norm::{Normalization, Normalizer};
+use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
 use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
@@ -52,6 +53,41 @@ pub struct Layer<T> {
     /// Layer/batch normalizers of the products W_x·x and W_h·h.
     pub norm_x: Option<Normalizer<T>>,
     pub norm_h: Option<Normalizer<T>>,
+    /// Weights fixed at load time for inference (a packed export): the products use them as
+    /// they are, with nothing quantized or normalized again, and there is no backward.
+    pub frozen: Option<Frozen>,
+}
+
+/// The effective weights of an exported layer.
+pub struct Frozen {
+    pub x: FrozenMatrix,
+    pub h: FrozenMatrix,
+}
+
+/// One matrix of `Frozen`: packed, or f32 (a full-precision matrix, e.g. sequential MNIST's
+/// W_x), both with weight norm folded in.
+pub enum FrozenMatrix {
+    /// Wᵀ, (in, G·H).
+    Dense(Array2<f32>),
+    Packed(PackedMatrix),
+}
+
+impl FrozenMatrix {
+    fn weights<T: Real>(&self) -> WeightsRef<'_, T> {
+        match self {
+            FrozenMatrix::Dense(w) => WeightsRef::Dense(dense_as::<T>(w)),
+            FrozenMatrix::Packed(m) => WeightsRef::Packed(m),
+        }
+    }
+}
+
+/// A frozen f32 matrix as the layer's scalar type (frozen layers are f32 models).
+fn dense_as<T: Real>(w: &Array2<f32>) -> ArrayView2<'_, T> {
+    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>(), "frozen weights run in f32");
+    assert!(w.is_standard_layout());
+    // SAFETY: T is f32 (checked above) and w is a standard-layout array: the view
+    // reinterprets the same elements with the same shape.
+    unsafe { ArrayView2::from_shape_ptr(w.dim(), w.as_ptr() as *const T) }
 }
 
 /// Run `$body` with `$C` the cell type of `$kind` (static dispatch, once per window).
@@ -105,6 +141,7 @@ impl<T: Real> Layer<T> {
             wn_gain_h: if wn { gain("wn_gain_h") } else { None },
             norm_x: norm("norm_x"),
             norm_h: norm("norm_h"),
+            frozen: None,
         }
     }
 
@@ -157,12 +194,16 @@ impl<T: Real> Layer<T> {
             v.push((p.name.clone(), &mut p.value));
         }
         for n in [self.norm_x.as_mut(), self.norm_h.as_mut()].into_iter().flatten() {
+            // running statistics are batch norm's: layer norm keeps none
+            let batch = !n.row_local();
             let Normalizer { gain, bias, running_mean, running_var, .. } = n;
             let prefix = gain.name.trim_end_matches(".gain").to_string();
             v.push((gain.name.clone(), &mut gain.value));
             v.push((bias.name.clone(), &mut bias.value));
-            v.push((format!("{prefix}.running_mean"), running_mean));
-            v.push((format!("{prefix}.running_var"), running_var));
+            if batch {
+                v.push((format!("{prefix}.running_mean"), running_mean));
+                v.push((format!("{prefix}.running_var"), running_var));
+            }
         }
         v
     }
@@ -171,6 +212,9 @@ impl<T: Real> Layer<T> {
     /// lab/lat weigh each entry by d = √v + 1e-8 from the optimizer's raw second moment of the
     /// latent weight (d = 1 before the first Adam step, or with SGD).
     pub fn prepare_weights(&self, cache: &mut Cache<T>) {
+        if self.frozen.is_some() {
+            return; // the products read the frozen weights themselves
+        }
         let (qx, blocks) = (if self.quantize_input { self.quantizer } else { Quantizer::Fp }, self.gates());
         let dx = curvature(qx, &self.w_x, &mut cache.d_x);
         prepare_one(self.w_x.value.view(), blocks, qx, dx, self.wn_gain_x.as_ref(), &mut cache.qx_t, &mut cache.wx_t);
@@ -187,7 +231,10 @@ impl<T: Real> Layer<T> {
     }
 
     /// Run the window. `h0`, `c0` are (B, H); weights must have been prepared. `train` picks
-    /// batch statistics (and updates the running ones) over running statistics.
+    /// batch statistics (and updates the running ones) over running statistics. `t0` is the
+    /// in-window time index of the first step (0, but when sampling goes one step at a time):
+    /// separate batch statistics are kept per in-window index.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &mut self,
         cache: &mut Cache<T>,
@@ -195,6 +242,7 @@ impl<T: Real> Layer<T> {
         h0: ArrayView2<T>,
         c0: ArrayView2<T>,
         train: bool,
+        t0: usize,
     ) {
         let batch = h0.nrows();
         let rows = input.rows();
@@ -220,13 +268,10 @@ impl<T: Real> Layer<T> {
         let bias = self.bias.value.row(0);
         let z = if self.norm_x.is_some() { &mut cache.z } else { &mut cache.gates };
         ensure_shape(z, rows, g);
+        let wx = self.frozen.as_ref().map_or(WeightsRef::Dense(cache.wx_t.view()), |f| f.x.weights());
         match input {
-            LayerInput::OneHot(ids) => {
-                for (mut row, &id) in z.outer_iter_mut().zip(ids) {
-                    row.assign(&cache.wx_t.row(id as usize));
-                }
-            }
-            LayerInput::Dense(x) => gemm(z.view_mut(), false, x, cache.wx_t.view(), T::one()),
+            LayerInput::OneHot(ids) => wx.gather(z.view_mut(), ids),
+            LayerInput::Dense(x) => wx.product(z.view_mut(), false, x, true),
         }
         match &mut self.norm_x {
             None => cache.gates += &bias,
@@ -238,7 +283,7 @@ impl<T: Real> Layer<T> {
                     let r = t * batch..(t + 1) * batch;
                     nx.forward(
                         cache.z.slice(s![r.clone(), ..]),
-                        t,
+                        t0 + t,
                         train,
                         cache.xhat_x.slice_mut(s![r.clone(), ..]),
                         cache.rstd_x.slice_mut(s![nx.rstd_rows(t, batch), ..]),
@@ -268,6 +313,7 @@ impl<T: Real> Layer<T> {
             rec: rec.view_mut(),
             rec_bias: self.bias_hn.as_ref().map_or(&[], |b| b.value.as_slice().unwrap()),
             norm: StepNorm::new(self.norm_h.as_mut(), train),
+            t0,
             z: if normed { z.slice_mut(s![..batch, ..]) } else { empty2() },
             xhat: if normed {
                 xhat_h.view_mut().into_shape_with_order((steps, batch, g)).unwrap()
@@ -280,8 +326,8 @@ impl<T: Real> Layer<T> {
                 empty3(steps)
             },
         };
-        let wh_t = wh_t.view();
-        with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<C, T>(r, wh_t, h, par)));
+        let wh = self.frozen.as_ref().map_or(WeightsRef::Dense(wh_t.view()), |f| f.h.weights());
+        with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<C, T>(r, wh, h, par)));
     }
 
     /// Backward through the window. `d_out` is ∂L/∂h_t for every step (T·B, H); the state
@@ -296,6 +342,7 @@ impl<T: Real> Layer<T> {
         d_out: ArrayView2<T>,
         d_input: Option<ArrayViewMut2<T>>,
     ) {
+        assert!(self.frozen.is_none(), "a frozen (exported) layer has no backward");
         let (steps, batch, h, g) = (cache.steps, cache.batch, self.hidden, self.gates() * self.hidden);
         let hc = if self.cell.carries_c() { h } else { 0 };
         let apart = self.cell.product_apart();

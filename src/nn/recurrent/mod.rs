@@ -11,7 +11,7 @@ mod steps;
 
 pub use cache::{Cache, Grads};
 pub use gru::Gru;
-pub use layer::{Layer, LayerInput};
+pub use layer::{Frozen, FrozenMatrix, Layer, LayerInput};
 pub use lstm::Lstm;
 
 use ndarray::{ArrayView2, ArrayViewMut2};

@@ -16,6 +16,7 @@ use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 
 use super::{Cell, StepGradRows, StepRows};
 use crate::nn::norm::Normalizer;
+use crate::nn::packed::WeightsRef;
 use crate::tensor::{Real, gemm_with, threads};
 
 /// The normalizer of the recurrent product, as one step of the time loop uses it.
@@ -62,6 +63,8 @@ pub(super) struct WindowRows<'a, T> {
     pub rec: ArrayViewMut2<'a, T>,
     pub rec_bias: &'a [T],
     pub norm: StepNorm<'a, T>,
+    /// The in-window time index of the first step (batch norm's statistics slot).
+    pub t0: usize,
     /// With a normalizer: the step's raw product (rows, G·H), x̂ (T, rows, G·H) and 1/σ
     /// (T, `rstd_rows_per_step`, `rstd_cols`); empty views without.
     pub z: ArrayViewMut2<'a, T>,
@@ -103,7 +106,7 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
         let (z0, z1) = split_rows2(self.z, m);
         let (x0, x1) = split_rows3(self.xhat, m);
         let (r0, r1) = split_rows3(self.rstd, m);
-        let b = self.rec_bias;
+        let (b, t0) = (self.rec_bias, self.t0);
         Ok((
             WindowRows {
                 gates: g0,
@@ -113,6 +116,7 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
                 rec: q0,
                 rec_bias: b,
                 norm: self.norm,
+                t0,
                 z: z0,
                 xhat: x0,
                 rstd: r0,
@@ -125,6 +129,7 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
                 rec: q1,
                 rec_bias: b,
                 norm: norm1,
+                t0,
                 z: z1,
                 xhat: x1,
                 rstd: r1,
@@ -206,7 +211,7 @@ pub(super) fn split_batch<R: SplitBatch>(rows: R, batch: usize, f: &(dyn Fn(R, b
 }
 
 /// The forward time loop over some rows of the batch.
-pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh_t: ArrayView2<T>, hidden: usize, par: bool) {
+pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh: WeightsRef<T>, hidden: usize, par: bool) {
     for t in 0..r.gates.len_of(Axis(0)) {
         let mut gates = r.gates.index_axis_mut(Axis(0), t);
         let (h_prev, mut h_next) = r.hs.view_mut().split_at(Axis(0), t + 1);
@@ -219,16 +224,16 @@ pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh_t: ArrayView2<T
             target.fill(T::zero());
         }
         match &mut r.norm {
-            StepNorm::None => gemm_with(target, !C::PRODUCT_APART, h_prev, wh_t, T::one(), par),
+            StepNorm::None => wh.product(target, !C::PRODUCT_APART, h_prev, par),
             StepNorm::Rows(n) => {
-                gemm_with(r.z.view_mut(), false, h_prev, wh_t, T::one(), par);
+                wh.product(r.z.view_mut(), false, h_prev, par);
                 let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
                 n.forward_rows(r.z.view(), xhat, rstd, target);
             }
             StepNorm::Batch { norm, train } => {
-                gemm_with(r.z.view_mut(), false, h_prev, wh_t, T::one(), par);
+                wh.product(r.z.view_mut(), false, h_prev, par);
                 let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
-                norm.forward(r.z.view(), t, *train, xhat, rstd, target);
+                norm.forward(r.z.view(), r.t0 + t, *train, xhat, rstd, target);
             }
         }
         C::forward(
