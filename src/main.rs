@@ -163,6 +163,10 @@ enum Command {
         /// best: the model at the best validation loss; last: the last checkpoint.
         #[arg(long, value_enum, default_value = "best")]
         checkpoint: WhichArg,
+        /// packed: the 1-/2-bit file; torch: a state dict for torch.nn.LSTM / nn.GRU
+        /// (normalization none or weight).
+        #[arg(long, value_enum, default_value = "packed")]
+        format: FormatArg,
     },
     /// Generate text from a trained language model (a run directory, or --packed FILE).
     Sample {
@@ -208,6 +212,12 @@ enum Emit {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Packed,
+    Torch,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum WhichArg {
     Best,
     Last,
@@ -250,12 +260,16 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 (None, None) => unreachable!("clap requires one"),
             }
         }
-        Command::Export { run, out, checkpoint } => {
+        Command::Export { run, out, checkpoint, format } => {
             let which = match checkpoint {
                 WhichArg::Best => cmd::export::Which::Best,
                 WhichArg::Last => cmd::export::Which::Last,
             };
-            cmd::export::export(&run, out.as_deref(), which).map(ok)
+            let format = match format {
+                FormatArg::Packed => cmd::export::Format::Packed,
+                FormatArg::Torch => cmd::export::Format::Torch,
+            };
+            cmd::export::export(&run, out.as_deref(), which, format).map(ok)
         }
         Command::Sample { run, packed, len, temperature, prime, seed, threads } => {
             cmd::set_threads(threads);

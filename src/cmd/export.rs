@@ -19,7 +19,14 @@ pub enum Which {
     Last,
 }
 
-pub fn export(run: &Path, out: Option<&Path>, which: Which) -> Result<()> {
+/// What to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Packed,
+    Torch,
+}
+
+pub fn export(run: &Path, out: Option<&Path>, which: Which, format: Format) -> Result<()> {
     let dir = RunDir::at(run);
     let file = match which {
         Which::Best => dir.best(),
@@ -28,8 +35,14 @@ pub fn export(run: &Path, out: Option<&Path>, which: Which) -> Result<()> {
     if !file.exists() {
         bail!("{}: no {} here; is it a run directory?", run.display(), file.file_name().unwrap().to_string_lossy());
     }
-    let out: PathBuf = out.map_or_else(|| dir.file("packed.safetensors"), Path::to_path_buf);
+    let default = if format == Format::Torch { "torch.safetensors" } else { "packed.safetensors" };
+    let out: PathBuf = out.map_or_else(|| dir.file(default), Path::to_path_buf);
     let (spec, mut model) = packed::load_checkpoint_model(&file, &[])?;
+    if format == Format::Torch {
+        let names = crate::export::torch::export(&spec, &model, &out)?;
+        println!("wrote {} ({} tensors: {}) from {}", out.display(), names.len(), names.join(", "), file.display());
+        return Ok(());
+    }
     let ck_meta = checkpoint::read_meta(&file)?;
     let mut meta = HashMap::new();
     for k in ["step", "epoch"] {

@@ -189,7 +189,8 @@ fn pack(
         for i in 0..cols {
             let want = eff[[j, i]];
             let got = codes[j * cols + i] as f32 * scale[j];
-            if got != want && !(codes[j * cols + i] == 0 && !ternary) {
+            // a binary matrix's exact zero is stored as +1 (counted), not checked
+            if (ternary || codes[j * cols + i] != 0) && got != want {
                 bail!("{name}[{j},{i}]: packing gives {got}, the forward pass used {want}");
             }
         }

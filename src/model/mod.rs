@@ -124,6 +124,8 @@ struct Workspace<T> {
     top: Array2<T>,
     mask_out: Array2<T>,
     logits: Array2<T>,
+    /// `keep_logits`: the last forward's logits.
+    kept: Array2<T>,
     /// ∂L/∂(decoder bias) of the last window, summed by the softmax pass.
     d_bias: Vec<T>,
     /// ∂L/∂(top) and ∂L/∂(outputs of the current layer), (N, H).
@@ -148,7 +150,38 @@ pub struct Model<T> {
     pub dropout_input: f64,
     pub dropout_between: f64,
     pub dropout_output: f64,
+    /// Dropout masks to use instead of drawing them (a parity test's, made by PyTorch).
+    pub fixed_masks: Option<DropoutMasks<T>>,
+    /// Keep each training forward's logits (with the bias) for `kept_logits` (a parity test's).
+    pub keep_logits: bool,
     ws: Workspace<T>,
+}
+
+/// Dropout masks of one window (0 or 1/(1 − p)): the embedding output (T·B, E), between layers
+/// (T·B, H) each, the top layer's output (the softmax's rows, H).
+#[derive(Clone, Debug, Default)]
+pub struct DropoutMasks<T> {
+    pub input: Option<Array2<T>>,
+    pub between: Vec<Array2<T>>,
+    pub output: Option<Array2<T>>,
+}
+
+/// A window's dropout mask: the fixed one if given, else drawn from `rng`.
+fn draw_mask<T: Real, R: Rng>(
+    fixed: Option<&Array2<T>>,
+    rng: &mut R,
+    p: f64,
+    rows: usize,
+    cols: usize,
+    mask: &mut Array2<T>,
+) {
+    match fixed {
+        Some(m) => {
+            ensure_shape(mask, rows, cols);
+            mask.assign(m);
+        }
+        None => sample_mask(rng, p, rows, cols, mask),
+    }
 }
 
 impl<T: Real> Model<T> {
@@ -187,6 +220,8 @@ impl<T: Real> Model<T> {
             dropout_input: config.dropout_input,
             dropout_between: config.dropout_between,
             dropout_output: config.dropout_output,
+            fixed_masks: None,
+            keep_logits: false,
             ws: Workspace::default(),
         };
         match config.init {
@@ -299,6 +334,11 @@ impl<T: Real> Model<T> {
     ) -> Stats {
         self.forward_logits(input, state, train, 0, rng);
         let ws = &mut self.ws;
+        if self.keep_logits {
+            ensure_shape(&mut ws.kept, ws.logits.nrows(), ws.logits.ncols());
+            ws.kept.assign(&ws.logits);
+            ws.kept += &self.decoder.bias.value.row(0);
+        }
         let count = targets.len();
         assert_eq!(count, ws.logits.nrows(), "one target per prediction");
         let (loss_sum, correct) = softmax_cross_entropy(
@@ -309,6 +349,11 @@ impl<T: Real> Model<T> {
             &mut ws.d_bias,
         );
         Stats { loss_sum, count, correct }
+    }
+
+    /// The logits of the last `forward` (with the bias), when `keep_logits` is on.
+    pub fn kept_logits(&self) -> ArrayView2<'_, T> {
+        self.ws.kept.view()
     }
 
     /// The logits (with the output bias) of a window in evaluation mode, one row per
@@ -338,7 +383,8 @@ impl<T: Real> Model<T> {
         if let (Input::Tokens(ids), Some(e)) = (input, &self.embedding) {
             e.forward(ids, &mut ws.emb);
             if train && self.dropout_input > 0.0 {
-                sample_mask(rng, self.dropout_input, rows, ws.emb.ncols(), &mut ws.mask_in);
+                let fixed = self.fixed_masks.as_ref().and_then(|m| m.input.as_ref());
+                draw_mask(fixed, rng, self.dropout_input, rows, ws.emb.ncols(), &mut ws.mask_in);
                 ws.emb *= &ws.mask_in;
             }
         }
@@ -360,7 +406,8 @@ impl<T: Real> Model<T> {
             self.layers[l].forward(cache, x, state.h[l].view(), state.c[l].view(), train, t0);
             if l + 1 < nl && train && self.dropout_between > 0.0 {
                 let out = cache.output();
-                sample_mask(rng, self.dropout_between, rows, self.hidden, &mut ws.masks_between[l]);
+                let fixed = self.fixed_masks.as_ref().and_then(|m| m.between.get(l));
+                draw_mask(fixed, rng, self.dropout_between, rows, self.hidden, &mut ws.masks_between[l]);
                 ensure_shape(&mut ws.between[l], rows, self.hidden);
                 ws.between[l].assign(&out);
                 ws.between[l] *= &ws.masks_between[l];
@@ -376,7 +423,8 @@ impl<T: Real> Model<T> {
         ws.top.assign(&top);
         if train && self.dropout_output > 0.0 {
             let (r, c) = ws.top.dim();
-            sample_mask(rng, self.dropout_output, r, c, &mut ws.mask_out);
+            let fixed = self.fixed_masks.as_ref().and_then(|m| m.output.as_ref());
+            draw_mask(fixed, rng, self.dropout_output, r, c, &mut ws.mask_out);
             ws.top *= &ws.mask_out;
         }
         self.decoder.forward_unbiased(ws.top.view(), &mut ws.logits);
