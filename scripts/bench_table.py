@@ -44,5 +44,12 @@ for c in ["char", "word1", "word2", "mnist"]:
     w = tok.get(("qlstm", c, "bc/weight"))
     print(f"| {c} | " + " | ".join(cells) + (f" | {w:,.0f} |" if w else " | |"))
 print()
+print("| config | qlstm GRU fp/none | PyTorch fused nn.GRU | ratio |")
+print("|---|---|---|---|")
+for c in ["char", "word1", "mnist"]:
+    q, p = tok.get(("qlstm", c, "gru:fp/none")), tok.get(("pytorch", c, "fused_gru"))
+    if q and p:
+        print(f"| {c} | {q:,.0f} | {p:,.0f} | {q / p:.2f}× |")
+print()
 for c, u in unit.items():
     print(f"{c}: {u}.")

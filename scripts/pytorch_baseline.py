@@ -6,13 +6,15 @@ usage: pytorch_baseline.py CONFIG IMPL THREADS [STEPS]
   CONFIG  char (PTB char H512 B64 T100) | word1 (PTB word 1x300 B20 T35)
           | word2 (PTB word 2x650 B20 T35) | mnist (sequential MNIST H100 B100 T784)
   IMPL    fused     torch.nn.LSTM (PyTorch's fused CPU kernel), full precision
+          fused_gru torch.nn.GRU (fused), full precision: the side-by-side for `--cell gru`
           official  the authors' structure (houlu369/Normalized-Quantized-LSTM): each of the
                     8 gate blocks binarized (sign·mean|w|, straight-through) once per forward,
                     then a Python loop over time with F.linear for W_x·x and W_h·h, one bias
           official_ln / official_bn   the same with per-gate-block LayerNorm / BatchNorm1d
                     (shared statistics) on both products, 8 modules called every step
 prints one CSV row: config,impl,threads,steps,median_ms,best_ms,tokens_per_s,achieved_gflops
-FLOPs per step: 3 x (sum over layers of 2(in+H)4H per token + 2 H out per prediction).
+FLOPs per step: 3 x (sum over layers of 2(in+H)GH per token + 2 H out per prediction), G = 4 gate
+blocks for the LSTM, 3 for the GRU (as `qlstm bench` counts them).
 """
 import statistics, sys, time
 
@@ -82,8 +84,11 @@ def main():
     torch.manual_seed(0)
     V, E, H, L, B, T, seq_out = CONFIGS[name]
     emb = nn.Embedding(V, E) if name.startswith("word") else None
+    gru = impl == "fused_gru"
     if impl == "fused":
         rnn = nn.LSTM(E, H, L)
+    elif gru:
+        rnn = nn.GRU(E, H, L)
     else:
         norm = {"official": "", "official_ln": "ln", "official_bn": "bn"}[impl]
         rnn = nn.ModuleList([AuthorsLayer(E if l == 0 else H, H, norm) for l in range(L)])
@@ -99,6 +104,9 @@ def main():
         x = emb(xs) if emb else (F.one_hot(xs, V).float() if name == "char" else xs)
         if impl == "fused":
             y, state = rnn(x, state)
+        elif gru:
+            y, h = rnn(x, state[0])
+            state = (h, state[1])
         else:
             hs, cs = [], []
             y = x
@@ -125,7 +133,8 @@ def main():
         if i >= 2:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    per_token = sum(2 * ((E if l == 0 else H) + H) * 4 * H for l in range(L)) + (2 * H * V if seq_out else 2 * H * V / T)
+    G = 3 if gru else 4
+    per_token = sum(2 * ((E if l == 0 else H) + H) * G * H for l in range(L)) + (2 * H * V if seq_out else 2 * H * V / T)
     flops = 3 * per_token * B * T
     print(f"{name},{impl},{threads},{steps},{med * 1e3:.1f},{min(times) * 1e3:.1f},{B * T / med:.0f},{flops / med / 1e9:.1f}", flush=True)
 

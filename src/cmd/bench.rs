@@ -3,9 +3,9 @@
 //!
 //! A step is what `scripts/pytorch_baseline.py` times: forward, backward, clipping (0.25) and
 //! an Adam update, no dropout; the state is carried (language models) or zero (MNIST).
-//! FLOPs per step follow the baseline (`sweep::cost::train_step_flops`): 3 × Σ_l 2(in_l + H)·4H
-//! per token, plus 2·H·out per prediction for the softmax layer (one-hot input counted as a
-//! dense GEMM, as PyTorch runs it).
+//! FLOPs per step follow the baseline (`sweep::cost::train_step_flops`): 3 × Σ_l 2(in_l + H)·G·H
+//! per token (G = 4 gate blocks for the LSTM, 3 for the GRU), plus 2·H·out per prediction for
+//! the softmax layer (one-hot input counted as a dense GEMM, as PyTorch runs it).
 
 use std::time::Instant;
 
