@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::run_dir::{EpochRow, Metric};
 use crate::train::resume::RunState;
-use crate::train::{Observer, Split};
+use crate::train::{Divergence, Observer, Split};
 
 /// Seconds between plain progress lines when stderr is not a terminal.
 const LINE_SECS: f64 = 10.0;
@@ -150,7 +150,15 @@ impl Observer for Progress {
         );
     }
 
-    fn diverged(&mut self, name: &str, step: u64, loss: f64, ceiling: f64) {
-        eprintln!("{name}: diverged at step {step} (mean training loss {loss:.4} nats; ceiling {ceiling:.2} nats)");
+    fn diverged(&mut self, name: &str, step: u64, why: Divergence) {
+        match why {
+            Divergence::Loss { mean_loss, ceiling } => {
+                eprintln!("{name}: diverged at step {step} (mean training loss {mean_loss:.4} nats; ceiling {ceiling:.2} nats)")
+            }
+            Divergence::Gradient { mean_loss } => eprintln!(
+                "{name}: diverged at step {step} (the gradient overflowed f32 in backpropagation through the window; \
+                 mean training loss {mean_loss:.4} nats)"
+            ),
+        }
     }
 }

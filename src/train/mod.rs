@@ -9,6 +9,6 @@ pub mod schedule;
 pub mod step;
 pub mod trainer;
 
-pub use observer::{Observer, Silent};
+pub use observer::{Divergence, Observer, Silent};
 pub use optimizer::{Optimizer, clip_grad_norm};
 pub use trainer::{EpochEnd, RunOutcome, Split, Trainer};

@@ -29,8 +29,19 @@ pub trait Observer {
     fn evaluating(&mut self, _split: Split, _done: usize, _total: usize) {}
     /// The epoch has been evaluated.
     fn epoch_evaluated(&mut self, _name: &str, _row: &EpochRow, _metric: Metric) {}
-    /// The run diverged at `step` with this mean training loss (nats) against the ceiling.
-    fn diverged(&mut self, _name: &str, _step: u64, _loss: f64, _ceiling: f64) {}
+    /// The run diverged at `step` (the number of updates made before the failing window).
+    fn diverged(&mut self, _name: &str, _step: u64, _why: Divergence) {}
+}
+
+/// Why a run stopped as diverged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Divergence {
+    /// The window's mean training loss (nats) was not finite, or above the ceiling
+    /// (`train.max_loss`, default 3 ln V).
+    Loss { mean_loss: f64, ceiling: f64 },
+    /// The loss was finite but its gradient was not: backpropagation through the window
+    /// overflowed f32 (the exploding gradients of docs/SPEC.md §5, e.g. plain bc at H = 512).
+    Gradient { mean_loss: f64 },
 }
 
 /// Watches nothing.

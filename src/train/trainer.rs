@@ -18,7 +18,7 @@ use crate::nn::Stats;
 use crate::run_dir::{EpochRow, GradNormRow, LambdaRow, Metric, RunDir, Status, Summary};
 use crate::spec::Spec;
 use crate::train::Optimizer;
-use crate::train::observer::{Observer, Silent};
+use crate::train::observer::{Divergence, Observer, Silent};
 use crate::train::resume::{self, Provisional, RunState};
 use crate::train::step::{forward_backward, update};
 
@@ -322,7 +322,7 @@ impl Trainer {
                 break;
             }
             let mut rng = derived_rng(self.spec.seed, RNG_STEP, self.state.step);
-            let (s, n) = match w {
+            let (outcome, n) = match w {
                 Window::Lm { start, steps } => {
                     let (x, y) = self.streams.as_ref().unwrap()[0].window(*start, *steps);
                     let (x, y) = (x.to_vec(), y.to_vec());
@@ -341,12 +341,19 @@ impl Trainer {
                     (self.train_step(Input::Pixels(pixels.view()), &labels, &st, &mut rng), pixels.nrows())
                 }
             };
-            if !(s.loss_sum.is_finite() && s.mean_loss() <= self.max_loss) {
-                self.state.diverged_step = Some(self.state.step);
-                self.observer.diverged(&self.spec.name, self.state.step, s.mean_loss(), self.max_loss);
-                end = EpochEnd::Diverged;
-                break;
-            }
+            let ceiling = self.max_loss;
+            let checked = outcome.and_then(|s| {
+                if s.mean_loss() <= ceiling { Ok(s) } else { Err(Divergence::Loss { mean_loss: s.mean_loss(), ceiling }) }
+            });
+            let s = match checked {
+                Ok(s) => s,
+                Err(why) => {
+                    self.state.diverged_step = Some(self.state.step);
+                    self.observer.diverged(&self.spec.name, self.state.step, why);
+                    end = EpochEnd::Diverged;
+                    break;
+                }
+            };
             let st = &mut self.state;
             st.epoch_stats.add(s);
             st.epoch_tokens += n;
@@ -368,19 +375,25 @@ impl Trainer {
         Ok(end)
     }
 
-    /// Forward, backward, clip, update: one optimizer step on one window. A non-finite
-    /// gradient is reported as a non-finite loss.
-    fn train_step(&mut self, input: Input<f32>, targets: &[u32], state: &State<f32>, rng: &mut Pcg64Mcg) -> Stats {
+    /// Forward, backward, clip, update: one optimizer step on one window, or why none was taken
+    /// (a non-finite loss, or a finite loss whose gradient is not).
+    fn train_step(
+        &mut self,
+        input: Input<f32>,
+        targets: &[u32],
+        state: &State<f32>,
+        rng: &mut Pcg64Mcg,
+    ) -> std::result::Result<Stats, Divergence> {
         let stats = forward_backward(&mut self.model, input, targets, state, rng);
         if !stats.loss_sum.is_finite() {
-            return stats;
+            return Err(Divergence::Loss { mean_loss: stats.mean_loss(), ceiling: self.max_loss });
         }
         self.record_diagnostics();
         if !update(&mut self.model, &mut self.opt, self.spec.train.clip, self.state.lr) {
-            return Stats { loss_sum: f64::NAN, ..stats };
+            return Err(Divergence::Gradient { mean_loss: stats.mean_loss() });
         }
         self.state.step += 1;
-        stats
+        Ok(stats)
     }
 
     /// λ rows and gradient-norm traces of the window just run, at the configured intervals
