@@ -44,7 +44,7 @@ BUDGETS = {
     # the plateau schedule (lr ÷ 4 when validation stalls) rarely acts this early
     "ptb_word": {"train.epochs": 2},
     "ptb_word650": {"train.epochs": 2},
-    # two epochs of 2×650 (~5 min per epoch at 2 threads): the block of 15 runs in ~2.5 h
+    # two epochs of 2×650: 41–58 min per run measured at one thread beside another sweep
     "ptb_word_2x650": {"train.epochs": 2},
     # one epoch (500 steps of 100 images): 3–7 min per run on one thread, two runs at a time;
     # the schedule's lr 0.002 → 0.001 would act only after it

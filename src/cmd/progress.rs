@@ -153,7 +153,9 @@ impl Observer for Progress {
     fn diverged(&mut self, name: &str, step: u64, why: Divergence) {
         match why {
             Divergence::Loss { mean_loss, ceiling } => {
-                eprintln!("{name}: diverged at step {step} (mean training loss {mean_loss:.4} nats; ceiling {ceiling:.2} nats)")
+                eprintln!(
+                    "{name}: diverged at step {step} (mean training loss {mean_loss:.4} nats; ceiling {ceiling:.2} nats)"
+                )
             }
             Divergence::Gradient { mean_loss } => eprintln!(
                 "{name}: diverged at step {step} (the gradient overflowed f32 in backpropagation through the window; \

@@ -170,6 +170,11 @@ where
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        // A run that diverged at its first step has one λ row: a line through one point draws
+        // nothing, so mark it.
+        if pts.len() == 1 {
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
+        }
     }
     chart
         .configure_series_labels()

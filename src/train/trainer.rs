@@ -343,7 +343,11 @@ impl Trainer {
             };
             let ceiling = self.max_loss;
             let checked = outcome.and_then(|s| {
-                if s.mean_loss() <= ceiling { Ok(s) } else { Err(Divergence::Loss { mean_loss: s.mean_loss(), ceiling }) }
+                if s.mean_loss() <= ceiling {
+                    Ok(s)
+                } else {
+                    Err(Divergence::Loss { mean_loss: s.mean_loss(), ceiling })
+                }
             });
             let s = match checked {
                 Ok(s) => s,
