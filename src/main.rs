@@ -115,24 +115,31 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
-    /// Time training steps on synthetic inputs of the benchmark shapes (CSV on stdout).
+    /// Time training steps on synthetic inputs of the benchmark shapes (CSV on stdout); with
+    /// --inference, tokens/s of exported models (f32 vs packed 1- and 2-bit) at batch 1 and 64.
     Bench {
-        /// char | word1 | word2 | mnist | all (each config in its own process, for its peak memory).
+        /// char | word1 | word2 | mnist | all (each config in its own process, for its peak memory);
+        /// with --inference: char (H 512) | text8 (H 2000) | word2 (2 × 650) | all.
         #[arg(long, default_value = "all")]
         config: String,
         /// Comma-separated cells: lstm, gru.
         #[arg(long, default_value = "lstm")]
         cell: String,
-        /// Comma-separated quantizers.
-        #[arg(long, default_value = "fp")]
-        quantizer: String,
+        /// Comma-separated quantizers (default fp; with --inference fp,bc,tc: fp is the f32 model,
+        /// bc and tc are packed).
+        #[arg(long)]
+        quantizer: Option<String>,
+        /// Time inference (evaluation-mode forward passes of exported models) instead of training.
+        #[arg(long)]
+        inference: bool,
         /// Comma-separated normalizations.
         #[arg(long, default_value = "none")]
         normalization: String,
         /// Threads (default: all cores).
         #[arg(long, value_parser = at_least_one())]
         threads: Option<usize>,
-        /// Timed steps (after 2 warm-up steps); the median is reported.
+        /// Timed steps (after 2 warm-up steps); the median is reported. With --inference: timed
+        /// rounds (after one warm-up round) per row.
         #[arg(long, default_value_t = 10, value_parser = at_least_one())]
         steps: usize,
         /// Leave out the CSV header.
@@ -311,9 +318,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Table { results, layout, out, markdown } => {
             cmd::table::table(&results, &layout, out.as_deref(), markdown).map(ok)
         }
-        Command::Bench { config, cell, quantizer, normalization, threads, steps, no_header } => {
+        Command::Bench { config, cell, quantizer, inference, normalization, threads, steps, no_header } => {
             cmd::set_threads(threads);
-            cmd::bench::run(&config, &cell, &quantizer, &normalization, steps, no_header).map(ok)
+            if inference {
+                let quantizer = quantizer.as_deref().unwrap_or("fp,bc,tc");
+                cmd::bench_inference::run_args(&config, &cell, quantizer, &normalization, steps, no_header).map(ok)
+            } else {
+                let quantizer = quantizer.as_deref().unwrap_or("fp");
+                cmd::bench::run(&config, &cell, quantizer, &normalization, steps, no_header).map(ok)
+            }
         }
         Command::Size { spec, set, csv } => cmd::size::size(&spec, &set, csv).map(ok),
         Command::Plot { runs, out, grad_step } => cmd::plot::plot(&runs, &out, grad_step).map(ok),

@@ -124,3 +124,44 @@ fn the_export_reports_its_bytes_and_sampling_is_deterministic() {
     assert_eq!(a, sample("7", false));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `qlstm bench --inference`: a row per (weights, batch) with the f32 row first, speed-ups
+/// against it, the bytes a step reads as packed (1 bit per weight plus the row scales), and a
+/// clear refusal of a quantizer that has no packed form here.
+#[test]
+fn the_inference_bench_sets_packed_beside_f32() {
+    let o = bin()
+        .args(["bench", "--inference", "--config", "char", "--quantizer", "fp,bc", "--threads", "1", "--steps", "1"])
+        .output()
+        .unwrap();
+    let text = ok(&o, "bench --inference");
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let head = r.headers().unwrap().clone();
+    let col = |name: &str| head.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}: {head:?}"));
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    let got: Vec<(String, String)> =
+        rows.iter().map(|x| (x[col("weights")].to_string(), x[col("batch")].to_string())).collect();
+    let want: Vec<(String, String)> = [("f32", "1"), ("packed", "1"), ("f32", "64"), ("packed", "64")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(got, want);
+    for x in &rows {
+        let tok: f64 = x[col("tokens_per_s")].parse().unwrap();
+        assert!(tok > 0.0 && tok.is_finite(), "{x:?}");
+    }
+    assert_eq!(&rows[0][col("speedup_vs_f32")], "1.00");
+    // char H = 512: W_x (2048 × 50, one column read per token) and W_h (2048 × 512)
+    let f32_bytes: usize = rows[0][col("lstm_weight_bytes")].parse().unwrap();
+    assert_eq!(f32_bytes, 2048 * 4 + 2048 * 512 * 4);
+    // packed: W_h's sign plane (64 bytes per row) and f32 row scales, and the one-hot W_x's
+    // share of its plane (rows padded to 7 bytes) and scales: one column of 50
+    let packed: usize = rows[1][col("lstm_weight_bytes")].parse().unwrap();
+    assert_eq!(packed, 2048 * 64 + 2048 * 4 + (2048 * 7 + 2048 * 4usize).div_ceil(50));
+    let bad = bin()
+        .args(["bench", "--inference", "--config", "char", "--quantizer", "lab", "--steps", "1"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: fp (the f32 model), bc, tc"), "{bad:?}");
+}

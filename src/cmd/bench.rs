@@ -252,6 +252,6 @@ pub fn run(config: &str, cells: &str, quantizers: &str, norms: &str, steps: usiz
 }
 
 /// `fp,bc` → the values, or an error naming the flag and the allowed values.
-fn parse_list<E: std::str::FromStr<Err = String>>(list: &str, flag: &str) -> Result<Vec<E>> {
+pub fn parse_list<E: std::str::FromStr<Err = String>>(list: &str, flag: &str) -> Result<Vec<E>> {
     list.split(',').map(|x| x.trim().parse::<E>().map_err(|e| Error::new(format!("--{flag} {e}")))).collect()
 }

@@ -2,6 +2,7 @@
 //! spawns processes; everything below it returns values and errors.
 
 pub mod bench;
+pub mod bench_inference;
 pub mod eval;
 pub mod export;
 pub mod plot;

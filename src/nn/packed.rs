@@ -7,8 +7,13 @@
 //! significant first — is column i. `sign` is 1 for +1, 0 for −1 and for 0; `nonzero` is 1
 //! where the weight is not 0.
 //!
-//! The masked sums run as AVX-512 masked adds driven by the bits (16 lanes per two bytes), as
-//! AVX2 compares of a broadcast byte against the lanes' bits (8 lanes per byte), or portably.
+//! The masked sums run four rows at a time with AVX2 (on AVX-512 hosts too): each byte of bits
+//! picks an 8-lane mask from a 256-entry table, and x & mask is added (`masked_sums_avx2`);
+//! without AVX2, from a table of x's sums over every subset of each 8 columns (`SubsetSums`).
+//! Measured on one core of an AMD EPYC without AVX-512 (`examples/packed_matvec.rs`, a 2048 ×
+//! 512 binary matrix): 12.5 G weights/s with the AVX2 kernel, the same within noise with the
+//! subset table, 1.5× the dense f32 GEMV of the same matrix. Tried and dropped: shifting each
+//! lane's bit into the sign for a blendv (80–84 µs against 85 µs per product: within noise).
 
 use crate::tensor::{Simd, simd};
 
@@ -78,37 +83,158 @@ impl PackedMatrix {
     }
 
     /// out[j] (+)= Σ_i W[j, i] · x[i] for every row j.
+    ///
+    /// With AVX2 (and on AVX-512 hosts), four rows at a time: each 8-column chunk of x is
+    /// loaded once for the four, and each row's byte of bits picks its 8-lane mask from a
+    /// 256-entry table (`LANE_MASKS`, 8 KB, stays in L1): load, and, add — three instructions
+    /// per 8 weights, in four independent accumulators. Without AVX2, `SubsetSums`: the sum of
+    /// x over each of the 256 subsets of each group of 8 columns, built once per call, then one
+    /// table load and add per byte of bits.
     pub fn matvec(&self, x: &[f32], out: &mut [f32], accumulate: bool) {
         assert_eq!(x.len(), self.cols);
         assert_eq!(out.len(), self.rows);
         let total: f32 = if self.nonzero.is_none() { x.iter().sum() } else { 0.0 };
-        for (j, o) in out.iter_mut().enumerate() {
-            let row = j * self.row_bytes..(j + 1) * self.row_bytes;
-            let plus = masked_sum(&self.sign[row.clone()], x);
-            let nz = match &self.nonzero {
-                Some(n) => masked_sum(&n[row], x),
-                None => total,
-            };
+        let rb = self.row_bytes;
+        let finish = |o: &mut f32, j: usize, plus: f32, nz: f32| {
             let y = self.scale[j] * (2.0 * plus - nz);
             *o = if accumulate { *o + y } else { y };
+        };
+        #[cfg(target_arch = "x86_64")]
+        if simd() >= Simd::Avx2 {
+            let rows4 = |plane: &[u8], j: usize| -> [f32; 4] {
+                let r = [0, 1, 2, 3].map(|k| &plane[(j + k) * rb..(j + k + 1) * rb]);
+                // SAFETY: `simd()` found AVX2 and FMA.
+                unsafe { masked_sums_avx2(r, x) }
+            };
+            let row1 = |plane: &[u8], j: usize| -> f32 {
+                // SAFETY: as above.
+                unsafe { masked_sums_avx2([&plane[j * rb..(j + 1) * rb]], x)[0] }
+            };
+            let blocked = self.rows / 4 * 4;
+            for j in (0..blocked).step_by(4) {
+                let plus = rows4(&self.sign, j);
+                let nz = self.nonzero.as_ref().map_or([total; 4], |n| rows4(n, j));
+                for k in 0..4 {
+                    finish(&mut out[j + k], j + k, plus[k], nz[k]);
+                }
+            }
+            for (j, o) in out.iter_mut().enumerate().skip(blocked) {
+                let nz = self.nonzero.as_ref().map_or(total, |n| row1(n, j));
+                finish(o, j, row1(&self.sign, j), nz);
+            }
+            return;
+        }
+        SUBSET_SUMS.with_borrow_mut(|table| {
+            table.build(x);
+            for (j, o) in out.iter_mut().enumerate() {
+                let row = j * rb..(j + 1) * rb;
+                let plus = table.masked_sum(&self.sign[row.clone()]);
+                let nz = self.nonzero.as_ref().map_or(total, |n| table.masked_sum(&n[row]));
+                finish(o, j, plus, nz);
+            }
+        });
+    }
+}
+
+/// LANE_MASKS[b] lane k is all ones where bit k of b is set: a byte of bits as an 8-lane mask.
+static LANE_MASKS: [[u32; 8]; 256] = {
+    let mut t = [[0u32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut k = 0;
+        while k < 8 {
+            if b & (1 << k) != 0 {
+                t[b][k] = u32::MAX;
+            }
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The masked sums of R rows of bits over the same x (see `PackedMatrix::matvec`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn masked_sums_avx2<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let full = n / 8;
+    for r in &rows {
+        assert!(r.len() >= n.div_ceil(8), "a row of bits covers x");
+    }
+    let mut acc = [_mm256_setzero_ps(); R];
+    for k in 0..full {
+        // SAFETY: 8·k + 8 ≤ n floats are readable.
+        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) };
+        for (a, r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: k < full ≤ r.len() (asserted above); a mask row is 8 u32s.
+            let m = unsafe { _mm256_loadu_ps(LANE_MASKS[*r.get_unchecked(k) as usize].as_ptr() as *const f32) };
+            *a = _mm256_add_ps(*a, _mm256_and_ps(v, m));
         }
     }
-}
-
-/// Σ x_i over the set bits of `bits` (bit i of byte i/8, least significant first).
-pub fn masked_sum(bits: &[u8], x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    match simd() {
-        // SAFETY: `simd()` found the features these copies are compiled for.
-        Simd::Avx512 => return unsafe { masked_sum_avx512(bits, x) },
-        Simd::Avx2 => return unsafe { masked_sum_avx2(bits, x) },
-        Simd::Base => {}
+    let mut out = [0.0f32; R];
+    for (o, (a, r)) in out.iter_mut().zip(acc.iter().zip(&rows)) {
+        let mut lane = [0.0f32; 8];
+        // SAFETY: `lane` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lane.as_mut_ptr(), *a) };
+        *o = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+        for i in 8 * full..n {
+            if r[i / 8] & (1 << (i % 8)) != 0 {
+                *o += x[i];
+            }
+        }
     }
-    masked_sum_portable(bits, x)
+    out
 }
 
-/// The portable copy: every set bit of each byte, lowest first.
-pub fn masked_sum_portable(bits: &[u8], x: &[f32]) -> f32 {
+thread_local! {
+    /// Each thread's table (64 KB for 512 columns): reused across calls, never shared.
+    static SUBSET_SUMS: std::cell::RefCell<SubsetSums> = const { std::cell::RefCell::new(SubsetSums { groups: Vec::new() }) };
+}
+
+/// For x of n columns: groups[g][b] = Σ x_i over the columns 8g + k whose bit k is set in b.
+pub struct SubsetSums {
+    groups: Vec<[f32; 256]>,
+}
+
+impl SubsetSums {
+    /// The table of `x`: each entry is the entry without its lowest bit plus that column.
+    pub fn build(&mut self, x: &[f32]) {
+        self.groups.resize(x.len().div_ceil(8), [0.0; 256]);
+        for (g, t) in self.groups.iter_mut().enumerate() {
+            let mut col = [0.0f32; 8];
+            for (k, c) in col.iter_mut().enumerate() {
+                *c = x.get(8 * g + k).copied().unwrap_or(0.0);
+            }
+            t[0] = 0.0;
+            for b in 1..256usize {
+                t[b] = t[b & (b - 1)] + col[b.trailing_zeros() as usize];
+            }
+        }
+    }
+
+    /// Σ x_i over the set bits of `bits` (bit i of byte i/8, least significant first).
+    pub fn masked_sum(&self, bits: &[u8]) -> f32 {
+        let mut acc = [0.0f32; 4];
+        let (tables, rest_t) = self.groups[..bits.len()].split_at(bits.len() / 4 * 4);
+        let (bytes, rest_b) = bits.split_at(bits.len() / 4 * 4);
+        for (t, b) in tables.chunks_exact(4).zip(bytes.chunks_exact(4)) {
+            for k in 0..4 {
+                acc[k] += t[k][b[k] as usize];
+            }
+        }
+        for (t, &b) in rest_t.iter().zip(rest_b) {
+            acc[0] += t[b as usize];
+        }
+        (acc[0] + acc[1]) + (acc[2] + acc[3])
+    }
+}
+
+/// Σ x_i over the set bits of `bits`, one set bit at a time: the reference the kernels are
+/// tested against.
+#[cfg(test)]
+fn masked_sum_portable(bits: &[u8], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (k, &byte) in bits.iter().enumerate() {
         let base = 8 * k;
@@ -122,55 +248,6 @@ pub fn masked_sum_portable(bits: &[u8], x: &[f32]) -> f32 {
         }
     }
     acc.iter().sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn masked_sum_avx512(bits: &[u8], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = x.len();
-    let full = n / 16;
-    let mut acc = _mm512_setzero_ps();
-    for k in 0..full {
-        let mask = u16::from_le_bytes([bits[2 * k], bits[2 * k + 1]]);
-        // SAFETY: 16·k + 16 ≤ n floats are readable.
-        let v = unsafe { _mm512_loadu_ps(x.as_ptr().add(16 * k)) };
-        acc = _mm512_mask_add_ps(acc, mask, acc, v);
-    }
-    let mut s = _mm512_reduce_add_ps(acc);
-    for i in 16 * full..n {
-        if bits[i / 8] & (1 << (i % 8)) != 0 {
-            s += x[i];
-        }
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn masked_sum_avx2(bits: &[u8], x: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = x.len();
-    let full = n / 8;
-    let lanes = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    let mut acc = _mm256_setzero_ps();
-    for (k, &byte) in bits.iter().enumerate().take(full) {
-        let b = _mm256_set1_epi32(byte as i32);
-        let m = _mm256_cmpeq_epi32(_mm256_and_si256(b, lanes), lanes);
-        // SAFETY: 8·k + 8 ≤ n floats are readable.
-        let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(8 * k)) };
-        acc = _mm256_add_ps(acc, _mm256_and_ps(v, _mm256_castsi256_ps(m)));
-    }
-    let mut lane = [0.0f32; 8];
-    // SAFETY: `lane` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lane.as_mut_ptr(), acc) };
-    let mut s: f32 = lane.iter().sum();
-    for i in 8 * full..n {
-        if bits[i / 8] & (1 << (i % 8)) != 0 {
-            s += x[i];
-        }
-    }
-    s
 }
 
 #[cfg(test)]
@@ -203,7 +280,7 @@ mod tests {
             (state >> 33) as u32
         };
         for (rows, cols, ternary) in
-            [(37, 1, false), (5, 13, true), (64, 100, false), (33, 515, true), (16, 2048, false)]
+            [(37, 1, false), (5, 13, true), (9, 24, true), (64, 100, false), (33, 515, true), (16, 2048, false)]
         {
             let codes: Vec<i8> =
                 (0..rows * cols).map(|_| (next() % 3) as i8 - 1).map(|c| if ternary { c } else { c | 1 }).collect();
@@ -220,15 +297,23 @@ mod tests {
                     y[j]
                 );
             }
-            // the three copies of the masked sum agree (to f32 rounding of their orders)
-            let row = &m.sign[..m.row_bytes];
-            let p = masked_sum_portable(row, &x);
-            assert!((masked_sum(row, &x) - p).abs() <= 1e-4 * (1.0 + p.abs()), "{rows}×{cols}");
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2") && rows >= 4 {
+                let four = [0, 1, 2, 3].map(|k| &m.sign[k * m.row_bytes..(k + 1) * m.row_bytes]);
                 // SAFETY: AVX2 is there.
-                let a = unsafe { masked_sum_avx2(row, &x) };
-                assert!((a - p).abs() <= 1e-4 * (1.0 + p.abs()), "avx2 {a} vs {p}");
+                let got = unsafe { masked_sums_avx2(four, &x) };
+                for k in 0..4 {
+                    let p = masked_sum_portable(four[k], &x);
+                    assert!((got[k] - p).abs() <= 1e-4 * (1.0 + p.abs()), "{rows}×{cols} row {k}: {} vs {p}", got[k]);
+                }
+            }
+            // the table's masked sum agrees with the masked adds' (to f32 rounding of their orders)
+            let mut table = SubsetSums { groups: Vec::new() };
+            table.build(&x);
+            for j in 0..rows {
+                let bits = &m.sign[j * m.row_bytes..(j + 1) * m.row_bytes];
+                let (t, p) = (table.masked_sum(bits), masked_sum_portable(bits, &x));
+                assert!((t - p).abs() <= 1e-4 * (1.0 + p.abs()), "{rows}×{cols} row {j}: {t} vs {p}");
             }
         }
     }
