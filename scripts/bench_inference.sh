@@ -16,11 +16,7 @@ root="$(cd "$here/.." && pwd)"
 venv="${1:?usage: scripts/bench_inference.sh VENV_DIR [THREADS] [ROUNDS]}"
 threads="${2:-1}"
 rounds="${3:-10}"
-if [ ! -x "$venv/bin/python" ]; then
-  echo "bench: creating $venv with torch (about 5.4 GB)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch numpy
-fi
+"$here/torch_venv.sh" "$venv"
 # QLSTM=/path/to/qlstm times that binary instead of building this checkout's
 if [ -z "${QLSTM:-}" ]; then (cd "$root" && cargo build --release --quiet); fi
 qlstm="${QLSTM:-$root/target/release/qlstm}"

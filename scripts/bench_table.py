@@ -1,22 +1,14 @@
 #!/usr/bin/env python3
 """Markdown table of a bench_vs_pytorch CSV: tokens/s of each tool and the ratios.
 usage: bench_table.py BENCH.csv THREADS"""
-import csv, datetime, os, platform, sys
+import csv, datetime, os, sys
+
+from hostinfo import cpu
 
 path, threads = sys.argv[1], sys.argv[2]
 rows = list(csv.DictReader(open(path)))
 tok = {(r["tool"], r["config"], r["variant"]): float(r["tokens_per_s"]) for r in rows}
 roof = {r["config"]: r for r in rows if r["tool"] == "qlstm" and r["variant"] == "fp/none"}
-
-
-def cpu():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 unit = {"mnist": "pixel steps/s (÷784 = images/s)"}

@@ -14,11 +14,7 @@ root="$(cd "$here/.." && pwd)"
 venv="${1:?usage: scripts/bench_vs_pytorch.sh VENV_DIR [THREADS] [STEPS]}"
 threads="${2:-2}"
 steps="${3:-10}"
-if [ ! -x "$venv/bin/python" ]; then
-  echo "bench: creating $venv with torch (about 5.4 GB)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet torch numpy
-fi
+"$here/torch_venv.sh" "$venv"
 (cd "$root" && cargo build --release --quiet)
 qlstm="$root/target/release/qlstm"
 out="$root/results/bench"

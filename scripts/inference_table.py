@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Markdown table of `qlstm bench --inference` rows beside PyTorch's (scripts/bench_inference.sh).
 usage: inference_table.py QLSTM.csv PYTORCH.csv"""
-import csv, datetime, os, platform, sys
+import csv, datetime, os, sys
+
+from hostinfo import cpu
 
 ours = list(csv.DictReader(open(sys.argv[1])))
 theirs = {}
@@ -10,16 +12,6 @@ for r in csv.DictReader(open(sys.argv[2])):
     key = (r["config"], r["batch"])
     if key not in theirs or float(r["tokens_per_s"]) > float(theirs[key]["tokens_per_s"]):
         theirs[key] = r
-
-
-def cpu():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 threads = ours[0]["threads"]

@@ -111,16 +111,23 @@ impl<const D: usize> Serialize for Fixed<D> {
 
 impl BenchConfig {
     pub fn by_name(name: &str) -> Result<BenchConfig> {
-        match CONFIGS.iter().find(|c| c.name == name) {
+        Self::find(&CONFIGS, name, "")
+    }
+
+    /// The configuration of `list` named `name`, or an error naming the allowed ones (`mode`:
+    /// the flag that chose the list, e.g. " with --inference").
+    pub fn find(list: &[BenchConfig], name: &str, mode: &str) -> Result<BenchConfig> {
+        match list.iter().find(|c| c.name == name) {
             Some(c) => Ok(*c),
             None => {
-                let names: Vec<&str> = CONFIGS.iter().map(|c| c.name).collect();
-                bail!("--config {name}: allowed: {}, all", names.join(", "))
+                let names: Vec<&str> = list.iter().map(|c| c.name).collect();
+                bail!("--config {name}{mode}: allowed: {}, all", names.join(", "))
             }
         }
     }
 
-    fn spec(&self, cell: CellKind, q: Quantizer, n: Normalization) -> Spec {
+    /// The spec of this shape with the given cell, quantizer and normalization, no dropout.
+    pub fn spec(&self, cell: CellKind, q: Quantizer, n: Normalization) -> Spec {
         let mut s = Spec::defaults(self.task);
         s.model.cell = cell;
         s.model.hidden = self.hidden;

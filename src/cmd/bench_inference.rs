@@ -22,34 +22,49 @@ use rand_pcg::Pcg64Mcg;
 use serde::Serialize;
 
 use crate::bail;
-use crate::cmd::bench::Fixed;
+use crate::cmd::bench::{BenchConfig, Fixed};
 use crate::cmd::print_csv_rows;
 use crate::error::Result;
 use crate::export::packed;
 use crate::model::{Input, Model};
 use crate::nn::recurrent::FrozenMatrix;
-use crate::spec::{CellKind, Normalization, Quantizer, Spec, Task};
+use crate::spec::{CellKind, Normalization, Quantizer, Task};
 use crate::tensor::threads;
 
-/// The inference shapes of the packed-model issue.
-#[derive(Clone, Copy, Debug)]
-pub struct InferenceConfig {
-    pub name: &'static str,
-    pub task: Task,
-    pub vocab: usize,
-    pub embedding: usize,
-    pub hidden: usize,
-    pub layers: usize,
-}
-
-pub const INFERENCE_CONFIGS: [InferenceConfig; 3] = [
-    InferenceConfig { name: "char", task: Task::PtbChar, vocab: 50, embedding: 0, hidden: 512, layers: 1 },
-    InferenceConfig { name: "text8", task: Task::Text8, vocab: 27, embedding: 0, hidden: 2000, layers: 1 },
-    InferenceConfig { name: "word2", task: Task::PtbWord, vocab: 10000, embedding: 650, hidden: 650, layers: 2 },
+/// The inference shapes of the packed-model issue; `batch` and `steps` are the batch-64 rows'
+/// windows (batch 1 streams one token per call).
+pub const INFERENCE_CONFIGS: [BenchConfig; 3] = [
+    BenchConfig {
+        name: "char",
+        task: Task::PtbChar,
+        vocab: 50,
+        embedding: 0,
+        hidden: 512,
+        layers: 1,
+        batch: 64,
+        steps: 20,
+    },
+    BenchConfig {
+        name: "text8",
+        task: Task::Text8,
+        vocab: 27,
+        embedding: 0,
+        hidden: 2000,
+        layers: 1,
+        batch: 64,
+        steps: 20,
+    },
+    BenchConfig {
+        name: "word2",
+        task: Task::PtbWord,
+        vocab: 10000,
+        embedding: 650,
+        hidden: 650,
+        layers: 2,
+        batch: 64,
+        steps: 20,
+    },
 ];
-
-/// Tokens per window at batch 64 (each window is one `predict` call over 64 × WINDOW tokens).
-const WINDOW: usize = 20;
 
 /// One line of `qlstm bench --inference`'s CSV.
 #[derive(Serialize, Default)]
@@ -80,32 +95,11 @@ pub struct InferenceRow {
     pub cell: CellKind,
 }
 
-impl InferenceConfig {
-    pub fn by_name(name: &str) -> Result<InferenceConfig> {
-        match INFERENCE_CONFIGS.iter().find(|c| c.name == name) {
-            Some(c) => Ok(*c),
-            None => {
-                let names: Vec<&str> = INFERENCE_CONFIGS.iter().map(|c| c.name).collect();
-                bail!("--config {name} with --inference: allowed: {}, all", names.join(", "))
-            }
-        }
-    }
-
-    fn spec(&self, cell: CellKind, q: Quantizer, n: Normalization) -> Spec {
-        let mut s = Spec::defaults(self.task);
-        s.name = format!("bench_{}_{cell}_{q}_{n}", self.name);
-        s.model.cell = cell;
-        s.model.hidden = self.hidden;
-        s.model.layers = self.layers;
-        s.model.embedding = self.embedding;
-        s.model.quantizer = q;
-        s.model.normalization = n;
-        s
-    }
-}
-
 /// The model a user would load: `spec` initialised at random, exported, loaded back.
-fn deployed_model(spec: &Spec, vocab: usize) -> Result<Model<f32>> {
+fn deployed_model(c: &BenchConfig, cell: CellKind, q: Quantizer, n: Normalization) -> Result<Model<f32>> {
+    let mut spec = c.spec(cell, q, n);
+    spec.name = format!("bench_{}_{cell}_{q}_{n}", c.name);
+    let (spec, vocab) = (&spec, c.vocab);
     let mut model: Model<f32> = Model::new(&spec.model_config(vocab), &mut Pcg64Mcg::seed_from_u64(0));
     let file = std::env::temp_dir().join(format!("qlstm-bench-{}-{}.safetensors", std::process::id(), spec.name));
     packed::export(spec, &mut model, &file, HashMap::new())?;
@@ -186,22 +180,30 @@ fn time_rounds(rounds: usize, tokens_per_round: usize, mut round: impl FnMut()) 
 }
 
 /// tokens/s of one model at one batch size: (median, best, time steps per token).
-fn measure(model: &mut Model<f32>, vocab: usize, batch: usize, tokens: usize, rounds: usize) -> (f64, f64, f64) {
+/// `window`: the time steps of one call at batch > 1 (and the in-window slot cycle at batch 1).
+fn measure(
+    model: &mut Model<f32>,
+    vocab: usize,
+    batch: usize,
+    window: usize,
+    tokens: usize,
+    rounds: usize,
+) -> (f64, f64, f64) {
     let mut rng = Pcg64Mcg::seed_from_u64(1);
     if batch == 1 {
         let ids: Vec<u32> = (0..tokens).map(|_| rng.random_range(0..vocab as u32)).collect();
         let (med, best) = time_rounds(rounds, tokens, || {
             let mut state = model.zero_state(1);
             for (t, id) in ids.iter().enumerate() {
-                std::hint::black_box(model.predict(Input::Tokens(std::slice::from_ref(id)), &state, t % WINDOW));
+                std::hint::black_box(model.predict(Input::Tokens(std::slice::from_ref(id)), &state, t % window));
                 state = model.final_state();
             }
         });
         (med, best, 1.0)
     } else {
-        let windows = tokens.div_ceil(batch * WINDOW).max(1);
-        let ids: Vec<u32> = (0..batch * WINDOW).map(|_| rng.random_range(0..vocab as u32)).collect();
-        let (med, best) = time_rounds(rounds, windows * batch * WINDOW, || {
+        let windows = tokens.div_ceil(batch * window).max(1);
+        let ids: Vec<u32> = (0..batch * window).map(|_| rng.random_range(0..vocab as u32)).collect();
+        let (med, best) = time_rounds(rounds, windows * batch * window, || {
             let mut state = model.zero_state(batch);
             for _ in 0..windows {
                 std::hint::black_box(model.predict(Input::Tokens(&ids), &state, 0));
@@ -238,8 +240,11 @@ pub fn run(
     rounds: usize,
     no_header: bool,
 ) -> Result<()> {
-    let configs: Vec<InferenceConfig> =
-        if config == "all" { INFERENCE_CONFIGS.to_vec() } else { vec![InferenceConfig::by_name(config)?] };
+    let configs: Vec<BenchConfig> = if config == "all" {
+        INFERENCE_CONFIGS.to_vec()
+    } else {
+        vec![BenchConfig::find(&INFERENCE_CONFIGS, config, " with --inference")?]
+    };
     if let Some(q) = quantizers.iter().find(|q| !matches!(q, Quantizer::Fp | Quantizer::Bc | Quantizer::Tc)) {
         bail!("--quantizer {q} with --inference: allowed: fp (the f32 model), bc, tc");
     }
@@ -252,16 +257,16 @@ pub fn run(
             order.extend(quantizers.iter().copied().filter(|&q| q != Quantizer::Fp));
             let mut models = Vec::new();
             for &q in &order {
-                models.push((q, deployed_model(&c.spec(cell, q, n), c.vocab)?));
+                models.push((q, deployed_model(&c, cell, q, n)?));
             }
-            for batch in [1usize, 64] {
+            for batch in [1, c.batch] {
                 // about the same work per round for every shape: ~2e9 weight applications
                 let mut f32_rate = f64::NAN;
                 for (q, model) in models.iter_mut() {
                     let (lstm_bytes, dec_bytes, weights) = bytes_per_step(model);
                     let tokens = ((2e9 / weights as f64) as usize).clamp(16, 4096);
-                    let tokens = if batch == 1 { tokens.min(512) } else { tokens.max(batch * WINDOW) };
-                    let (med, best, steps_per_token) = measure(model, c.vocab, batch, tokens, rounds);
+                    let tokens = if batch == 1 { tokens.min(512) } else { tokens.max(batch * c.steps) };
+                    let (med, best, steps_per_token) = measure(model, c.vocab, batch, c.steps, tokens, rounds);
                     if *q == Quantizer::Fp {
                         f32_rate = med;
                     }
