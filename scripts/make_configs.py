@@ -13,7 +13,9 @@ writes the GRU's cells (docs/SPEC.md §6) into <profile>/gru/, named {dataset}_g
 Each spec names only what differs from the task's built-in recipe (docs/SPEC.md §3), so a spec stays
 short and every default is visible with `qlstm size` or in a run's resolved spec.toml. File
 names are {dataset}_{quantizer}_{normalization}.toml; `--set` adds fields to every file
-(e.g. --set train.max_steps=2000 for a budget profile).
+(e.g. --set train.max_steps=2000 for a budget profile). `--seeds 2222,3333` writes one file per
+seed, named {dataset}_{quantizer}_{normalization}_seed{S}.toml with `seed = S` (the recipe's seed
+is 1111), for measuring the seed-to-seed spread of a cell (`qlstm table --layout seeds`).
 """
 import argparse, os
 
@@ -70,8 +72,10 @@ def parse_value(raw):
     return raw
 
 
-def render(name, task, fields):
+def render(name, task, fields, seed=None):
     top = {"name": name, "task": task}
+    if seed is not None:
+        top["seed"] = seed
     sections = {}
     for key, v in fields.items():
         section, field = key.split(".", 1)
@@ -93,6 +97,7 @@ def main():
     ap.add_argument("--normalizations", default=",".join(NORMALIZATIONS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    ap.add_argument("--seeds", help="comma-separated seeds: one spec per seed (name suffix _seedS)")
     ap.add_argument("--profile", choices=["paper", "budget"], default="paper",
                     help="paper: the recipes of docs/SPEC.md; budget: each dataset's reduced budget")
     a = ap.parse_args()
@@ -104,6 +109,14 @@ def main():
     for s in a.set:
         k, _, v = s.partition("=")
         extra[k.strip()] = parse_value(v.strip())
+    seeds = [None]
+    if a.seeds:
+        try:
+            seeds = [int(x) for x in a.seeds.split(",")]
+        except ValueError:
+            raise SystemExit("--seeds %r: expected comma-separated non-negative integers" % a.seeds)
+        if any(x < 0 for x in seeds):
+            raise SystemExit("--seeds %r: seeds are non-negative integers" % a.seeds)
     os.makedirs(a.out, exist_ok=True)
     n = 0
     for d in a.datasets.split(","):
@@ -125,9 +138,11 @@ def main():
                 if a.profile == "budget":
                     f.update(BUDGETS[d])
                 f.update(extra)
-                with open(os.path.join(a.out, name + ".toml"), "w") as fh:
-                    fh.write(render(name, task, f))
-                n += 1
+                for seed in seeds:
+                    full = name if seed is None else "%s_seed%d" % (name, seed)
+                    with open(os.path.join(a.out, full + ".toml"), "w") as fh:
+                        fh.write(render(full, task, f, seed))
+                    n += 1
     print("wrote %d specs to %s" % (n, os.path.normpath(a.out)))
 
 
