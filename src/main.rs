@@ -105,8 +105,9 @@ enum Command {
         /// Directories searched (recursively) for runs.
         #[arg(required = true)]
         results: Vec<PathBuf>,
-        /// The paper's table to lay out.
-        #[arg(long, value_parser = ["table2", "table3", "table4", "two_layer", "gru"])]
+        /// The paper's table to lay out (gru: the GRU's cells beside our LSTM's), or seeds: one
+        /// row per cell of runs that differ only in their seed, with n, mean, std, min, max.
+        #[arg(long, value_parser = ["table2", "table3", "table4", "two_layer", "gru", "seeds"])]
         layout: String,
         /// Write here (missing folders are created) instead of stdout.
         #[arg(long)]

@@ -174,6 +174,64 @@ fn table_lays_out_runs_in_the_papers_order() {
 }
 
 /// Wait until `path` exists, up to `secs`.
+#[test]
+fn seeds_layout_gives_each_cells_spread_over_its_seeds() {
+    let out = scratch("seeds-table");
+    let base = qlstm::spec::Spec::load(&root().join("configs/ptb_bc_weight.toml"), &[]).unwrap();
+    // three seeds of one cell (one diverged), and one run of another cell (other normalization)
+    let runs: [(&str, u64, &str, &str, f64); 4] = [
+        ("a/cell_seed1111", 1111, "weight", "ok", 1.80),
+        ("b/cell_seed2222", 2222, "weight", "ok", 1.78),
+        ("b/cell_seed3333", 3333, "weight", "diverged", f64::NAN),
+        ("b/cell_seed4444", 4444, "weight", "ok", 1.82),
+    ];
+    let mut other = base.clone();
+    other.model.normalization = qlstm::nn::Normalization::Layer;
+    for (i, (dir, seed, norm, status, test)) in runs.iter().enumerate() {
+        let run = out.join(dir);
+        std::fs::create_dir_all(&run).unwrap();
+        let mut spec = base.clone();
+        spec.seed = *seed;
+        spec.name = format!("run{i}");
+        assert_eq!(*norm, "weight");
+        std::fs::write(run.join("spec.toml"), spec.to_toml()).unwrap();
+        std::fs::write(
+            run.join("summary.csv"),
+            format!("name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step\n\
+                     run{i},ptb_char,1,512,bc,weight,1,784,1,bpc,{test},{test},1.0,165,30000,600,{status},\n"),
+        )
+        .unwrap();
+    }
+    let run = out.join("c/other");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("spec.toml"), other.to_toml()).unwrap();
+    std::fs::write(
+        run.join("summary.csv"),
+        "name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step\n\
+         other,ptb_char,1,512,bc,layer,1,784,1,bpc,1.7,1.7,1.0,165,30000,600,ok,\n",
+    )
+    .unwrap();
+    let o = bin().args(["table", out.to_str().unwrap(), "--layout", "seeds"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let h = r.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    let col = |row: &csv::StringRecord, c: &str| row[h.iter().position(|x| x == c).unwrap()].to_string();
+    assert_eq!(rows.len(), 2, "{text}");
+    let w = &rows[0];
+    assert_eq!((col(w, "normalization"), col(w, "runs"), col(w, "not_ok")), ("weight".into(), "3".into(), "1".into()));
+    assert_eq!(col(w, "seeds"), "1111 2222 3333 4444");
+    assert_eq!(col(w, "values"), "1.800 1.780 1.820");
+    assert_eq!((col(w, "mean"), col(w, "std")), ("1.800".into(), "0.0200".into()));
+    assert_eq!((col(w, "min"), col(w, "max"), col(w, "range")), ("1.780".into(), "1.820".into(), "0.040".into()));
+    let l = &rows[1];
+    assert_eq!((col(l, "normalization"), col(l, "runs"), col(l, "std")), ("layer".into(), "1".into(), String::new()));
+    let md = bin().args(["table", out.to_str().unwrap(), "--layout", "seeds", "--markdown"]).output().unwrap();
+    assert!(String::from_utf8(md.stdout).unwrap().starts_with("| dataset | cell |"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 fn wait_for(path: &Path, secs: u64) -> bool {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < std::time::Duration::from_secs(secs) {

@@ -21,7 +21,8 @@ const TABLE3: &str = include_str!("../../results/reference/table3_word.csv");
 const TABLE4: &str = include_str!("../../results/reference/table4_mnist.csv");
 const TWO_LAYER: &str = include_str!("../../results/reference/two_layer_ptb.csv");
 
-pub const LAYOUTS: [&str; 5] = ["table2", "table3", "table4", "two_layer", "gru"];
+/// The paper's tables, the GRU's, and `seeds` (each cell's seed-to-seed spread, `spread.rs`).
+pub const LAYOUTS: [&str; 6] = ["table2", "table3", "table4", "two_layer", "gru", "seeds"];
 
 /// A finished (or stopped) run found under a results directory.
 #[derive(Clone, Debug)]
@@ -275,11 +276,15 @@ pub fn to_csv(rows: &[Row]) -> Result<String> {
 
 /// The table as Markdown: the CSV's columns but the run directory and the table number.
 pub fn to_markdown(rows: &[Row]) -> Result<String> {
-    let text = csv_bytes(rows)?;
-    let mut r = ::csv::Reader::from_reader(text.as_slice());
+    csv_to_markdown(&csv_bytes(rows)?, &["run", "table"])
+}
+
+/// A CSV text as a Markdown table without the columns named in `skip`.
+pub fn csv_to_markdown(text: &[u8], skip: &[&str]) -> Result<String> {
+    let mut r = ::csv::Reader::from_reader(text);
     let header: Vec<String> =
         r.headers().map_err(|e| crate::error::Error::new(e.to_string()))?.iter().map(String::from).collect();
-    let keep: Vec<usize> = (0..header.len()).filter(|&i| header[i] != "run" && header[i] != "table").collect();
+    let keep: Vec<usize> = (0..header.len()).filter(|&i| !skip.contains(&header[i].as_str())).collect();
     let mut s = String::new();
     let _ = writeln!(s, "| {} |", keep.iter().map(|&i| header[i].as_str()).collect::<Vec<_>>().join(" | "));
     let _ = writeln!(s, "|{}", "---|".repeat(keep.len()));
@@ -301,6 +306,10 @@ pub fn table(roots: &[PathBuf], layout: &str, markdown: bool) -> Result<String> 
             RunDir::SPEC,
             RunDir::SUMMARY
         );
+    }
+    if layout == "seeds" {
+        let rows = super::spread::build(&runs);
+        return if markdown { csv_to_markdown(&csv_bytes(&rows)?, &[]) } else { super::spread::to_csv(&rows) };
     }
     let rows = build(layout, &runs)?;
     if markdown { to_markdown(&rows) } else { to_csv(&rows) }
