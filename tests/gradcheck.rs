@@ -257,11 +257,12 @@ fn straight_through_estimator_passes_dl_dq_unchanged() {
 }
 
 /// With two threads, batches of 16 or more split each step's GEMM and cell into two halves,
-/// one per thread: the same gradients must come out, through every normalization.
+/// one per thread (batch norm's halves joining their statistics at every step): the same
+/// gradients must come out, through every normalization.
 #[test]
 fn two_thread_batch_split_path() {
     qlstm::tensor::set_threads(2);
-    for norm in [Normalization::None, Normalization::Layer] {
+    for norm in [Normalization::None, Normalization::Layer, Normalization::BatchShared, Normalization::BatchSeparate] {
         let mut c = build(CellKind::Lstm, Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} batch 16, 2 threads"));
     }
@@ -330,7 +331,7 @@ fn gru_straight_through_estimator_passes_dl_dq_unchanged() {
 #[test]
 fn gru_two_thread_batch_split_path() {
     qlstm::tensor::set_threads(2);
-    for norm in [Normalization::None, Normalization::Layer, Normalization::BatchShared] {
+    for norm in [Normalization::None, Normalization::Layer, Normalization::BatchShared, Normalization::BatchSeparate] {
         let mut c = build(CellKind::Gru, Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("GRU {norm:?} batch 16, 2 threads"));
     }

@@ -149,13 +149,14 @@ impl<T: Real> Normalizer<T> {
         train: bool,
         mut xhat: ArrayViewMut2<T>,
         mut rstd: ArrayViewMut2<T>,
-        out: ArrayViewMut2<T>,
+        mut out: ArrayViewMut2<T>,
     ) {
         let (rows, g) = z.dim();
         let h = self.hidden;
         let eps = T::r(EPS);
+        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
         match self.kind {
-            NormKind::Layer => layer_stats(z, h, eps, xhat.view_mut(), rstd.view_mut()),
+            NormKind::Layer => layer_forward(z, h, eps, gain, bias, xhat.view_mut(), rstd.view_mut(), out),
             NormKind::Batch { .. } => {
                 let slot = t.min(self.slots() - 1);
                 let inv_r = rstd.row_mut(0).into_slice().unwrap();
@@ -194,27 +195,17 @@ impl<T: Real> Normalizer<T> {
                         *inv = T::one() / (v + eps).sqrt();
                     }
                 }
+                // x̂ and out += γ ⊙ x̂ + β in one pass
                 for r in 0..rows {
                     let zr = z.row(r).to_slice().unwrap();
                     let xr = xhat.row_mut(r).into_slice().unwrap();
+                    let or = out.row_mut(r).into_slice().unwrap();
                     for j in 0..g {
-                        xr[j] = (zr[j] - mean[j]) * inv_r[j];
+                        let x = (zr[j] - mean[j]) * inv_r[j];
+                        xr[j] = x;
+                        or[j] += gain[j] * x + bias[j];
                     }
                 }
-            }
-        }
-        self.add_affine(xhat.view(), out);
-    }
-
-    /// out += γ ⊙ x̂ + β
-    #[inline(always)]
-    fn add_affine(&self, xhat: ArrayView2<T>, mut out: ArrayViewMut2<T>) {
-        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
-        for r in 0..xhat.nrows() {
-            let xr = xhat.row(r).to_slice().unwrap();
-            let or = out.row_mut(r).into_slice().unwrap();
-            for j in 0..or.len() {
-                or[j] += gain[j] * xr[j] + bias[j];
             }
         }
     }
@@ -240,8 +231,8 @@ impl<T: Real> Normalizer<T> {
         out: ArrayViewMut2<T>,
     ) {
         debug_assert_eq!(self.kind, NormKind::Layer);
-        layer_stats(z, self.hidden, T::r(EPS), xhat.view_mut(), rstd);
-        self.add_affine(xhat.view(), out);
+        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
+        layer_forward(z, self.hidden, T::r(EPS), gain, bias, xhat.view_mut(), rstd, out);
     }
 
     /// ∂L/∂γ += Σ dy ⊙ x̂, ∂L/∂β += Σ dy over the rows (a whole window at once is fine).
@@ -325,21 +316,241 @@ impl<T: Real> Normalizer<T> {
     }
 }
 
-/// Layer-norm statistics of each gate block of each row: x̂ and 1/√(σ² + ε).
+/// One thread's scratch for `Normalizer::forward_part` / `input_grad_part` (sized on first use).
+#[derive(Default)]
+pub(crate) struct PartWork<T> {
+    mine: Vec<T>,
+    total: Vec<T>,
+    mean: Vec<T>,
+}
+
+impl<T: Real> PartWork<T> {
+    fn size(&mut self, n: usize) {
+        for v in [&mut self.mine, &mut self.total, &mut self.mean] {
+            v.clear();
+            v.resize(n, T::zero());
+        }
+    }
+}
+
+/// Batch norm on half of a step's rows, for two threads that each run half of the batch
+/// (`steps.rs`): the column statistics of the whole batch are joined through
+/// `recurrent::exchange` (sums of each half, added in a fixed order, so both halves hold the
+/// same μ and σ), γ and β are read-only (their gradients are summed over the window
+/// afterwards, `param_grads`), and the running statistics are updated after the window from
+/// the statistics `forward_part` records (`apply_running`).
+impl<T: Real> Normalizer<T> {
+    /// As `forward` on this half's rows `z` of a step of `rows_total` rows. `inv_r` receives
+    /// 1/√(σ² + ε) per feature; `stats`, when given, μ then σ² (biased) of every feature, for
+    /// `apply_running`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_part(
+        &self,
+        z: ArrayView2<T>,
+        t: usize,
+        train: bool,
+        peer: &mut crate::nn::recurrent::Peer<T>,
+        rows_total: usize,
+        work: &mut PartWork<T>,
+        xhat: ArrayViewMut2<T>,
+        inv_r: &mut [T],
+        stats: Option<&mut [T]>,
+        out: ArrayViewMut2<T>,
+    ) {
+        debug_assert!(!self.row_local());
+        let g = z.ncols();
+        let eps = T::r(EPS);
+        work.size(g);
+        if train {
+            let n = T::r(rows_total as f64);
+            col_sums(z, &mut work.mine);
+            peer.all_sum(&work.mine, &mut work.mean);
+            work.mean.iter_mut().for_each(|m| *m /= n);
+            col_sq_devs(z, &work.mean, &mut work.mine);
+            peer.all_sum(&work.mine, &mut work.total);
+            for j in 0..g {
+                let var = work.total[j] / n;
+                inv_r[j] = T::one() / (var + eps).sqrt();
+                work.total[j] = var;
+            }
+            if let Some(st) = stats {
+                st[..g].copy_from_slice(&work.mean);
+                st[g..].copy_from_slice(&work.total);
+            }
+        } else {
+            let slot = t.min(self.slots() - 1);
+            work.mean.iter_mut().zip(self.running_mean.row(slot)).for_each(|(m, &r)| *m = r);
+            for (inv, &v) in inv_r.iter_mut().zip(self.running_var.row(slot)) {
+                *inv = T::one() / (v + eps).sqrt();
+            }
+        }
+        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
+        normalize_affine(z, &work.mean, inv_r, gain, bias, xhat, out);
+    }
+
+    /// The running statistics after a window run by `forward_part`: the in-loop update of
+    /// `forward`, step by step in order, from each step's recorded μ and σ² (`stats`, steps ×
+    /// 2·G·H) over `rows` rows per step.
+    pub(crate) fn apply_running(&mut self, stats: ArrayView2<T>, t0: usize, rows: usize) {
+        let g = stats.ncols() / 2;
+        let n = T::r(rows as f64);
+        let mo = T::r(MOMENTUM);
+        let unbias = if rows > 1 { n / (n - T::one()) } else { T::one() };
+        for (t, st) in stats.outer_iter().enumerate() {
+            let slot = (t0 + t).min(self.slots() - 1);
+            let mut rm = self.running_mean.row_mut(slot);
+            let mut rv = self.running_var.row_mut(slot);
+            for j in 0..g {
+                rm[j] = (T::one() - mo) * rm[j] + mo * st[j];
+                rv[j] = (T::one() - mo) * rv[j] + mo * st[g + j] * unbias;
+            }
+        }
+    }
+
+    /// ∂L/∂z of batch norm for this half's rows (the backward of `forward_part`), the column
+    /// means of dx̂ and dx̂ ⊙ x̂ joined over the whole batch of `rows_total` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn input_grad_part(
+        &self,
+        dy: ArrayView2<T>,
+        xhat: ArrayView2<T>,
+        inv_r: &[T],
+        peer: &mut crate::nn::recurrent::Peer<T>,
+        rows_total: usize,
+        work: &mut PartWork<T>,
+        dz: ArrayViewMut2<T>,
+    ) {
+        let g = dy.ncols();
+        work.size(2 * g);
+        let gain = self.gain.value.as_slice().unwrap();
+        col_grad_sums(gain, dy, xhat, &mut work.mine);
+        peer.all_sum(&work.mine, &mut work.total);
+        let n = T::r(rows_total as f64);
+        work.total.iter_mut().for_each(|m| *m /= n);
+        let (m1, m2) = work.total.split_at(g);
+        batch_input_grad(gain, inv_r, m1, m2, dy, xhat, dz);
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// sums[j] = Σ_rows z[r, j]
+    fn col_sums<T: Real>(z: ArrayView2<T>, sums: &mut [T]) {
+        sums.iter_mut().for_each(|s| *s = T::zero());
+        for r in 0..z.nrows() {
+            for (s, &v) in sums.iter_mut().zip(z.row(r).to_slice().unwrap()) {
+                *s += v;
+            }
+        }
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// out[j] = Σ_rows (z[r, j] − mean[j])²
+    fn col_sq_devs<T: Real>(z: ArrayView2<T>, mean: &[T], out: &mut [T]) {
+        out.iter_mut().for_each(|s| *s = T::zero());
+        for r in 0..z.nrows() {
+            for ((acc, &v), &m) in out.iter_mut().zip(z.row(r).to_slice().unwrap()).zip(mean) {
+                *acc += (v - m) * (v - m);
+            }
+        }
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// x̂ = (z − μ)·(1/σ) and out += γ ⊙ x̂ + β in one pass over the rows.
+    fn normalize_affine<T: Real>(
+        z: ArrayView2<T>,
+        mean: &[T],
+        inv: &[T],
+        gain: &[T],
+        bias: &[T],
+        xhat: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
+    ) {
+        let (mut xhat, mut out) = (xhat, out);
+        for r in 0..z.nrows() {
+            let zr = z.row(r).to_slice().unwrap();
+            let xr = xhat.row_mut(r).into_slice().unwrap();
+            let or = out.row_mut(r).into_slice().unwrap();
+            for j in 0..zr.len() {
+                let x = (zr[j] - mean[j]) * inv[j];
+                xr[j] = x;
+                or[j] += gain[j] * x + bias[j];
+            }
+        }
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// sums[..g] = Σ_rows γ ⊙ dy, sums[g..] = Σ_rows γ ⊙ dy ⊙ x̂
+    fn col_grad_sums<T: Real>(gain: &[T], dy: ArrayView2<T>, xhat: ArrayView2<T>, sums: &mut [T]) {
+        let g = gain.len();
+        let (m1, m2) = sums.split_at_mut(g);
+        m1.iter_mut().chain(m2.iter_mut()).for_each(|s| *s = T::zero());
+        for r in 0..dy.nrows() {
+            let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
+            for j in 0..g {
+                let dx = gain[j] * dr[j];
+                m1[j] += dx;
+                m2[j] += dx * xr[j];
+            }
+        }
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// ∂L/∂z = (1/σ)·(γ ⊙ dy − m1 − x̂ ⊙ m2), m1, m2 the column means of dx̂ and dx̂ ⊙ x̂.
+    fn batch_input_grad<T: Real>(
+        gain: &[T],
+        inv: &[T],
+        m1: &[T],
+        m2: &[T],
+        dy: ArrayView2<T>,
+        xhat: ArrayView2<T>,
+        dz: ArrayViewMut2<T>,
+    ) {
+        let mut dz = dz;
+        for r in 0..dy.nrows() {
+            let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
+            let zr = dz.row_mut(r).into_slice().unwrap();
+            for j in 0..zr.len() {
+                zr[j] = inv[j] * (gain[j] * dr[j] - m1[j] - xr[j] * m2[j]);
+            }
+        }
+    }
+}
+
+/// Layer norm of each gate block of each row: the statistics (two passes: μ, then the
+/// squared deviations from it), then x̂, 1/√(σ² + ε) and out += γ ⊙ x̂ + β in one pass.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn layer_stats<T: Real>(z: ArrayView2<T>, h: usize, eps: T, mut xhat: ArrayViewMut2<T>, mut rstd: ArrayViewMut2<T>) {
+fn layer_forward<T: Real>(
+    z: ArrayView2<T>,
+    h: usize,
+    eps: T,
+    gain: &[T],
+    bias: &[T],
+    mut xhat: ArrayViewMut2<T>,
+    mut rstd: ArrayViewMut2<T>,
+    mut out: ArrayViewMut2<T>,
+) {
     let hn = T::r(h as f64);
     for r in 0..z.nrows() {
         let zr = z.row(r).to_slice().unwrap();
         let xr = xhat.row_mut(r).into_slice().unwrap();
+        let or = out.row_mut(r).into_slice().unwrap();
         for k in 0..zr.len() / h {
-            let zs = &zr[k * h..(k + 1) * h];
+            let blk = k * h..(k + 1) * h;
+            let zs = &zr[blk.clone()];
             let mean = crate::tensor::sum(zs) / hn;
             let var = crate::tensor::sum_sq_dev(zs, mean) / hn;
             let inv = T::one() / (var + eps).sqrt();
             rstd[[r, k]] = inv;
-            for (x, &v) in xr[k * h..(k + 1) * h].iter_mut().zip(zs) {
-                *x = (v - mean) * inv;
+            let (xs, os, gs, bs) = (&mut xr[blk.clone()], &mut or[blk.clone()], &gain[blk.clone()], &bias[blk]);
+            for j in 0..h {
+                let x = (zs[j] - mean) * inv;
+                xs[j] = x;
+                os[j] += gs[j] * x + bs[j];
             }
         }
     }

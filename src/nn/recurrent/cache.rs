@@ -37,6 +37,9 @@ pub struct Cache<T> {
     pub(super) rstd_x: Array2<T>,
     pub(super) xhat_h: Array2<T>,
     pub(super) rstd_h: Array2<T>,
+    /// Batch norm of W_h·h split over two threads in training: each step's μ and σ², (T, 2·G·H),
+    /// applied to the running statistics after the window.
+    pub(super) bn_stats_h: Array2<T>,
 }
 
 impl<T: Real> Cache<T> {

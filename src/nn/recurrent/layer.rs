@@ -9,7 +9,7 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
-use super::{Cache, CellKind, Grads, Gru, Lstm};
+use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm};
 use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
@@ -294,7 +294,14 @@ impl<T: Real> Layer<T> {
         }
 
         // The recurrence: the per-step product W_h·h_{t-1}, its normalizer and the cell.
-        let Cache { wh_t, gates, hs, cs, aux, rec, z, xhat_h, rstd_h, .. } = cache;
+        let Cache { wh_t, gates, hs, cs, aux, rec, z, xhat_h, rstd_h, bn_stats_h, .. } = cache;
+        // batch norm in training on two halves records each step's statistics for the running
+        // ones, which are updated after the window (both halves only read the normalizer)
+        let bn_split = train && steps::splits(batch) && self.norm_h.as_ref().is_some_and(|n| !n.row_local());
+        if bn_split {
+            ensure_shape(bn_stats_h, steps, 2 * g);
+        }
+        let exchange = Exchange::new();
         let (rr, rc) = match &self.norm_h {
             Some(nh) => {
                 ensure_shape(z, batch, g);
@@ -312,7 +319,7 @@ impl<T: Real> Layer<T> {
             aux: aux.view_mut().into_shape_with_order((steps, batch, h)).unwrap(),
             rec: rec.view_mut(),
             rec_bias: self.bias_hn.as_ref().map_or(&[], |b| b.value.as_slice().unwrap()),
-            norm: StepNorm::new(self.norm_h.as_mut(), train),
+            norm: StepNorm::new(self.norm_h.as_mut(), train, Some(&exchange)),
             t0,
             z: if normed { z.slice_mut(s![..batch, ..]) } else { empty2() },
             xhat: if normed {
@@ -325,9 +332,14 @@ impl<T: Real> Layer<T> {
             } else {
                 empty3(steps)
             },
+            bn_stats: if bn_split { bn_stats_h.view_mut() } else { empty2() },
         };
         let wh = self.frozen.as_ref().map_or(WeightsRef::Dense(wh_t.view()), |f| f.h.weights());
         with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<C, T>(r, wh, h, par)));
+        if bn_split {
+            let nh = self.norm_h.as_mut().expect("a batch normalizer");
+            nh.apply_running(cache.bn_stats_h.view(), t0, batch);
+        }
     }
 
     /// Backward through the window. `d_out` is ∂L/∂h_t for every step (T·B, H); the state
@@ -363,6 +375,9 @@ impl<T: Real> Layer<T> {
         let Grads { dgates, dg_rec, dz, dh, dc, h_grad_norms, wh, .. } = grads;
         let normed = self.norm_h.is_some();
         let (rr, rc) = self.norm_h.as_ref().map_or((0, 0), |n| (n.rstd_rows_per_step(batch), n.rstd_cols()));
+        // batch norm on two halves leaves its γ, β gradients to the window-wide sum below
+        let bn_split = steps::splits(batch) && self.norm_h.as_ref().is_some_and(|n| !n.row_local());
+        let exchange = Exchange::new();
         let window = GradWindowRows {
             gates: cache.gates.view().into_shape_with_order((steps, batch, g)).unwrap(),
             hs: cache.hs.view().into_shape_with_order((steps + 1, batch, h)).unwrap(),
@@ -377,7 +392,7 @@ impl<T: Real> Layer<T> {
             } else {
                 empty3(steps)
             },
-            norm: StepNorm::new(self.norm_h.as_mut(), true),
+            norm: StepNorm::new(self.norm_h.as_mut(), true, Some(&exchange)),
             xhat: if normed {
                 cache.xhat_h.view().into_shape_with_order((steps, batch, g)).unwrap()
             } else {
@@ -408,8 +423,9 @@ impl<T: Real> Layer<T> {
             b.grad.row_mut(0).zip_mut_with(&db, |a, &d| *a += d);
         }
         // A row-local normalizer's γ, β gradients, for the whole window at once (its steps may
-        // have run on two halves of the batch); a batch normalizer summed them step by step.
-        if let Some(nh) = self.norm_h.as_mut().filter(|n| n.row_local()) {
+        // have run on two halves of the batch), and a batch normalizer's that ran on halves; one
+        // that ran on the whole batch summed them step by step.
+        if let Some(nh) = self.norm_h.as_mut().filter(|n| n.row_local() || bn_split) {
             nh.param_grads(d_rec, cache.xhat_h.view());
         }
 

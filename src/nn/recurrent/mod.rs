@@ -4,12 +4,14 @@
 //! batch), and the cell kernels behind the `Cell` trait (`lstm.rs`, `gru.rs`).
 
 mod cache;
+mod exchange;
 mod gru;
 mod layer;
 mod lstm;
 mod steps;
 
 pub use cache::{Cache, Grads};
+pub(crate) use exchange::{Exchange, Peer};
 pub use gru::Gru;
 pub use layer::{Frozen, FrozenMatrix, Layer, LayerInput};
 pub use lstm::Lstm;

@@ -7,15 +7,18 @@
 //! Everything that can be batched over the window (the input projection, the weight
 //! gradients) happens outside, in `layer.rs`: only this product and the cell are per step.
 //!
-//! When the rows of a step never interact (no recurrent normalizer, or a row-local one such
-//! as layer norm) and there are two threads, each thread takes half of the batch through the
-//! whole window with no join per step; batch norm's statistics couple the rows of a step, so
-//! it runs the whole batch, with the per-step GEMM threaded inside.
+//! With two threads each thread takes half of the batch through the whole window. When the
+//! rows of a step never interact (no recurrent normalizer, or a row-local one such as layer
+//! norm, or batch norm in evaluation, on its running statistics) there is no join per step;
+//! batch norm in training couples the rows of a step through its statistics, so its halves
+//! exchange their column sums at every step (`exchange.rs`: two short waits forward, one
+//! backward). One thread runs the whole batch, as before.
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 
+use super::exchange::{Exchange, Peer};
 use super::{Cell, StepGradRows, StepRows};
-use crate::nn::norm::Normalizer;
+use crate::nn::norm::{Normalizer, PartWork};
 use crate::nn::packed::WeightsRef;
 use crate::tensor::{Real, gemm_with, threads};
 
@@ -26,27 +29,53 @@ pub(super) enum StepNorm<'a, T> {
     /// A row-local normalizer (layer norm): runs on any rows, from any thread, and leaves its
     /// γ, β gradients to be summed over the window afterwards.
     Rows(&'a Normalizer<T>),
-    /// A normalizer whose statistics need the whole batch of a step (batch norm): it updates its
-    /// running statistics (in training) and its γ, β gradients step by step.
-    Batch { norm: &'a mut Normalizer<T>, train: bool },
+    /// A normalizer whose statistics need the whole batch of a step (batch norm), on all rows:
+    /// it updates its running statistics (in training) and its γ, β gradients step by step.
+    /// `exchange` lets it be split into two `BatchPart`s.
+    Batch { norm: &'a mut Normalizer<T>, train: bool, exchange: Option<&'a Exchange<T>> },
+    /// Batch norm on one half of the rows, its statistics joined with the other half's through
+    /// `peer` (in training); γ, β gradients and the running statistics are left to the layer,
+    /// after the window (`Normalizer::forward_part`).
+    BatchPart { norm: &'a Normalizer<T>, train: bool, peer: Peer<'a, T>, rows_total: usize, work: PartWork<T> },
 }
 
 impl<'a, T: Real> StepNorm<'a, T> {
-    pub(super) fn new(norm: Option<&'a mut Normalizer<T>>, train: bool) -> Self {
+    pub(super) fn new(norm: Option<&'a mut Normalizer<T>>, train: bool, exchange: Option<&'a Exchange<T>>) -> Self {
         match norm {
             None => StepNorm::None,
             Some(n) if n.row_local() => StepNorm::Rows(n),
-            Some(n) => StepNorm::Batch { norm: n, train },
+            Some(n) => StepNorm::Batch { norm: n, train, exchange },
         }
     }
 
-    /// The same normalizer for a part of the batch, if it can run on parts.
-    fn share(&self) -> Option<Self> {
+    /// The normalizer for the two halves of a batch of `rows` rows, if it can run on halves.
+    fn halves(self, rows: usize) -> Result<(Self, Self), Self> {
         match self {
-            StepNorm::None => Some(StepNorm::None),
-            StepNorm::Rows(n) => Some(StepNorm::Rows(n)),
-            StepNorm::Batch { .. } => None,
+            StepNorm::None => Ok((StepNorm::None, StepNorm::None)),
+            StepNorm::Rows(n) => Ok((StepNorm::Rows(n), StepNorm::Rows(n))),
+            StepNorm::Batch { norm, train, exchange: Some(ex) } => {
+                let norm: &'a Normalizer<T> = norm;
+                let part = |me| StepNorm::BatchPart {
+                    norm,
+                    train,
+                    peer: ex.peer(me),
+                    rows_total: rows,
+                    work: PartWork::default(),
+                };
+                Ok((part(0), part(1)))
+            }
+            b @ (StepNorm::Batch { exchange: None, .. } | StepNorm::BatchPart { .. }) => Err(b),
         }
+    }
+
+    /// Halves that exchange statistics at every step and so must run at the same time.
+    fn joined(&self) -> bool {
+        matches!(self, StepNorm::BatchPart { .. })
+    }
+
+    /// A batch normalizer's 1/σ is one row per step, which both halves read in the backward.
+    fn shares_rstd(&self) -> bool {
+        matches!(self, StepNorm::Batch { .. } | StepNorm::BatchPart { .. })
     }
 }
 
@@ -70,6 +99,9 @@ pub(super) struct WindowRows<'a, T> {
     pub z: ArrayViewMut2<'a, T>,
     pub xhat: ArrayViewMut3<'a, T>,
     pub rstd: ArrayViewMut3<'a, T>,
+    /// Batch norm split over two threads in training: each step's μ and σ² (steps, 2·G·H) for
+    /// the running statistics, recorded by the first half; empty otherwise.
+    pub bn_stats: ArrayViewMut2<'a, T>,
 }
 
 /// What the backward touches, for the same rows.
@@ -93,11 +125,24 @@ pub(super) struct GradWindowRows<'a, T> {
 /// Views that can be cut into two disjoint halves of the batch, when their normalizer can.
 pub(super) trait SplitBatch: Sized + Send {
     fn split(self, m: usize) -> Result<(Self, Self), Self>;
+    /// The halves must run at the same time (they wait for each other at every step).
+    fn joined(&self) -> bool;
 }
 
 impl<T: Real> SplitBatch for WindowRows<'_, T> {
-    fn split(self, m: usize) -> Result<(Self, Self), Self> {
-        let Some(norm1) = self.norm.share() else { return Err(self) };
+    fn joined(&self) -> bool {
+        self.norm.joined()
+    }
+
+    fn split(mut self, m: usize) -> Result<(Self, Self), Self> {
+        let rows = self.gates.len_of(Axis(1));
+        let (norm0, norm1) = match std::mem::replace(&mut self.norm, StepNorm::None).halves(rows) {
+            Ok(h) => h,
+            Err(n) => {
+                self.norm = n;
+                return Err(self);
+            }
+        };
         let (g0, g1) = self.gates.split_at(Axis(1), m);
         let (h0, h1) = self.hs.split_at(Axis(1), m);
         let (c0, c1) = self.cs.split_at(Axis(1), m);
@@ -105,7 +150,10 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
         let (q0, q1) = split_rows2(self.rec, m);
         let (z0, z1) = split_rows2(self.z, m);
         let (x0, x1) = split_rows3(self.xhat, m);
+        // batch norm's one 1/σ row per step and its statistics go to the first half
         let (r0, r1) = split_rows3(self.rstd, m);
+        let n_stats = self.bn_stats.nrows();
+        let (s0, s1) = self.bn_stats.split_at(Axis(0), n_stats);
         let (b, t0) = (self.rec_bias, self.t0);
         Ok((
             WindowRows {
@@ -115,11 +163,12 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
                 aux: a0,
                 rec: q0,
                 rec_bias: b,
-                norm: self.norm,
+                norm: norm0,
                 t0,
                 z: z0,
                 xhat: x0,
                 rstd: r0,
+                bn_stats: s0,
             },
             WindowRows {
                 gates: g1,
@@ -133,14 +182,27 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
                 z: z1,
                 xhat: x1,
                 rstd: r1,
+                bn_stats: s1,
             },
         ))
     }
 }
 
 impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
-    fn split(self, m: usize) -> Result<(Self, Self), Self> {
-        let Some(norm1) = self.norm.share() else { return Err(self) };
+    fn joined(&self) -> bool {
+        self.norm.joined()
+    }
+
+    fn split(mut self, m: usize) -> Result<(Self, Self), Self> {
+        let rows = self.gates.len_of(Axis(1));
+        let shared_rstd = self.norm.shares_rstd();
+        let (norm0, norm1) = match std::mem::replace(&mut self.norm, StepNorm::None).halves(rows) {
+            Ok(h) => h,
+            Err(n) => {
+                self.norm = n;
+                return Err(self);
+            }
+        };
         let (gates, gates1) = self.gates.split_at(Axis(1), m);
         let (hs, hs1) = self.hs.split_at(Axis(1), m);
         let (cs, cs1) = self.cs.split_at(Axis(1), m);
@@ -151,10 +213,10 @@ impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
         let (dg, dg1) = self.dg.split_at(Axis(1), m);
         let (dg_rec, dg_rec1) = split_rows3(self.dg_rec, m);
         let (xhat, xhat1) = split_view3(self.xhat, m);
-        let (rstd, rstd1) = split_view3(self.rstd, m);
+        let (rstd, rstd1) = if shared_rstd { (self.rstd, self.rstd) } else { split_view3(self.rstd, m) };
         let (dz, dz1) = split_rows3(self.dz, m);
         Ok((
-            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg, dg_rec, norm: self.norm, xhat, rstd, dz },
+            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg, dg_rec, norm: norm0, xhat, rstd, dz },
             GradWindowRows {
                 gates: gates1,
                 hs: hs1,
@@ -194,24 +256,43 @@ fn split_view3<T>(v: ArrayView3<'_, T>, m: usize) -> (ArrayView3<'_, T>, ArrayVi
 /// Batches at least this large are split in two halves, one per thread.
 const SPLIT_MIN_BATCH: usize = 16;
 
+/// Whether `split_batch` will run a batch of `batch` rows as two halves (when the normalizer
+/// allows it).
+pub(super) fn splits(batch: usize) -> bool {
+    threads() > 1 && batch >= SPLIT_MIN_BATCH
+}
+
 /// Run `f` on two halves of the rows in parallel when there are two threads, enough rows and
 /// a normalizer that allows it (each half's GEMMs then run on one thread: `par` = false); on
-/// all rows otherwise.
+/// all rows otherwise. Halves that wait for each other at every step (batch norm's
+/// statistics) get a thread of their own each, so that neither can be queued behind the other
+/// (rayon's `join` may run both on one worker).
 pub(super) fn split_batch<R: SplitBatch>(rows: R, batch: usize, f: &(dyn Fn(R, bool) + Sync)) {
-    if threads() > 1 && batch >= SPLIT_MIN_BATCH {
-        match rows.split(batch / 2) {
-            Ok((a, b)) => {
-                rayon::join(|| f(a, false), || f(b, false));
+    if !splits(batch) {
+        return f(rows, true);
+    }
+    match rows.split(batch / 2) {
+        Ok((a, b)) if a.joined() => std::thread::scope(|s| {
+            let other = s.spawn(|| {
+                crate::tensor::flush_denormals();
+                f(b, false)
+            });
+            f(a, false);
+            if let Err(e) = other.join() {
+                std::panic::resume_unwind(e);
             }
-            Err(all) => f(all, true),
+        }),
+        Ok((a, b)) => {
+            rayon::join(|| f(a, false), || f(b, false));
         }
-    } else {
-        f(rows, true);
+        Err(all) => f(all, true),
     }
 }
 
 /// The forward time loop over some rows of the batch.
 pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh: WeightsRef<T>, hidden: usize, par: bool) {
+    // a second batch-norm half keeps its (identical) copy of each step's 1/σ here
+    let mut own_rstd: Vec<T> = Vec::new();
     for t in 0..r.gates.len_of(Axis(0)) {
         let mut gates = r.gates.index_axis_mut(Axis(0), t);
         let (h_prev, mut h_next) = r.hs.view_mut().split_at(Axis(0), t + 1);
@@ -230,10 +311,24 @@ pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh: WeightsRef<T>,
                 let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
                 n.forward_rows(r.z.view(), xhat, rstd, target);
             }
-            StepNorm::Batch { norm, train } => {
+            StepNorm::Batch { norm, train, .. } => {
                 wh.product(r.z.view_mut(), false, h_prev, par);
                 let (xhat, rstd) = (r.xhat.index_axis_mut(Axis(0), t), r.rstd.index_axis_mut(Axis(0), t));
                 norm.forward(r.z.view(), r.t0 + t, *train, xhat, rstd, target);
+            }
+            StepNorm::BatchPart { norm, train, peer, rows_total, work } => {
+                wh.product(r.z.view_mut(), false, h_prev, par);
+                let g = r.z.ncols();
+                let mut rstd = r.rstd.index_axis_mut(Axis(0), t);
+                let inv_r: &mut [T] = if rstd.nrows() == 1 {
+                    rstd.row_mut(0).into_slice().unwrap()
+                } else {
+                    own_rstd.resize(g, T::zero());
+                    &mut own_rstd
+                };
+                let stats = (r.bn_stats.nrows() > 0).then(|| r.bn_stats.row_mut(t).into_slice().unwrap());
+                let xhat = r.xhat.index_axis_mut(Axis(0), t);
+                norm.forward_part(r.z.view(), r.t0 + t, *train, peer, *rows_total, work, xhat, inv_r, stats, target);
             }
         }
         C::forward(
@@ -293,6 +388,12 @@ pub(super) fn backward<C: Cell, T: Real>(
             StepNorm::Batch { norm, .. } => {
                 let mut dz = r.dz.index_axis_mut(Axis(0), t);
                 norm.backward(dy, xhat, rstd, dz.view_mut());
+                gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
+            }
+            StepNorm::BatchPart { norm, peer, rows_total, work, .. } => {
+                let mut dz = r.dz.index_axis_mut(Axis(0), t);
+                let inv_r = rstd.row(0).to_slice().unwrap();
+                norm.input_grad_part(dy, xhat, inv_r, peer, *rows_total, work, dz.view_mut());
                 gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
             }
         }
