@@ -318,7 +318,7 @@ impl<T: Real> Normalizer<T> {
 
 /// One thread's scratch for `Normalizer::forward_part` / `input_grad_part` (sized on first use).
 #[derive(Default)]
-pub(crate) struct PartWork<T> {
+pub struct PartWork<T> {
     mine: Vec<T>,
     total: Vec<T>,
     mean: Vec<T>,
@@ -333,8 +333,9 @@ impl<T: Real> PartWork<T> {
     }
 }
 
-/// Batch norm on half of a step's rows, for two threads that each run half of the batch
-/// (`steps.rs`): the column statistics of the whole batch are joined through
+/// Batch norm without touching the normalizer: on half of a step's rows, for two threads that
+/// each run half of the batch (`steps.rs`), or on a whole step among steps that two threads
+/// share (the input product, `layer.rs`; `peer` None). The column statistics of the whole batch are joined through
 /// `recurrent::exchange` (sums of each half, added in a fixed order, so both halves hold the
 /// same μ and σ), γ and β are read-only (their gradients are summed over the window
 /// afterwards, `param_grads`), and the running statistics are updated after the window from
@@ -349,7 +350,7 @@ impl<T: Real> Normalizer<T> {
         z: ArrayView2<T>,
         t: usize,
         train: bool,
-        peer: &mut crate::nn::recurrent::Peer<T>,
+        mut peer: Option<&mut crate::nn::recurrent::Peer<T>>,
         rows_total: usize,
         work: &mut PartWork<T>,
         xhat: ArrayViewMut2<T>,
@@ -364,10 +365,10 @@ impl<T: Real> Normalizer<T> {
         if train {
             let n = T::r(rows_total as f64);
             col_sums(z, &mut work.mine);
-            peer.all_sum(&work.mine, &mut work.mean);
+            join(peer.as_deref_mut(), &work.mine, &mut work.mean);
             work.mean.iter_mut().for_each(|m| *m /= n);
             col_sq_devs(z, &work.mean, &mut work.mine);
-            peer.all_sum(&work.mine, &mut work.total);
+            join(peer, &work.mine, &mut work.total);
             for j in 0..g {
                 let var = work.total[j] / n;
                 inv_r[j] = T::one() / (var + eps).sqrt();
@@ -415,7 +416,7 @@ impl<T: Real> Normalizer<T> {
         dy: ArrayView2<T>,
         xhat: ArrayView2<T>,
         inv_r: &[T],
-        peer: &mut crate::nn::recurrent::Peer<T>,
+        peer: Option<&mut crate::nn::recurrent::Peer<T>>,
         rows_total: usize,
         work: &mut PartWork<T>,
         dz: ArrayViewMut2<T>,
@@ -424,11 +425,20 @@ impl<T: Real> Normalizer<T> {
         work.size(2 * g);
         let gain = self.gain.value.as_slice().unwrap();
         col_grad_sums(gain, dy, xhat, &mut work.mine);
-        peer.all_sum(&work.mine, &mut work.total);
+        join(peer, &work.mine, &mut work.total);
         let n = T::r(rows_total as f64);
         work.total.iter_mut().for_each(|m| *m /= n);
         let (m1, m2) = work.total.split_at(g);
         batch_input_grad(gain, inv_r, m1, m2, dy, xhat, dz);
+    }
+}
+
+/// The whole batch's sums from this part's: joined with the other half's through `peer`, or
+/// this part's alone when it is the whole batch (`peer` None).
+fn join<T: Real>(peer: Option<&mut crate::nn::recurrent::Peer<T>>, mine: &[T], total: &mut [T]) {
+    match peer {
+        Some(p) => p.all_sum(mine, total),
+        None => total.copy_from_slice(mine),
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Cache<T> {
     /// Batch norm of W_h·h split over two threads in training: each step's μ and σ², (T, 2·G·H),
     /// applied to the running statistics after the window.
     pub(super) bn_stats_h: Array2<T>,
+    /// The same for N_x when its steps run on two threads (`layer.rs`), (T, 2·G·H).
+    pub(super) bn_stats_x: Array2<T>,
 }
 
 impl<T: Real> Cache<T> {

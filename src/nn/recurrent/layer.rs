@@ -10,7 +10,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
 use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm};
-use crate::nn::norm::{Normalization, Normalizer};
+use crate::nn::norm::{Normalization, Normalizer, PartWork};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
@@ -279,16 +279,29 @@ impl<T: Real> Layer<T> {
                 cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
                 ensure_shape(&mut cache.xhat_x, rows, g);
                 ensure_shape(&mut cache.rstd_x, steps * nx.rstd_rows_per_step(batch), nx.rstd_cols());
-                for t in 0..steps {
-                    let r = t * batch..(t + 1) * batch;
-                    nx.forward(
-                        cache.z.slice(s![r.clone(), ..]),
-                        t0 + t,
-                        train,
-                        cache.xhat_x.slice_mut(s![r.clone(), ..]),
-                        cache.rstd_x.slice_mut(s![nx.rstd_rows(t, batch), ..]),
-                        cache.gates.slice_mut(s![r, ..]),
-                    );
+                if steps::splits(batch) && steps >= 2 {
+                    let stats = if train && !nx.row_local() {
+                        ensure_shape(&mut cache.bn_stats_x, steps, 2 * g);
+                        true
+                    } else {
+                        false
+                    };
+                    input_norm_forward_halves(nx, cache, steps, batch, train, t0, stats);
+                    if stats {
+                        nx.apply_running(cache.bn_stats_x.view(), t0, batch);
+                    }
+                } else {
+                    for t in 0..steps {
+                        let r = t * batch..(t + 1) * batch;
+                        nx.forward(
+                            cache.z.slice(s![r.clone(), ..]),
+                            t0 + t,
+                            train,
+                            cache.xhat_x.slice_mut(s![r.clone(), ..]),
+                            cache.rstd_x.slice_mut(s![nx.rstd_rows(t, batch), ..]),
+                            cache.gates.slice_mut(s![r, ..]),
+                        );
+                    }
                 }
             }
         }
@@ -434,7 +447,10 @@ impl<T: Real> Layer<T> {
         let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { d_rec };
         gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), d_zh, T::one());
         // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
-        if let Some(nx) = &mut self.norm_x {
+        if let Some(nx) = self.norm_x.as_mut().filter(|_| steps::splits(batch) && steps >= 2) {
+            input_norm_backward_halves(nx, cache, grads, steps, batch);
+            nx.param_grads(grads.dgates.view(), cache.xhat_x.view());
+        } else if let Some(nx) = &mut self.norm_x {
             for t in 0..steps {
                 let r = t * batch..(t + 1) * batch;
                 nx.backward(
@@ -469,6 +485,94 @@ impl<T: Real> Layer<T> {
         backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);
         backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh_t);
     }
+}
+
+/// N_x of the window on two threads, each taking half of the steps (the input product's steps
+/// are independent: its statistics are per step (batch norm) or per row (layer norm)). Batch
+/// norm records each step's μ, σ² into `bn_stats_x` when `stats` (training), for the running
+/// statistics, which the caller updates after.
+fn input_norm_forward_halves<T: Real>(
+    nx: &Normalizer<T>,
+    cache: &mut Cache<T>,
+    steps: usize,
+    batch: usize,
+    train: bool,
+    t0: usize,
+    stats: bool,
+) {
+    let half = steps / 2;
+    let (m, rr) = (half * batch, nx.rstd_rows_per_step(batch));
+    let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, .. } = cache;
+    let (z0, z1) = z.view().split_at(Axis(0), m);
+    let (x0, x1) = xhat_x.view_mut().split_at(Axis(0), m);
+    let (r0, r1) = rstd_x.view_mut().split_at(Axis(0), half * rr);
+    let (g0, g1) = gates.view_mut().split_at(Axis(0), m);
+    let no_stats = || ArrayViewMut2::from_shape((0, 0), &mut []).unwrap();
+    let (s0, s1) = if stats { bn_stats_x.view_mut().split_at(Axis(0), half) } else { (no_stats(), no_stats()) };
+    let run = |first: usize,
+               z: ArrayView2<T>,
+               mut xhat: ArrayViewMut2<T>,
+               mut rstd: ArrayViewMut2<T>,
+               mut out: ArrayViewMut2<T>,
+               mut st: ArrayViewMut2<T>| {
+        if nx.row_local() {
+            return nx.forward_rows(z, xhat, rstd, out);
+        }
+        let mut work = PartWork::default();
+        for k in 0..z.nrows() / batch {
+            let r = k * batch..(k + 1) * batch;
+            let stats = (st.nrows() > 0).then(|| st.row_mut(k).into_slice().unwrap());
+            nx.forward_part(
+                z.slice(s![r.clone(), ..]),
+                t0 + first + k,
+                train,
+                None,
+                batch,
+                &mut work,
+                xhat.slice_mut(s![r.clone(), ..]),
+                rstd.row_mut(k).into_slice().unwrap(),
+                stats,
+                out.slice_mut(s![r, ..]),
+            );
+        }
+    };
+    rayon::join(|| run(0, z0, x0, r0, g0, s0), || run(half, z1, x1, r1, g1, s1));
+}
+
+/// The backward of `input_norm_forward_halves`: ∂L/∂(W_x·x) into `grads.dz` on two threads;
+/// the γ, β gradients are the caller's (`param_grads` over the window).
+fn input_norm_backward_halves<T: Real>(
+    nx: &Normalizer<T>,
+    cache: &Cache<T>,
+    grads: &mut Grads<T>,
+    steps: usize,
+    batch: usize,
+) {
+    let half = steps / 2;
+    let (m, rr) = (half * batch, nx.rstd_rows_per_step(batch));
+    let (dy0, dy1) = grads.dgates.view().split_at(Axis(0), m);
+    let (x0, x1) = cache.xhat_x.view().split_at(Axis(0), m);
+    let (r0, r1) = cache.rstd_x.view().split_at(Axis(0), half * rr);
+    let (d0, d1) = grads.dz.view_mut().split_at(Axis(0), m);
+    let run = |dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>| {
+        if nx.row_local() {
+            return nx.input_grad_rows(dy, xhat, rstd, dz);
+        }
+        let mut work = PartWork::default();
+        for k in 0..dy.nrows() / batch {
+            let r = k * batch..(k + 1) * batch;
+            nx.input_grad_part(
+                dy.slice(s![r.clone(), ..]),
+                xhat.slice(s![r.clone(), ..]),
+                rstd.row(k).to_slice().unwrap(),
+                None,
+                batch,
+                &mut work,
+                dz.slice_mut(s![r, ..]),
+            );
+        }
+    };
+    rayon::join(|| run(dy0, x0, r0, d0), || run(dy1, x1, r1, d1));
 }
 
 /// A (0, 0) view, for the normalizer scratch of a layer without one.

@@ -328,7 +328,18 @@ pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh: WeightsRef<T>,
                 };
                 let stats = (r.bn_stats.nrows() > 0).then(|| r.bn_stats.row_mut(t).into_slice().unwrap());
                 let xhat = r.xhat.index_axis_mut(Axis(0), t);
-                norm.forward_part(r.z.view(), r.t0 + t, *train, peer, *rows_total, work, xhat, inv_r, stats, target);
+                norm.forward_part(
+                    r.z.view(),
+                    r.t0 + t,
+                    *train,
+                    Some(peer),
+                    *rows_total,
+                    work,
+                    xhat,
+                    inv_r,
+                    stats,
+                    target,
+                );
             }
         }
         C::forward(
@@ -393,7 +404,7 @@ pub(super) fn backward<C: Cell, T: Real>(
             StepNorm::BatchPart { norm, peer, rows_total, work, .. } => {
                 let mut dz = r.dz.index_axis_mut(Axis(0), t);
                 let inv_r = rstd.row(0).to_slice().unwrap();
-                norm.input_grad_part(dy, xhat, inv_r, peer, *rows_total, work, dz.view_mut());
+                norm.input_grad_part(dy, xhat, inv_r, Some(peer), *rows_total, work, dz.view_mut());
                 gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
             }
         }
