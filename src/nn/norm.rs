@@ -369,10 +369,10 @@ impl<T: Real> Normalizer<T> {
             work.mean.iter_mut().for_each(|m| *m /= n);
             col_sq_devs(z, &work.mean, &mut work.mine);
             join(peer, &work.mine, &mut work.total);
-            for j in 0..g {
-                let var = work.total[j] / n;
-                inv_r[j] = T::one() / (var + eps).sqrt();
-                work.total[j] = var;
+            for (inv, tot) in inv_r.iter_mut().zip(work.total.iter_mut()) {
+                let var = *tot / n;
+                *inv = T::one() / (var + eps).sqrt();
+                *tot = var;
             }
             if let Some(st) = stats {
                 st[..g].copy_from_slice(&work.mean);
