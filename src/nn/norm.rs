@@ -59,8 +59,8 @@ pub struct Normalizer<T> {
     /// Batch norm running statistics, (slots, blocks·H): 1 slot (shared) or T_max (separate).
     pub running_mean: Array2<T>,
     pub running_var: Array2<T>,
-    /// Column sums of batch norm (no allocation per step).
-    scratch: Vec<T>,
+    /// Batch norm's column sums (no allocation per step).
+    work: PartWork<T>,
 }
 
 impl<T: Real> Normalizer<T> {
@@ -89,7 +89,7 @@ impl<T: Real> Normalizer<T> {
             bias: Param::new(format!("{name}.bias"), Array2::zeros((1, g)), Group::Other),
             running_mean: Array2::zeros((slots, g)),
             running_var: Array2::ones((slots, g)),
-            scratch: Vec::with_capacity(2 * g),
+            work: PartWork::default(),
         })
     }
 
@@ -149,63 +149,23 @@ impl<T: Real> Normalizer<T> {
         train: bool,
         mut xhat: ArrayViewMut2<T>,
         mut rstd: ArrayViewMut2<T>,
-        mut out: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
     ) {
-        let (rows, g) = z.dim();
-        let h = self.hidden;
-        let eps = T::r(EPS);
-        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
+        let rows = z.nrows();
         match self.kind {
-            NormKind::Layer => layer_forward(z, h, eps, gain, bias, xhat.view_mut(), rstd.view_mut(), out),
+            NormKind::Layer => {
+                let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
+                layer_forward(z, self.hidden, T::r(EPS), gain, bias, xhat.view_mut(), rstd.view_mut(), out)
+            }
             NormKind::Batch { .. } => {
-                let slot = t.min(self.slots() - 1);
+                // the whole step as one part (no other half to join), then its running update
+                let mut work = std::mem::take(&mut self.work);
                 let inv_r = rstd.row_mut(0).into_slice().unwrap();
-                // Column statistics, accumulated row by row (contiguous rows): the mean in
-                // `scratch`, the sum of squares in `rstd` until it becomes 1/σ.
-                let mean = &mut self.scratch;
-                mean.clear();
-                mean.resize(g, T::zero());
+                self.forward_part(z, t, train, None, rows, &mut work, xhat, inv_r, None, out);
                 if train {
-                    let n = T::r(rows as f64);
-                    for r in 0..rows {
-                        for (m, &v) in mean.iter_mut().zip(z.row(r).to_slice().unwrap()) {
-                            *m += v;
-                        }
-                    }
-                    mean.iter_mut().for_each(|m| *m /= n);
-                    inv_r.iter_mut().for_each(|v| *v = T::zero());
-                    for r in 0..rows {
-                        for ((acc, &v), &m) in inv_r.iter_mut().zip(z.row(r).to_slice().unwrap()).zip(mean.iter()) {
-                            *acc += (v - m) * (v - m);
-                        }
-                    }
-                    let mo = T::r(MOMENTUM);
-                    let unbias = if rows > 1 { n / (n - T::one()) } else { T::one() };
-                    let mut rm = self.running_mean.row_mut(slot);
-                    let mut rv = self.running_var.row_mut(slot);
-                    for j in 0..g {
-                        let var = inv_r[j] / n;
-                        rm[j] = (T::one() - mo) * rm[j] + mo * mean[j];
-                        rv[j] = (T::one() - mo) * rv[j] + mo * var * unbias;
-                        inv_r[j] = T::one() / (var + eps).sqrt();
-                    }
-                } else {
-                    mean.iter_mut().zip(self.running_mean.row(slot)).for_each(|(m, &r)| *m = r);
-                    for (inv, &v) in inv_r.iter_mut().zip(self.running_var.row(slot)) {
-                        *inv = T::one() / (v + eps).sqrt();
-                    }
+                    self.update_running(t, &work.mean, &work.total, rows);
                 }
-                // x̂ and out += γ ⊙ x̂ + β in one pass
-                for r in 0..rows {
-                    let zr = z.row(r).to_slice().unwrap();
-                    let xr = xhat.row_mut(r).into_slice().unwrap();
-                    let or = out.row_mut(r).into_slice().unwrap();
-                    for j in 0..g {
-                        let x = (zr[j] - mean[j]) * inv_r[j];
-                        xr[j] = x;
-                        or[j] += gain[j] * x + bias[j];
-                    }
-                }
+                self.work = work;
             }
         }
     }
@@ -281,36 +241,15 @@ impl<T: Real> Normalizer<T> {
     }
 
     #[inline(always)]
-    fn backward_impl(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>) {
-        let (rows, g) = dy.dim();
+    fn backward_impl(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
         self.param_grads(dy, xhat);
-        let gain = self.gain.value.as_slice().unwrap();
         match self.kind {
-            NormKind::Layer => layer_input_grad(gain, self.hidden, dy, xhat, rstd, dz.view_mut()),
+            NormKind::Layer => layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz),
             NormKind::Batch { .. } => {
-                let n = T::r(rows as f64);
-                let inv = rstd.row(0).to_slice().unwrap();
-                // column sums of dx̂ and dx̂ ⊙ x̂, accumulated row by row
-                let scratch = &mut self.scratch;
-                scratch.clear();
-                scratch.resize(2 * g, T::zero());
-                let (m1, m2) = scratch.split_at_mut(g);
-                for r in 0..rows {
-                    let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
-                    for j in 0..g {
-                        let dx = gain[j] * dr[j];
-                        m1[j] += dx;
-                        m2[j] += dx * xr[j];
-                    }
-                }
-                m1.iter_mut().chain(m2.iter_mut()).for_each(|m| *m /= n);
-                for r in 0..rows {
-                    let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
-                    let zr = dz.row_mut(r).into_slice().unwrap();
-                    for j in 0..g {
-                        zr[j] = inv[j] * (gain[j] * dr[j] - m1[j] - xr[j] * m2[j]);
-                    }
-                }
+                let mut work = std::mem::take(&mut self.work);
+                let inv_r = rstd.row(0).to_slice().unwrap();
+                self.input_grad_part(dy, xhat, inv_r, None, dy.nrows(), &mut work, dz);
+                self.work = work;
             }
         }
     }
@@ -341,9 +280,10 @@ impl<T: Real> PartWork<T> {
 /// afterwards, `param_grads`), and the running statistics are updated after the window from
 /// the statistics `forward_part` records (`apply_running`).
 impl<T: Real> Normalizer<T> {
-    /// As `forward` on this half's rows `z` of a step of `rows_total` rows. `inv_r` receives
-    /// 1/√(σ² + ε) per feature; `stats`, when given, μ then σ² (biased) of every feature, for
-    /// `apply_running`.
+    /// As `forward` on this half's rows `z` of a step of `rows_total` rows, without the
+    /// running update. `inv_r` receives 1/√(σ² + ε) per feature; `stats`, when given, μ then σ²
+    /// (biased) of every feature, for `apply_running`; in training `work` holds μ and σ² too
+    /// afterwards (`mean`, `total`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_part(
         &self,
@@ -394,17 +334,24 @@ impl<T: Real> Normalizer<T> {
     /// 2·G·H) over `rows` rows per step.
     pub(crate) fn apply_running(&mut self, stats: ArrayView2<T>, t0: usize, rows: usize) {
         let g = stats.ncols() / 2;
+        for (t, st) in stats.outer_iter().enumerate() {
+            let st = st.to_slice().unwrap();
+            self.update_running(t0 + t, &st[..g], &st[g..], rows);
+        }
+    }
+
+    /// r ← (1 − 0.1)·r + 0.1·batch for in-window step t's slot, from the step's μ and biased σ²
+    /// over `rows` rows (the running variance is unbiased).
+    fn update_running(&mut self, t: usize, mean: &[T], var: &[T], rows: usize) {
+        let slot = t.min(self.slots() - 1);
         let n = T::r(rows as f64);
         let mo = T::r(MOMENTUM);
         let unbias = if rows > 1 { n / (n - T::one()) } else { T::one() };
-        for (t, st) in stats.outer_iter().enumerate() {
-            let slot = (t0 + t).min(self.slots() - 1);
-            let mut rm = self.running_mean.row_mut(slot);
-            let mut rv = self.running_var.row_mut(slot);
-            for j in 0..g {
-                rm[j] = (T::one() - mo) * rm[j] + mo * st[j];
-                rv[j] = (T::one() - mo) * rv[j] + mo * st[g + j] * unbias;
-            }
+        let mut rm = self.running_mean.row_mut(slot);
+        let mut rv = self.running_var.row_mut(slot);
+        for j in 0..mean.len() {
+            rm[j] = (T::one() - mo) * rm[j] + mo * mean[j];
+            rv[j] = (T::one() - mo) * rv[j] + mo * var[j] * unbias;
         }
     }
 
