@@ -125,20 +125,25 @@ fn emitted_job_lists_run_under_gnu_parallel_and_slurm_scripts_parse() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+const SUMMARY_HEADER: &str = "name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step";
+
+/// A fixture run directory: `spec` and one summary row (made-up numbers).
+fn fixture_run(run: &Path, spec: &qlstm::spec::Spec, summary_row: &str) {
+    std::fs::create_dir_all(run).unwrap();
+    std::fs::write(run.join("spec.toml"), spec.to_toml()).unwrap();
+    std::fs::write(run.join("summary.csv"), format!("{SUMMARY_HEADER}\n{summary_row}\n")).unwrap();
+}
+
 #[test]
 fn table_lays_out_runs_in_the_papers_order() {
     let out = scratch("table");
     // a fixture run: ptb_char H=512 bc/weight, with made-up numbers
-    let run = out.join("some/where/ptb_bc_weight");
-    std::fs::create_dir_all(&run).unwrap();
     let spec = qlstm::spec::Spec::load(&root().join("configs/ptb_bc_weight.toml"), &[]).unwrap();
-    std::fs::write(run.join("spec.toml"), spec.to_toml()).unwrap();
-    std::fs::write(
-        run.join("summary.csv"),
-        "name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step\n\
-         ptb_bc_weight,ptb_char,1,512,bc,weight,3,2352,3,bpc,1.5,1.5,1.04,165,30000,600,ok,\n",
-    )
-    .unwrap();
+    fixture_run(
+        &out.join("some/where/ptb_bc_weight"),
+        &spec,
+        "ptb_bc_weight,ptb_char,1,512,bc,weight,3,2352,3,bpc,1.5,1.5,1.04,165,30000,600,ok,",
+    );
     let o = bin().args(["table", out.to_str().unwrap(), "--layout", "table2"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8(o.stdout).unwrap();
@@ -179,38 +184,29 @@ fn seeds_layout_gives_each_cells_spread_over_its_seeds() {
     let out = scratch("seeds-table");
     let base = qlstm::spec::Spec::load(&root().join("configs/ptb_bc_weight.toml"), &[]).unwrap();
     // three seeds of one cell (one diverged), and one run of another cell (other normalization)
-    let runs: [(&str, u64, &str, &str, f64); 4] = [
-        ("a/cell_seed1111", 1111, "weight", "ok", 1.80),
-        ("b/cell_seed2222", 2222, "weight", "ok", 1.78),
-        ("b/cell_seed3333", 3333, "weight", "diverged", f64::NAN),
-        ("b/cell_seed4444", 4444, "weight", "ok", 1.82),
+    let runs: [(&str, u64, &str, f64); 4] = [
+        ("a/cell_seed1111", 1111, "ok", 1.80),
+        ("b/cell_seed2222", 2222, "ok", 1.78),
+        ("b/cell_seed3333", 3333, "diverged", f64::NAN),
+        ("b/cell_seed4444", 4444, "ok", 1.82),
     ];
-    let mut other = base.clone();
-    other.model.normalization = qlstm::nn::Normalization::Layer;
-    for (i, (dir, seed, norm, status, test)) in runs.iter().enumerate() {
-        let run = out.join(dir);
-        std::fs::create_dir_all(&run).unwrap();
+    for (i, (dir, seed, status, test)) in runs.iter().enumerate() {
         let mut spec = base.clone();
         spec.seed = *seed;
         spec.name = format!("run{i}");
-        assert_eq!(*norm, "weight");
-        std::fs::write(run.join("spec.toml"), spec.to_toml()).unwrap();
-        std::fs::write(
-            run.join("summary.csv"),
-            format!("name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step\n\
-                     run{i},ptb_char,1,512,bc,weight,1,784,1,bpc,{test},{test},1.0,165,30000,600,{status},\n"),
-        )
-        .unwrap();
+        fixture_run(
+            &out.join(dir),
+            &spec,
+            &format!("run{i},ptb_char,1,512,bc,weight,1,784,1,bpc,{test},{test},1.0,165,30000,600,{status},"),
+        );
     }
-    let run = out.join("c/other");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("spec.toml"), other.to_toml()).unwrap();
-    std::fs::write(
-        run.join("summary.csv"),
-        "name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step\n\
-         other,ptb_char,1,512,bc,layer,1,784,1,bpc,1.7,1.7,1.0,165,30000,600,ok,\n",
-    )
-    .unwrap();
+    let mut other = base.clone();
+    other.model.normalization = qlstm::nn::Normalization::Layer;
+    fixture_run(
+        &out.join("c/other"),
+        &other,
+        "other,ptb_char,1,512,bc,layer,1,784,1,bpc,1.7,1.7,1.0,165,30000,600,ok,",
+    );
     let o = bin().args(["table", out.to_str().unwrap(), "--layout", "seeds"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = String::from_utf8(o.stdout).unwrap();
