@@ -1,3 +1,10 @@
+#!/usr/bin/env python3
+"""torch.mm throughput (GFLOP/s, best of 20) at the per-step GEMM shapes of `qlstm bench`'s
+configs: the PyTorch side of examples/gemm_shapes.rs, to tell a host's SGEMM (MKL in the PyPI
+wheel) from faer's on the shapes training actually runs.
+
+usage: OMP_NUM_THREADS=T VENV/bin/python scripts/torch_gemm_shapes.py T   (T = 1 or 2 threads)
+"""
 import sys, time, torch
 t = int(sys.argv[1]); torch.set_num_threads(t)
 shapes = [("char step h·W_hᵀ",64,512,2048),("char half-batch step",32,512,2048),("char half-batch back",32,2048,512),
