@@ -61,7 +61,8 @@ BUDGETS = {
 # one. ptb_char: the paper decays the latent weights' lr × 0.98 per epoch over epochs 11–200, a
 # total of 0.98^190 ≈ 0.0215; here it starts after epoch 1 and each of the nine later epochs
 # takes 0.0215^(1/9) ≈ 0.653. MNIST: 0.002 → 0.001 over the ten epochs, 0.5^(1/10) ≈ 0.933.
-# 10-epoch runs take ~70 min (ptb_char) at one thread on an AVX-512 host.
+# A ten-epoch cell costs ten one-epoch ones (ptb_char: 420 s per epoch measured at one thread
+# on an AVX-512 host; no ten-epoch run has finished yet).
 LONG = {
     "ptb_char": {"train.epochs": 10, "train.lr_decay_start": 1, "train.lr_decay": 0.653},
     "seq_mnist": {"train.epochs": 10, "train.lr_decay": 0.933},
