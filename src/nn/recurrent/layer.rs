@@ -264,9 +264,11 @@ impl<T: Real> Layer<T> {
         }
 
         // Input projection for the whole window: G = N_x(X·W_xᵀ) + b. Without a normalizer the
-        // product goes straight into G; with one, into the scratch z first.
+        // product goes straight into G; with one, into x̂_x, which the normalizer then overwrites
+        // step by step (each step's product copied to a (B, G) scratch first): the window holds
+        // one (T·B, G·H) buffer for it, not two (125 MB less on sequential MNIST).
         let bias = self.bias.value.row(0);
-        let z = if self.norm_x.is_some() { &mut cache.z } else { &mut cache.gates };
+        let z = if self.norm_x.is_some() { &mut cache.xhat_x } else { &mut cache.gates };
         ensure_shape(z, rows, g);
         let wx = self.frozen.as_ref().map_or(WeightsRef::Dense(cache.wx_t.view()), |f| f.x.weights());
         match input {
@@ -277,7 +279,7 @@ impl<T: Real> Layer<T> {
             None => cache.gates += &bias,
             Some(nx) => {
                 cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
-                ensure_shape(&mut cache.xhat_x, rows, g);
+                ensure_shape(&mut cache.z, 2 * batch, g);
                 ensure_shape(&mut cache.rstd_x, steps * nx.rstd_rows_per_step(batch), nx.rstd_cols());
                 if steps::splits(batch) && steps >= 2 {
                     let stats = if train && !nx.row_local() {
@@ -293,8 +295,9 @@ impl<T: Real> Layer<T> {
                 } else {
                     for t in 0..steps {
                         let r = t * batch..(t + 1) * batch;
+                        cache.z.slice_mut(s![..batch, ..]).assign(&cache.xhat_x.slice(s![r.clone(), ..]));
                         nx.forward(
-                            cache.z.slice(s![r.clone(), ..]),
+                            cache.z.slice(s![..batch, ..]),
                             t0 + t,
                             train,
                             cache.xhat_x.slice_mut(s![r.clone(), ..]),
@@ -317,7 +320,8 @@ impl<T: Real> Layer<T> {
         let exchange = Exchange::new();
         let (rr, rc) = match &self.norm_h {
             Some(nh) => {
-                ensure_shape(z, batch, g);
+                // two steps' rows: N_x's halves use both (above), the recurrence the first
+                ensure_shape(z, 2 * batch, g);
                 ensure_shape(xhat_h, rows, g);
                 ensure_shape(rstd_h, steps * nh.rstd_rows_per_step(batch), nh.rstd_cols());
                 (nh.rstd_rows_per_step(batch), nh.rstd_cols())
@@ -502,28 +506,38 @@ fn input_norm_forward_halves<T: Real>(
 ) {
     let half = steps / 2;
     let (m, rr) = (half * batch, nx.rstd_rows_per_step(batch));
+    // x̂_x holds the raw product on entry; each half copies a step's rows to its own scratch
     let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, .. } = cache;
-    let (z0, z1) = z.view().split_at(Axis(0), m);
+    let (z0, z1) = z.view_mut().split_at(Axis(0), batch);
     let (x0, x1) = xhat_x.view_mut().split_at(Axis(0), m);
     let (r0, r1) = rstd_x.view_mut().split_at(Axis(0), half * rr);
     let (g0, g1) = gates.view_mut().split_at(Axis(0), m);
     let no_stats = || ArrayViewMut2::from_shape((0, 0), &mut []).unwrap();
     let (s0, s1) = if stats { bn_stats_x.view_mut().split_at(Axis(0), half) } else { (no_stats(), no_stats()) };
     let run = |first: usize,
-               z: ArrayView2<T>,
+               mut z: ArrayViewMut2<T>,
                mut xhat: ArrayViewMut2<T>,
                mut rstd: ArrayViewMut2<T>,
                mut out: ArrayViewMut2<T>,
                mut st: ArrayViewMut2<T>| {
-        if nx.row_local() {
-            return nx.forward_rows(z, xhat, rstd, out);
-        }
         let mut work = PartWork::default();
-        for k in 0..z.nrows() / batch {
+        for k in 0..xhat.nrows() / batch {
             let r = k * batch..(k + 1) * batch;
+            z.assign(&xhat.slice(s![r.clone(), ..]));
+            if nx.row_local() {
+                // row-local: a step at a time gives every row what the whole half gave it
+                let rs = nx.rstd_rows(k, batch);
+                nx.forward_rows(
+                    z.view(),
+                    xhat.slice_mut(s![r.clone(), ..]),
+                    rstd.slice_mut(s![rs, ..]),
+                    out.slice_mut(s![r, ..]),
+                );
+                continue;
+            }
             let stats = (st.nrows() > 0).then(|| st.row_mut(k).into_slice().unwrap());
             nx.forward_part(
-                z.slice(s![r.clone(), ..]),
+                z.view(),
                 t0 + first + k,
                 train,
                 None,
