@@ -67,6 +67,25 @@ fn build(
     q: Quantizer,
     norm: Normalization,
 ) -> Case {
+    build_wide(cell, task, vocab, hidden, 3, layers, steps, batch, dropout, q, norm)
+}
+
+/// `build` with the embedding width too. Dense inputs at most 8 wide (these cases' embeddings
+/// and hidden layers) have N_x's x̂ recomputed in backward; wider ones keep it for the window.
+#[allow(clippy::too_many_arguments)]
+fn build_wide(
+    cell: CellKind,
+    task: Task,
+    vocab: usize,
+    hidden: usize,
+    embedding: usize,
+    layers: usize,
+    steps: usize,
+    batch: usize,
+    dropout: f64,
+    q: Quantizer,
+    norm: Normalization,
+) -> Case {
     let mut spec = Spec::defaults(task);
     spec.model.cell = cell;
     spec.model.hidden = hidden;
@@ -74,7 +93,7 @@ fn build(
     spec.model.quantizer = q;
     spec.model.normalization = norm;
     if task.uses_embedding() {
-        spec.model.embedding = 3;
+        spec.model.embedding = embedding;
         spec.model.dropout_input = dropout;
     }
     spec.model.dropout_between = dropout;
@@ -224,6 +243,9 @@ fn every_normalization_word_model_and_mnist() {
     for norm in NORMS {
         let mut c = build(CellKind::Lstm, Task::PtbWord, 8, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} word"));
+        // dense inputs 9 wide: N_x keeps x̂ for the window (the cases above recompute it)
+        let mut c = build_wide(CellKind::Lstm, Task::PtbWord, 8, 9, 9, 2, 3, 3, 0.2, Quantizer::Fp, norm);
+        check(&mut c, &format!("{norm:?} word, 9 wide"));
         let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 1, 4, 3, 0.0, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} mnist"));
     }
@@ -265,6 +287,9 @@ fn two_thread_batch_split_path() {
     for norm in [Normalization::None, Normalization::Layer, Normalization::BatchShared, Normalization::BatchSeparate] {
         let mut c = build(CellKind::Lstm, Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} batch 16, 2 threads"));
+        // N_x recomputing x̂ from the pixels on two halves of the steps
+        let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 1, 4, 16, 0.0, Quantizer::Fp, norm);
+        check(&mut c, &format!("{norm:?} mnist batch 16, 2 threads"));
     }
 }
 

@@ -30,11 +30,17 @@ pub struct Cache<T> {
     pub(super) aux: Array2<T>,
     /// The GRU's recurrent product of a step (scratch), (B, G·H).
     pub(super) rec: Array2<T>,
-    /// Layer/batch norm only: the raw products (scratch), the normalized x̂ and 1/σ of each
-    /// product (x: whole window; h: every step), laid out as `Normalizer::rstd_rows` says.
+    /// Layer/batch norm only: a step's raw product (scratch, two steps' rows), the normalized x̂
+    /// and 1/σ of each product (x: every step, or scratch where x̂_x is recomputed, see
+    /// `input_norm.rs`; h: every step), 1/σ laid out as `Normalizer::rstd_rows` says.
     pub(super) z: Array2<T>,
     pub(super) xhat_x: Array2<T>,
     pub(super) rstd_x: Array2<T>,
+    /// Whether x̂_x holds every step (else backward recomputes it), and what the forward ran
+    /// with (train: batch or running statistics; t0: the first step's in-window index).
+    pub(super) xhat_x_kept: bool,
+    pub(super) train: bool,
+    pub(super) t0: usize,
     pub(super) xhat_h: Array2<T>,
     pub(super) rstd_h: Array2<T>,
     /// Batch norm of W_h·h split over two threads in training: each step's μ and σ², (T, 2·G·H),
@@ -125,6 +131,8 @@ pub struct Grads<T> {
     pub(super) dg_rec: Array2<T>,
     /// ∂L/∂(raw products) under layer/batch norm, (T·B, G·H).
     pub(super) dz: Array2<T>,
+    /// Scratch of N_x's backward where it recomputes x̂_x (`input_norm.rs`).
+    pub(super) xnorm_scratch: Array2<T>,
     /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.
     pub(super) dh: Array2<T>,
     pub(super) dc: Array2<T>,

@@ -9,8 +9,8 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
-use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm};
-use crate::nn::norm::{Normalization, Normalizer, PartWork};
+use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm, input_norm};
+use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
@@ -264,48 +264,21 @@ impl<T: Real> Layer<T> {
         }
 
         // Input projection for the whole window: G = N_x(X·W_xᵀ) + b. Without a normalizer the
-        // product goes straight into G; with one, into x̂_x, which the normalizer then overwrites
-        // step by step (each step's product copied to a (B, G) scratch first): the window holds
-        // one (T·B, G·H) buffer for it, not two (125 MB less on sequential MNIST).
+        // product goes straight into G; with one, `input_norm` adds N_x's output into G = b.
         let bias = self.bias.value.row(0);
-        let z = if self.norm_x.is_some() { &mut cache.xhat_x } else { &mut cache.gates };
-        ensure_shape(z, rows, g);
-        let wx = self.frozen.as_ref().map_or(WeightsRef::Dense(cache.wx_t.view()), |f| f.x.weights());
-        match input {
-            LayerInput::OneHot(ids) => wx.gather(z.view_mut(), ids),
-            LayerInput::Dense(x) => wx.product(z.view_mut(), false, x, true),
-        }
+        let frozen = self.frozen.as_ref().map(|f| f.x.weights());
         match &mut self.norm_x {
-            None => cache.gates += &bias,
+            None => {
+                let wx = frozen.unwrap_or(WeightsRef::Dense(cache.wx_t.view()));
+                match input {
+                    LayerInput::OneHot(ids) => wx.gather(cache.gates.view_mut(), ids),
+                    LayerInput::Dense(x) => wx.product(cache.gates.view_mut(), false, x, true),
+                }
+                cache.gates += &bias;
+            }
             Some(nx) => {
                 cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
-                ensure_shape(&mut cache.z, 2 * batch, g);
-                ensure_shape(&mut cache.rstd_x, steps * nx.rstd_rows_per_step(batch), nx.rstd_cols());
-                if steps::splits(batch) && steps >= 2 {
-                    let stats = if train && !nx.row_local() {
-                        ensure_shape(&mut cache.bn_stats_x, steps, 2 * g);
-                        true
-                    } else {
-                        false
-                    };
-                    input_norm_forward_halves(nx, cache, steps, batch, train, t0, stats);
-                    if stats {
-                        nx.apply_running(cache.bn_stats_x.view(), t0, batch);
-                    }
-                } else {
-                    for t in 0..steps {
-                        let r = t * batch..(t + 1) * batch;
-                        cache.z.slice_mut(s![..batch, ..]).assign(&cache.xhat_x.slice(s![r.clone(), ..]));
-                        nx.forward(
-                            cache.z.slice(s![..batch, ..]),
-                            t0 + t,
-                            train,
-                            cache.xhat_x.slice_mut(s![r.clone(), ..]),
-                            cache.rstd_x.slice_mut(s![nx.rstd_rows(t, batch), ..]),
-                            cache.gates.slice_mut(s![r, ..]),
-                        );
-                    }
-                }
+                input_norm::forward(nx, frozen, input, cache, train, t0);
             }
         }
 
@@ -451,19 +424,8 @@ impl<T: Real> Layer<T> {
         let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { d_rec };
         gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), d_zh, T::one());
         // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
-        if let Some(nx) = self.norm_x.as_mut().filter(|_| steps::splits(batch) && steps >= 2) {
-            input_norm_backward_halves(nx, cache, grads, steps, batch);
-            nx.param_grads(grads.dgates.view(), cache.xhat_x.view());
-        } else if let Some(nx) = &mut self.norm_x {
-            for t in 0..steps {
-                let r = t * batch..(t + 1) * batch;
-                nx.backward(
-                    grads.dgates.slice(s![r.clone(), ..]),
-                    cache.xhat_x.slice(s![r.clone(), ..]),
-                    cache.rstd_x.slice(s![nx.rstd_rows(t, batch), ..]),
-                    grads.dz.slice_mut(s![r, ..]),
-                );
-            }
+        if let Some(nx) = &mut self.norm_x {
+            input_norm::backward(nx, input, cache, grads.dgates.view(), grads.dz.view_mut(), &mut grads.xnorm_scratch);
         }
         let d_zx = if self.norm_x.is_some() { grads.dz.view() } else { grads.dgates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
@@ -489,104 +451,6 @@ impl<T: Real> Layer<T> {
         backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);
         backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh_t);
     }
-}
-
-/// N_x of the window on two threads, each taking half of the steps (the input product's steps
-/// are independent: its statistics are per step (batch norm) or per row (layer norm)). Batch
-/// norm records each step's μ, σ² into `bn_stats_x` when `stats` (training), for the running
-/// statistics, which the caller updates after.
-fn input_norm_forward_halves<T: Real>(
-    nx: &Normalizer<T>,
-    cache: &mut Cache<T>,
-    steps: usize,
-    batch: usize,
-    train: bool,
-    t0: usize,
-    stats: bool,
-) {
-    let half = steps / 2;
-    let (m, rr) = (half * batch, nx.rstd_rows_per_step(batch));
-    // x̂_x holds the raw product on entry; each half copies a step's rows to its own scratch
-    let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, .. } = cache;
-    let (z0, z1) = z.view_mut().split_at(Axis(0), batch);
-    let (x0, x1) = xhat_x.view_mut().split_at(Axis(0), m);
-    let (r0, r1) = rstd_x.view_mut().split_at(Axis(0), half * rr);
-    let (g0, g1) = gates.view_mut().split_at(Axis(0), m);
-    let no_stats = || ArrayViewMut2::from_shape((0, 0), &mut []).unwrap();
-    let (s0, s1) = if stats { bn_stats_x.view_mut().split_at(Axis(0), half) } else { (no_stats(), no_stats()) };
-    let run = |first: usize,
-               mut z: ArrayViewMut2<T>,
-               mut xhat: ArrayViewMut2<T>,
-               mut rstd: ArrayViewMut2<T>,
-               mut out: ArrayViewMut2<T>,
-               mut st: ArrayViewMut2<T>| {
-        let mut work = PartWork::default();
-        for k in 0..xhat.nrows() / batch {
-            let r = k * batch..(k + 1) * batch;
-            z.assign(&xhat.slice(s![r.clone(), ..]));
-            if nx.row_local() {
-                // row-local: a step at a time gives every row what the whole half gave it
-                let rs = nx.rstd_rows(k, batch);
-                nx.forward_rows(
-                    z.view(),
-                    xhat.slice_mut(s![r.clone(), ..]),
-                    rstd.slice_mut(s![rs, ..]),
-                    out.slice_mut(s![r, ..]),
-                );
-                continue;
-            }
-            let stats = (st.nrows() > 0).then(|| st.row_mut(k).into_slice().unwrap());
-            nx.forward_part(
-                z.view(),
-                t0 + first + k,
-                train,
-                None,
-                batch,
-                &mut work,
-                xhat.slice_mut(s![r.clone(), ..]),
-                rstd.row_mut(k).into_slice().unwrap(),
-                stats,
-                out.slice_mut(s![r, ..]),
-            );
-        }
-    };
-    rayon::join(|| run(0, z0, x0, r0, g0, s0), || run(half, z1, x1, r1, g1, s1));
-}
-
-/// The backward of `input_norm_forward_halves`: ∂L/∂(W_x·x) into `grads.dz` on two threads;
-/// the γ, β gradients are the caller's (`param_grads` over the window).
-fn input_norm_backward_halves<T: Real>(
-    nx: &Normalizer<T>,
-    cache: &Cache<T>,
-    grads: &mut Grads<T>,
-    steps: usize,
-    batch: usize,
-) {
-    let half = steps / 2;
-    let (m, rr) = (half * batch, nx.rstd_rows_per_step(batch));
-    let (dy0, dy1) = grads.dgates.view().split_at(Axis(0), m);
-    let (x0, x1) = cache.xhat_x.view().split_at(Axis(0), m);
-    let (r0, r1) = cache.rstd_x.view().split_at(Axis(0), half * rr);
-    let (d0, d1) = grads.dz.view_mut().split_at(Axis(0), m);
-    let run = |dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, mut dz: ArrayViewMut2<T>| {
-        if nx.row_local() {
-            return nx.input_grad_rows(dy, xhat, rstd, dz);
-        }
-        let mut work = PartWork::default();
-        for k in 0..dy.nrows() / batch {
-            let r = k * batch..(k + 1) * batch;
-            nx.input_grad_part(
-                dy.slice(s![r.clone(), ..]),
-                xhat.slice(s![r.clone(), ..]),
-                rstd.row(k).to_slice().unwrap(),
-                None,
-                batch,
-                &mut work,
-                dz.slice_mut(s![r, ..]),
-            );
-        }
-    };
-    rayon::join(|| run(dy0, x0, r0, d0), || run(dy1, x1, r1, d1));
 }
 
 /// A (0, 0) view, for the normalizer scratch of a layer without one.

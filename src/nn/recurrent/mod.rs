@@ -1,11 +1,12 @@
 //! A recurrent layer over a BPTT window: one layer struct (`layer.rs`: weights, quantization,
-//! the window-batched GEMMs, the input product's normalizer), one time loop (`steps.rs`: the
+//! the window-batched GEMMs), the input product's normalizer (`input_norm.rs`), one time loop (`steps.rs`: the
 //! per-step recurrent product and its normalizer, then the cell, on one or two halves of the
 //! batch), and the cell kernels behind the `Cell` trait (`lstm.rs`, `gru.rs`).
 
 mod cache;
 mod exchange;
 mod gru;
+mod input_norm;
 mod layer;
 mod lstm;
 mod steps;

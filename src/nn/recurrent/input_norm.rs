@@ -1,0 +1,290 @@
+//! N_x, the layer or batch normalizer of a layer's input product W_x·x over a window
+//! (docs/SPEC.md §1). Unlike W_h·h_{t-1} every step's product is known before the recurrence, so
+//! the steps are independent: with two threads each takes half of them.
+//!
+//! Backward needs each step's x̂ = (z − μ)/σ. Where the input is wide (token rows, a lower
+//! layer's h) the window keeps x̂ for every step, (T·B, G·H), written in place over the raw
+//! product. Where it is narrow — sequential MNIST's one pixel — the product costs less than the
+//! normalization itself, so nothing window-sized is kept: forward and backward both recompute a
+//! step's x̂ from x_t, into (B, G·H) scratch (125 MB less at T = 784, B = 100, H = 100). Both
+//! give bit-identical numbers: the same product, then the same normalizer kernels.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+
+use super::steps;
+use super::{Cache, LayerInput};
+use crate::nn::norm::{Normalizer, PartWork};
+use crate::nn::packed::WeightsRef;
+use crate::tensor::{Real, ensure_shape};
+
+/// Inputs at most this wide have their x̂ recomputed in backward instead of kept for the window:
+/// the product's cost per element (≤ 8 multiply-adds) is below the normalization's own.
+pub(super) const RECOMPUTE_MAX_INPUT: usize = 8;
+
+/// Does the window keep x̂_x for every step (false: recompute it from the input)?
+pub(super) fn keeps_window<T>(input: &LayerInput<T>) -> bool {
+    !matches!(input, LayerInput::Dense(x) if x.ncols() <= RECOMPUTE_MAX_INPUT)
+}
+
+/// Forward of N_x over the window: `cache.gates` holds the bias on entry and gets N_x(X·W_xᵀ)
+/// added; `cache.steps`, `cache.batch` are set. The product uses the window's effective W_x,
+/// or `frozen` (an exported layer's). Training batch norm updates the running statistics after
+/// the window, step by step in time order.
+pub(super) fn forward<T: Real>(
+    nx: &mut Normalizer<T>,
+    frozen: Option<WeightsRef<T>>,
+    input: LayerInput<T>,
+    cache: &mut Cache<T>,
+    train: bool,
+    t0: usize,
+) {
+    let (steps, batch, g) = (cache.steps, cache.batch, nx.blocks * nx.hidden);
+    let (rows, rr) = (steps * batch, nx.rstd_rows_per_step(batch));
+    let keep = keeps_window(&input);
+    cache.xhat_x_kept = keep;
+    cache.train = train;
+    cache.t0 = t0;
+    let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, wx_t, .. } = cache;
+    let wx_t = wx_t.view();
+    // out = X·W_xᵀ (ndarray views are invariant in their lifetime: no one WeightsRef for both)
+    let product = |out: ArrayViewMut2<T>, x: ArrayView2<T>, par: bool| match &frozen {
+        Some(w) => w.product(out, false, x, par),
+        None => WeightsRef::Dense(wx_t.view()).product(out, false, x, par),
+    };
+    // two steps' rows of scratch: one per half
+    ensure_shape(z, 2 * batch, g);
+    ensure_shape(xhat_x, if keep { rows } else { 2 * batch }, g);
+    ensure_shape(rstd_x, steps * rr, nx.rstd_cols());
+    if keep {
+        // the raw product for the whole window, which the normalizer overwrites step by step
+        match (input, &frozen) {
+            (LayerInput::OneHot(ids), Some(w)) => w.gather(xhat_x.view_mut(), ids),
+            (LayerInput::OneHot(ids), None) => WeightsRef::Dense(wx_t.view()).gather(xhat_x.view_mut(), ids),
+            (LayerInput::Dense(x), _) => product(xhat_x.view_mut(), x, true),
+        }
+    }
+    let stats = train && !nx.row_local();
+    ensure_shape(bn_stats_x, if stats { steps } else { 0 }, 2 * g);
+    let x = match input {
+        LayerInput::Dense(x) => x,
+        LayerInput::OneHot(_) => ArrayView2::from_shape((0, 0), &[]).unwrap(),
+    };
+    let norm = &*nx;
+    // steps [first, first + n) of the window, on one thread: a step's raw product into z (copied
+    // from the kept x̂_x, or computed from x_t), normalized into x̂, γ⊙x̂ + β added into G_t
+    let run = |first: usize,
+               mut z: ArrayViewMut2<T>,
+               mut xhat: ArrayViewMut2<T>,
+               mut rstd: ArrayViewMut2<T>,
+               mut out: ArrayViewMut2<T>,
+               mut st: ArrayViewMut2<T>| {
+        let mut work = PartWork::default();
+        for k in 0..out.nrows() / batch {
+            let (t, r) = (first + k, k * batch..(k + 1) * batch);
+            let xr = if keep { r.clone() } else { 0..batch };
+            if keep {
+                z.assign(&xhat.slice(s![xr.clone(), ..]));
+            } else {
+                product(z.view_mut(), x.slice(s![t * batch..(t + 1) * batch, ..]), false);
+            }
+            let (xhat, out) = (xhat.slice_mut(s![xr, ..]), out.slice_mut(s![r, ..]));
+            if norm.row_local() {
+                norm.forward_rows(z.view(), xhat, rstd.slice_mut(s![norm.rstd_rows(k, batch), ..]), out);
+            } else {
+                let stats = (st.nrows() > 0).then(|| st.row_mut(k).into_slice().unwrap());
+                let inv_r = rstd.row_mut(k).into_slice().unwrap();
+                norm.forward_part(z.view(), t0 + t, train, None, batch, &mut work, xhat, inv_r, stats, out);
+            }
+        }
+    };
+    if steps::splits(batch) && steps >= 2 {
+        let half = steps / 2;
+        let (z0, z1) = z.view_mut().split_at(Axis(0), batch);
+        let (x0, x1) = if keep {
+            xhat_x.view_mut().split_at(Axis(0), half * batch)
+        } else {
+            xhat_x.view_mut().split_at(Axis(0), batch)
+        };
+        let (r0, r1) = rstd_x.view_mut().split_at(Axis(0), half * rr);
+        let (g0, g1) = gates.view_mut().split_at(Axis(0), half * batch);
+        let (s0, s1) = bn_stats_x.view_mut().split_at(Axis(0), if stats { half } else { 0 });
+        rayon::join(|| run(0, z0, x0, r0, g0, s0), || run(half, z1, x1, r1, g1, s1));
+    } else {
+        run(
+            0,
+            z.slice_mut(s![..batch, ..]),
+            xhat_x.view_mut(),
+            rstd_x.view_mut(),
+            gates.view_mut(),
+            bn_stats_x.view_mut(),
+        );
+    }
+    if stats {
+        nx.apply_running(cache.bn_stats_x.view(), t0, batch);
+    }
+}
+
+/// Backward of N_x: ∂L/∂(W_x·x) into `dz` from ∂L/∂(its output) `dy`, both (T·B, G·H), and
+/// γ, β's gradients. `scratch` holds what recomputing a step's x̂ needs (unused when the
+/// window kept x̂_x).
+pub(super) fn backward<T: Real>(
+    nx: &mut Normalizer<T>,
+    input: LayerInput<T>,
+    cache: &Cache<T>,
+    dy: ArrayView2<T>,
+    mut dz: ArrayViewMut2<T>,
+    scratch: &mut Array2<T>,
+) {
+    let (steps, batch, g) = (cache.steps, cache.batch, nx.blocks * nx.hidden);
+    let rr = nx.rstd_rows_per_step(batch);
+    let keep = cache.xhat_x_kept;
+    let recompute = Recompute::new(cache, input);
+    // per half: z, x̂ and a discarded output, (B, G·H) each, and one step's 1/σ
+    let scratch_rows = 3 * batch + rr;
+    ensure_shape(scratch, if keep { 0 } else { 2 * scratch_rows }, g);
+    // ∂L/∂z of step t from its x̂, into `dz` (the step's rows)
+    let step_grad = |norm: &Normalizer<T>,
+                     t: usize,
+                     xhat: ArrayView2<T>,
+                     dy: ArrayView2<T>,
+                     dz: ArrayViewMut2<T>,
+                     work: &mut PartWork<T>| {
+        let rstd = cache.rstd_x.slice(s![norm.rstd_rows(t, batch), ..]);
+        if norm.row_local() {
+            norm.input_grad_rows(dy, xhat, rstd, dz);
+        } else {
+            norm.input_grad_part(dy, xhat, rstd.row(0).to_slice().unwrap(), None, batch, work, dz);
+        }
+    };
+    let kept = |t: usize| cache.xhat_x.slice(s![t * batch..(t + 1) * batch, ..]);
+    let rows = |t: usize| t * batch..(t + 1) * batch;
+    let mut work = PartWork::default();
+    if !(steps::splits(batch) && steps >= 2) {
+        // one thread: each step's x̂ once, for ∂L/∂z and then γ, β (summed over rows in order)
+        for t in 0..steps {
+            let xhat = if keep { kept(t) } else { recompute.step(nx, t, scratch.view_mut(), &mut work) };
+            let dy_t = dy.slice(s![rows(t), ..]);
+            step_grad(nx, t, xhat, dy_t, dz.slice_mut(s![rows(t), ..]), &mut work);
+            nx.param_grads(dy_t, xhat);
+        }
+        return;
+    }
+    // two threads, each on half of the steps; then γ, β over the window's rows in order, which
+    // recomputes each step's x̂ a second time where it was not kept
+    let norm = &*nx;
+    let run = |first: usize, dy: ArrayView2<T>, mut dz: ArrayViewMut2<T>, mut scratch: ArrayViewMut2<T>| {
+        let mut work = PartWork::default();
+        for k in 0..dy.nrows() / batch {
+            let t = first + k;
+            let xhat = if keep { kept(t) } else { recompute.step(norm, t, scratch.view_mut(), &mut work) };
+            step_grad(norm, t, xhat, dy.slice(s![rows(k), ..]), dz.slice_mut(s![rows(k), ..]), &mut work);
+        }
+    };
+    let half = steps / 2;
+    let (dy0, dy1) = dy.split_at(Axis(0), half * batch);
+    let (dz0, dz1) = dz.view_mut().split_at(Axis(0), half * batch);
+    let (w0, w1) = scratch.view_mut().split_at(Axis(0), if keep { 0 } else { scratch_rows });
+    rayon::join(|| run(0, dy0, dz0, w0), || run(half, dy1, dz1, w1));
+    if keep {
+        nx.param_grads(dy, cache.xhat_x.view());
+    } else {
+        for t in 0..steps {
+            let xhat = recompute.step(nx, t, scratch.view_mut(), &mut work);
+            nx.param_grads(dy.slice(s![rows(t), ..]), xhat);
+        }
+    }
+}
+
+/// Recomputes step t's x̂ from the input, as the forward computed it.
+struct Recompute<'c, 'x, T> {
+    wx: ArrayView2<'c, T>,
+    x: ArrayView2<'x, T>,
+    batch: usize,
+    train: bool,
+    t0: usize,
+}
+
+impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
+    fn new(cache: &'c Cache<T>, input: LayerInput<'x, T>) -> Self {
+        let x = match input {
+            LayerInput::Dense(x) => x,
+            LayerInput::OneHot(_) => ArrayView2::from_shape((0, 0), &[]).unwrap(),
+        };
+        Recompute { wx: cache.wx_t.view(), x, batch: cache.batch, train: cache.train, t0: cache.t0 }
+    }
+
+    /// x̂ of step t, in `scratch` (rows: z, x̂, a discarded output, 1/σ); returns its view.
+    fn step<'s>(
+        &self,
+        norm: &Normalizer<T>,
+        t: usize,
+        scratch: ArrayViewMut2<'s, T>,
+        work: &mut PartWork<T>,
+    ) -> ArrayView2<'s, T> {
+        let b = self.batch;
+        let (mut z, rest) = scratch.split_at(Axis(0), b);
+        let (mut xhat, rest) = rest.split_at(Axis(0), b);
+        let (mut out, mut rstd) = rest.split_at(Axis(0), b);
+        crate::tensor::gemm_with(
+            z.view_mut(),
+            false,
+            self.x.slice(s![t * b..(t + 1) * b, ..]),
+            self.wx,
+            T::one(),
+            false,
+        );
+        out.fill(T::zero());
+        if norm.row_local() {
+            let rstd = rstd.slice_mut(s![.., ..norm.rstd_cols()]);
+            norm.forward_rows(z.view(), xhat.view_mut(), rstd, out);
+        } else {
+            let inv_r = rstd.row_mut(0).into_slice().unwrap();
+            norm.forward_part(z.view(), self.t0 + t, self.train, None, b, work, xhat.view_mut(), inv_r, None, out);
+        }
+        let shape = xhat.dim();
+        ArrayView2::from_shape(shape, &*xhat.into_slice().expect("scratch rows are contiguous")).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+
+    use super::super::{Cache, CellKind, Grads, Layer, LayerInput};
+    use crate::nn::norm::Normalization;
+    use crate::nn::quant::Quantizer;
+
+    /// A window of a layer under `norm` whose dense input is `width` wide: the rows of x̂_x the
+    /// cache holds, and the layer's output and weight gradients (for comparing two widths'
+    /// paths on the same numbers).
+    fn window(width: usize, norm: Normalization) -> (usize, Array2<f64>, Array2<f64>) {
+        let (steps, batch, hidden) = (5, 3, 4);
+        let mut layer = Layer::<f64>::new("l", CellKind::Lstm, width, hidden, Quantizer::Fp, norm, steps);
+        let wave = |i: usize| ((i * 7919) % 23) as f64 / 23.0 - 0.5;
+        layer.w_x.value.indexed_iter_mut().for_each(|((r, c), w)| *w = wave(r * 13 + c));
+        layer.w_h.value.iter_mut().enumerate().for_each(|(i, w)| *w = wave(i + 101));
+        // the same numbers through both paths: only the first input column is non-zero
+        let x = Array2::from_shape_fn((steps * batch, width), |(n, j)| if j == 0 { wave(n + 7) } else { 0.0 });
+        let (h0, c0) = (Array2::zeros((batch, hidden)), Array2::zeros((batch, hidden)));
+        let (mut cache, mut grads) = (Cache::default(), Grads::default());
+        layer.prepare_weights(&mut cache);
+        layer.forward(&mut cache, LayerInput::Dense(x.view()), h0.view(), c0.view(), true, 0);
+        let d_out = Array2::from_shape_fn((steps * batch, hidden), |(n, j)| wave(n * hidden + j + 3));
+        layer.backward(&cache, &mut grads, LayerInput::Dense(x.view()), d_out.view(), None);
+        let gain = layer.norm_x.as_ref().unwrap().gain.grad.clone();
+        (cache.xhat_x.nrows(), cache.output().to_owned(), gain)
+    }
+
+    #[test]
+    fn narrow_inputs_keep_no_window_of_xhat_and_give_the_same_numbers() {
+        for norm in [Normalization::Layer, Normalization::BatchShared, Normalization::BatchSeparate] {
+            let (narrow_rows, narrow_out, narrow_dgain) = window(1, norm);
+            let (wide_rows, wide_out, wide_dgain) = window(super::RECOMPUTE_MAX_INPUT + 1, norm);
+            assert_eq!(narrow_rows, 2 * 3, "{norm:?}: a narrow input keeps two steps of scratch");
+            assert_eq!(wide_rows, 5 * 3, "{norm:?}: a wide input keeps every step's x̂");
+            // zero columns add exact zeros to each product: both paths see the same z
+            assert_eq!(narrow_out, wide_out, "{norm:?}: forward");
+            assert_eq!(narrow_dgain, wide_dgain, "{norm:?}: N_x's γ gradient");
+        }
+    }
+}
