@@ -178,6 +178,43 @@ fn table_lays_out_runs_in_the_papers_order() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// Table 4 lays out every seq_mnist cell; permuted-MNIST rows appear only for cells that ran,
+/// with the error metric.
+#[test]
+fn table4_shows_permuted_mnist_rows_only_where_they_ran() {
+    let out = scratch("table4");
+    let load = |name: &str| qlstm::spec::Spec::load(&root().join(format!("configs/long/{name}.toml")), &[]).unwrap();
+    fixture_run(
+        &out.join("pmnist_bc_layer"),
+        &load("pmnist_bc_layer"),
+        "pmnist_bc_layer,pmnist,1,100,bc,layer,10,5000,10,error_pct,12.5,12.25,0.4,8,300000,3600,ok,",
+    );
+    fixture_run(
+        &out.join("seq_mnist_fp_layer"),
+        &load("seq_mnist_fp_layer"),
+        "seq_mnist_fp_layer,seq_mnist,1,100,fp,layer,10,5000,10,error_pct,3.5,3.25,0.1,170,300000,3600,ok,",
+    );
+    let o = bin().args(["table", out.to_str().unwrap(), "--layout", "table4"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let h = r.headers().unwrap().clone();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    let col = |row: &csv::StringRecord, c: &str| row[h.iter().position(|x| x == c).unwrap()].to_string();
+    let of = |d: &str| rows.iter().filter(|r| col(r, "dataset") == d).collect::<Vec<_>>();
+    assert_eq!(of("seq_mnist").len(), 15, "every seq_mnist cell, run or not");
+    let p = of("pmnist");
+    assert_eq!(p.len(), 1, "only the permuted cell that ran: {text}");
+    assert_eq!(
+        (col(p[0], "quantizer"), col(p[0], "metric"), col(p[0], "ours")),
+        ("bc".into(), "error_pct".into(), "12.250".into())
+    );
+    let fp_layer =
+        of("seq_mnist").into_iter().find(|r| col(r, "quantizer") == "fp" && col(r, "normalization") == "layer");
+    assert_eq!(col(fp_layer.unwrap(), "ours"), "3.250", "the permuted run does not fill the sequential cell");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// Wait until `path` exists, up to `secs`.
 #[test]
 fn seeds_layout_gives_each_cells_spread_over_its_seeds() {
