@@ -26,7 +26,8 @@ pub struct Cache<T> {
     /// GRU, which has none).
     pub(super) hs: Array2<T>,
     pub(super) cs: Array2<T>,
-    /// The cell's own per-step buffer (LSTM tanh(c_t), GRU u = N(W_hn·h) + b_hn), (T·B, H).
+    /// The cell's own per-step buffer, for a cell that keeps one (`Cell::AUX`): the GRU's
+    /// u = N(W_hn·h) + b_hn, (T·B, H); (T·B, 0) for the LSTM, whose backward recomputes tanh(c_t).
     pub(super) aux: Array2<T>,
     /// The GRU's recurrent product of a step (scratch), (B, G·H).
     pub(super) rec: Array2<T>,
@@ -80,7 +81,7 @@ impl<T: Real> Cache<T> {
         self.gates.view()
     }
 
-    /// The cell's per-step buffer (LSTM tanh(c_t), GRU u), (T·B, H).
+    /// The cell's per-step buffer (GRU u; (T·B, 0) for the LSTM), (T·B, H).
     pub fn aux(&self) -> ArrayView2<'_, T> {
         self.aux.view()
     }

@@ -21,6 +21,7 @@ impl Cell for Gru {
     const GATES: usize = 3;
     const CARRIES_C: bool = false;
     const PRODUCT_APART: bool = true;
+    const AUX: bool = true;
 
     fn forward<T: Real>(mut s: StepRows<'_, T>, hidden: usize) {
         for b in 0..s.gates.nrows() {

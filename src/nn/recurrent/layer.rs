@@ -256,7 +256,8 @@ impl<T: Real> Layer<T> {
         ensure_shape(&mut cache.gates, rows, g);
         ensure_shape(&mut cache.hs, rows + batch, h);
         ensure_shape(&mut cache.cs, rows + batch, hc);
-        ensure_shape(&mut cache.aux, rows, h);
+        let ha = self.cell.aux_width(h);
+        ensure_shape(&mut cache.aux, rows, ha);
         ensure_shape(&mut cache.rec, if self.cell.product_apart() { batch } else { 0 }, g);
         cache.hs.slice_mut(s![..batch, ..]).assign(&h0);
         if hc > 0 {
@@ -306,7 +307,7 @@ impl<T: Real> Layer<T> {
             gates: gates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
             hs: hs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
             cs: cs.view_mut().into_shape_with_order((steps + 1, batch, hc)).unwrap(),
-            aux: aux.view_mut().into_shape_with_order((steps, batch, h)).unwrap(),
+            aux: aux.view_mut().into_shape_with_order((steps, batch, ha)).unwrap(),
             rec: rec.view_mut(),
             rec_bias: self.bias_hn.as_ref().map_or(&[], |b| b.value.as_slice().unwrap()),
             norm: StepNorm::new(self.norm_h.as_mut(), train, Some(&exchange)),
@@ -372,7 +373,7 @@ impl<T: Real> Layer<T> {
             gates: cache.gates.view().into_shape_with_order((steps, batch, g)).unwrap(),
             hs: cache.hs.view().into_shape_with_order((steps + 1, batch, h)).unwrap(),
             cs: cache.cs.view().into_shape_with_order((steps + 1, batch, hc)).unwrap(),
-            aux: cache.aux.view().into_shape_with_order((steps, batch, h)).unwrap(),
+            aux: cache.aux.view().into_shape_with_order((steps, batch, cache.aux.ncols())).unwrap(),
             d_out: d_out.into_shape_with_order((steps, batch, h)).unwrap(),
             dh: dh.view_mut(),
             dc: dc.view_mut(),

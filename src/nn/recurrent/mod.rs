@@ -46,6 +46,15 @@ impl CellKind {
         }
     }
 
+    /// Width of the cell's per-step buffer `aux` for `hidden` units (0 for the LSTM).
+    pub fn aux_width(self, hidden: usize) -> usize {
+        let keeps = match self {
+            CellKind::Lstm => Lstm::AUX,
+            CellKind::Gru => Gru::AUX,
+        };
+        if keeps { hidden } else { 0 }
+    }
+
     pub fn product_apart(self) -> bool {
         match self {
             CellKind::Lstm => Lstm::PRODUCT_APART,
@@ -76,6 +85,9 @@ pub trait Cell {
     /// reaches h_t directly: the cell writes that direct part of ∂L/∂h_{t−1}, and the product's
     /// part is added to it.
     const PRODUCT_APART: bool;
+    /// Keeps a per-step buffer (`aux`) for the backward. The LSTM keeps none: its backward
+    /// recomputes tanh(c_t) from c_t, the same kernel on the same value.
+    const AUX: bool;
     fn forward<T: Real>(s: StepRows<'_, T>, hidden: usize);
     /// Returns Σ (∂L/∂h_t)² over the rows, in f64.
     fn backward<T: Real>(s: StepGradRows<'_, T>, hidden: usize) -> f64;
@@ -95,8 +107,8 @@ pub struct StepRows<'a, T> {
     /// The cell state entering the step and the one it leaves (LSTM's c; empty for the GRU).
     pub c_prev: ArrayView2<'a, T>,
     pub c: ArrayViewMut2<'a, T>,
-    /// What the backward needs besides the activations: the LSTM's tanh(c_t), the GRU's
-    /// u = N(W_hn·h_{t−1}) + b_hn. (rows, H).
+    /// What the backward needs besides the activations, for a cell that keeps it (`Cell::AUX`):
+    /// the GRU's u = N(W_hn·h_{t−1}) + b_hn, (rows, H); empty for the LSTM.
     pub aux: ArrayViewMut2<'a, T>,
 }
 
@@ -109,6 +121,8 @@ pub struct StepGradRows<'a, T> {
     pub gates: ArrayView2<'a, T>,
     pub h_prev: ArrayView2<'a, T>,
     pub c_prev: ArrayView2<'a, T>,
+    /// The cell state the step left (LSTM's c_t; empty for the GRU).
+    pub c: ArrayView2<'a, T>,
     pub aux: ArrayView2<'a, T>,
     pub d_out: ArrayView2<'a, T>,
     pub dh: ArrayViewMut2<'a, T>,

@@ -376,6 +376,7 @@ pub(super) fn backward<C: Cell, T: Real>(
                 gates: r.gates.index_axis(Axis(0), t),
                 h_prev: r.hs.index_axis(Axis(0), t),
                 c_prev: r.cs.index_axis(Axis(0), t),
+                c: r.cs.index_axis(Axis(0), t + 1),
                 aux: r.aux.index_axis(Axis(0), t),
                 d_out: r.d_out.index_axis(Axis(0), t),
                 dh: r.dh.view_mut(),
