@@ -195,8 +195,14 @@ impl<T: Real> Normalizer<T> {
         layer_forward(z, self.hidden, T::r(EPS), gain, bias, xhat.view_mut(), rstd, out);
     }
 
-    /// ∂L/∂γ += Σ dy ⊙ x̂, ∂L/∂β += Σ dy over the rows (a whole window at once is fine).
-    pub fn param_grads(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>) {
+    crate::tensor::simd_method! {
+        /// ∂L/∂γ += Σ dy ⊙ x̂, ∂L/∂β += Σ dy over the rows (a whole window at once is fine).
+        /// Column sums, row after row: every vector width gives the same numbers.
+        pub fn param_grads(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>) => param_grads_impl, param_grads_avx512, param_grads_avx2
+    }
+
+    #[inline(always)]
+    fn param_grads_impl(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>) {
         let g = dy.ncols();
         let dgain = self.gain.grad.as_slice_mut().unwrap();
         let dbias = self.bias.grad.as_slice_mut().unwrap();
