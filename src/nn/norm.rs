@@ -543,8 +543,9 @@ fn layer_input_grad<T: Real>(
             }
             let (m1, m2) = (m1 / hn, m2 / hn);
             let inv = rstd[[r, k]];
-            for j in blk {
-                zr[j] = inv * (gain[j] * dr[j] - m1 - xr[j] * m2);
+            let (zs, gs, ds, xs) = (&mut zr[blk.clone()], &gain[blk.clone()], &dr[blk.clone()], &xr[blk]);
+            for (((z, &g), &d), &x) in zs.iter_mut().zip(gs).zip(ds).zip(xs) {
+                *z = inv * (g * d - m1 - x * m2);
             }
         }
     }
