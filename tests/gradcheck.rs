@@ -53,27 +53,11 @@ impl Case {
     }
 }
 
-/// A model and a window to check; the arguments are the knobs the cases vary.
+/// A model and a window to check; the arguments are the knobs the cases vary. Dense inputs at
+/// most 8 wide (most cases' embeddings and hidden layers) have N_x's x̂ recomputed in backward;
+/// wider ones keep it for the window.
 #[allow(clippy::too_many_arguments)]
 fn build(
-    cell: CellKind,
-    task: Task,
-    vocab: usize,
-    hidden: usize,
-    layers: usize,
-    steps: usize,
-    batch: usize,
-    dropout: f64,
-    q: Quantizer,
-    norm: Normalization,
-) -> Case {
-    build_wide(cell, task, vocab, hidden, 3, layers, steps, batch, dropout, q, norm)
-}
-
-/// `build` with the embedding width too. Dense inputs at most 8 wide (these cases' embeddings
-/// and hidden layers) have N_x's x̂ recomputed in backward; wider ones keep it for the window.
-#[allow(clippy::too_many_arguments)]
-fn build_wide(
     cell: CellKind,
     task: Task,
     vocab: usize,
@@ -175,25 +159,25 @@ fn check(case: &mut Case, what: &str) {
 
 #[test]
 fn char_lm_single_layer_carried_state() {
-    let mut c = build(CellKind::Lstm, Task::PtbChar, 7, 5, 1, 4, 3, 0.0, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::PtbChar, 7, 5, 3, 1, 4, 3, 0.0, Quantizer::Fp, Normalization::None);
     check(&mut c, "char 1 layer");
 }
 
 #[test]
 fn char_lm_stacked_with_dropout_between_and_output() {
-    let mut c = build(CellKind::Lstm, Task::PtbChar, 6, 4, 3, 3, 2, 0.4, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::PtbChar, 6, 4, 3, 3, 3, 2, 0.4, Quantizer::Fp, Normalization::None);
     check(&mut c, "char 3 layers dropout");
 }
 
 #[test]
 fn word_lm_embedding_two_layers_all_dropouts() {
-    let mut c = build(CellKind::Lstm, Task::PtbWord, 9, 4, 2, 3, 2, 0.3, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::PtbWord, 9, 4, 3, 2, 3, 2, 0.3, Quantizer::Fp, Normalization::None);
     check(&mut c, "word 2 layers dropout");
 }
 
 #[test]
 fn mnist_classifier_learned_initial_state() {
-    let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 4, 2, 5, 3, 0.0, Quantizer::Fp, Normalization::None);
+    let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 4, 3, 2, 5, 3, 0.0, Quantizer::Fp, Normalization::None);
     check(&mut c, "mnist 2 layers");
 }
 
@@ -230,7 +214,7 @@ fn every_normalization_two_layers_carried_state_dropout() {
     // normalization is checked with quantizer fp on quantized-like values; batch norm runs in
     // training mode (batch statistics).
     for norm in NORMS {
-        let mut c = build(CellKind::Lstm, Task::PtbChar, 6, 4, 2, 3, 3, 0.25, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::PtbChar, 6, 4, 3, 2, 3, 3, 0.25, Quantizer::Fp, norm);
         if norm == Normalization::Weight {
             quantize_like(&mut c);
         }
@@ -241,12 +225,12 @@ fn every_normalization_two_layers_carried_state_dropout() {
 #[test]
 fn every_normalization_word_model_and_mnist() {
     for norm in NORMS {
-        let mut c = build(CellKind::Lstm, Task::PtbWord, 8, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::PtbWord, 8, 3, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} word"));
         // dense inputs 9 wide: N_x keeps x̂ for the window (the cases above recompute it)
-        let mut c = build_wide(CellKind::Lstm, Task::PtbWord, 8, 9, 9, 2, 3, 3, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::PtbWord, 8, 9, 9, 2, 3, 3, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} word, 9 wide"));
-        let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 1, 4, 3, 0.0, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 3, 1, 4, 3, 0.0, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} mnist"));
     }
 }
@@ -258,8 +242,8 @@ fn every_normalization_word_model_and_mnist() {
 fn straight_through_estimator_passes_dl_dq_unchanged() {
     for q in [Quantizer::Bc, Quantizer::Bwn, Quantizer::Lab, Quantizer::Tc, Quantizer::Twn, Quantizer::Lat] {
         for norm in [Normalization::None, Normalization::Weight, Normalization::Layer] {
-            let mut a = build(CellKind::Lstm, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, q, norm);
-            let mut b = build(CellKind::Lstm, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, Quantizer::Fp, norm);
+            let mut a = build(CellKind::Lstm, Task::PtbChar, 6, 4, 3, 2, 3, 2, 0.0, q, norm);
+            let mut b = build(CellKind::Lstm, Task::PtbChar, 6, 4, 3, 2, 3, 2, 0.0, Quantizer::Fp, norm);
             for (la, lb) in a.model.layers.iter_mut().zip(b.model.layers.iter_mut()) {
                 // a non-uniform curvature for lab/lat (d = √v + 1e-8 from Adam's second moment)
                 let v = la.w_h.value.mapv(|x| (0.5 + x.abs()).powi(2));
@@ -285,10 +269,10 @@ fn straight_through_estimator_passes_dl_dq_unchanged() {
 fn two_thread_batch_split_path() {
     qlstm::tensor::set_threads(2);
     for norm in [Normalization::None, Normalization::Layer, Normalization::BatchShared, Normalization::BatchSeparate] {
-        let mut c = build(CellKind::Lstm, Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::PtbChar, 5, 3, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} batch 16, 2 threads"));
         // N_x recomputing x̂ from the pixels on two halves of the steps
-        let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 1, 4, 16, 0.0, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 3, 1, 4, 16, 0.0, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} mnist batch 16, 2 threads"));
     }
 }
@@ -298,7 +282,7 @@ fn two_thread_batch_split_path() {
 #[test]
 fn gru_every_normalization_two_layers_carried_state_dropout() {
     for norm in NORMS {
-        let mut c = build(CellKind::Gru, Task::PtbChar, 6, 4, 2, 3, 3, 0.25, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Gru, Task::PtbChar, 6, 4, 3, 2, 3, 3, 0.25, Quantizer::Fp, norm);
         if norm == Normalization::Weight {
             quantize_like(&mut c);
         }
@@ -309,9 +293,9 @@ fn gru_every_normalization_two_layers_carried_state_dropout() {
 #[test]
 fn gru_every_normalization_word_model_and_mnist() {
     for norm in NORMS {
-        let mut c = build(CellKind::Gru, Task::PtbWord, 8, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Gru, Task::PtbWord, 8, 3, 3, 1, 3, 3, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("GRU {norm:?} word"));
-        let mut c = build(CellKind::Gru, Task::SeqMnist, 0, 3, 2, 4, 3, 0.0, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Gru, Task::SeqMnist, 0, 3, 3, 2, 4, 3, 0.0, Quantizer::Fp, norm);
         check(&mut c, &format!("GRU {norm:?} mnist 2 layers"));
     }
 }
@@ -324,7 +308,7 @@ fn gru_quantized_weights_as_parameters() {
     // the batch, and batch statistics of zero variance (σ = √ε) are a kink central differences
     // cannot see past.
     for norm in NORMS {
-        let mut c = build(CellKind::Gru, Task::PtbWord, 7, 4, 2, 3, 3, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Gru, Task::PtbWord, 7, 4, 3, 2, 3, 3, 0.2, Quantizer::Fp, norm);
         quantize_like(&mut c);
         check(&mut c, &format!("GRU {norm:?} on ±1/0 weights"));
     }
@@ -334,8 +318,8 @@ fn gru_quantized_weights_as_parameters() {
 fn gru_straight_through_estimator_passes_dl_dq_unchanged() {
     for q in [Quantizer::Bc, Quantizer::Bwn, Quantizer::Lab, Quantizer::Tc, Quantizer::Twn, Quantizer::Lat] {
         for norm in [Normalization::None, Normalization::Weight, Normalization::BatchSeparate] {
-            let mut a = build(CellKind::Gru, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, q, norm);
-            let mut b = build(CellKind::Gru, Task::PtbChar, 6, 4, 2, 3, 2, 0.0, Quantizer::Fp, norm);
+            let mut a = build(CellKind::Gru, Task::PtbChar, 6, 4, 3, 2, 3, 2, 0.0, q, norm);
+            let mut b = build(CellKind::Gru, Task::PtbChar, 6, 4, 3, 2, 3, 2, 0.0, Quantizer::Fp, norm);
             for (la, lb) in a.model.layers.iter_mut().zip(b.model.layers.iter_mut()) {
                 let v = la.w_h.value.mapv(|x| (0.5 + x.abs()).powi(2));
                 la.w_h.moments = Some(qlstm::tensor::Moments { m: Array2::zeros(v.dim()), v });
@@ -357,7 +341,7 @@ fn gru_straight_through_estimator_passes_dl_dq_unchanged() {
 fn gru_two_thread_batch_split_path() {
     qlstm::tensor::set_threads(2);
     for norm in [Normalization::None, Normalization::Layer, Normalization::BatchShared, Normalization::BatchSeparate] {
-        let mut c = build(CellKind::Gru, Task::PtbChar, 5, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
+        let mut c = build(CellKind::Gru, Task::PtbChar, 5, 3, 3, 2, 2, 16, 0.2, Quantizer::Fp, norm);
         check(&mut c, &format!("GRU {norm:?} batch 16, 2 threads"));
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -127,6 +128,20 @@ fn emitted_job_lists_run_under_gnu_parallel_and_slurm_scripts_parse() {
 
 const SUMMARY_HEADER: &str = "name,task,layers,hidden,quantizer,normalization,epochs_run,steps,best_epoch,metric,valid_metric,test_metric,test_loss_nats,size_kb,train_tokens_per_s,wall_s,status,diverged_step";
 
+/// `qlstm table DIR --layout LAYOUT` as CSV: its text and its rows by column name.
+fn table_csv(dir: &Path, layout: &str) -> (String, Vec<HashMap<String, String>>) {
+    let o = bin().args(["table", dir.to_str().unwrap(), "--layout", layout]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let rows = csv::Reader::from_reader(text.as_bytes()).deserialize().map(|r| r.unwrap()).collect();
+    (text, rows)
+}
+
+/// A cell of a `table_csv` row.
+fn col(row: &HashMap<String, String>, c: &str) -> String {
+    row[c].clone()
+}
+
 /// A fixture run directory: `spec` and one summary row (made-up numbers).
 fn fixture_run(run: &Path, spec: &qlstm::spec::Spec, summary_row: &str) {
     std::fs::create_dir_all(run).unwrap();
@@ -144,13 +159,7 @@ fn table_lays_out_runs_in_the_papers_order() {
         &spec,
         "ptb_bc_weight,ptb_char,1,512,bc,weight,3,2352,3,bpc,1.5,1.5,1.04,165,30000,600,ok,",
     );
-    let o = bin().args(["table", out.to_str().unwrap(), "--layout", "table2"]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8(o.stdout).unwrap();
-    let mut r = csv::Reader::from_reader(text.as_bytes());
-    let h = r.headers().unwrap().clone();
-    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
-    let col = |row: &csv::StringRecord, c: &str| row[h.iter().position(|x| x == c).unwrap()].to_string();
+    let (_, rows) = table_csv(&out, "table2");
     // the paper's order is the reference file's order
     let reference = std::fs::read_to_string(root().join("results/reference/table2_char.csv")).unwrap();
     let mut rr = csv::Reader::from_reader(reference.as_bytes());
@@ -165,7 +174,7 @@ fn table_lays_out_runs_in_the_papers_order() {
         );
         assert_eq!(col(ours, "paper"), p("paper_test_bpc"));
     }
-    let filled: Vec<&csv::StringRecord> = rows.iter().filter(|r| !col(r, "ours").is_empty()).collect();
+    let filled: Vec<&HashMap<String, String>> = rows.iter().filter(|r| !col(r, "ours").is_empty()).collect();
     assert_eq!(filled.len(), 1, "only the cell that ran is filled");
     let f = filled[0];
     assert_eq!(
@@ -194,13 +203,7 @@ fn table4_shows_permuted_mnist_rows_only_where_they_ran() {
         &load("seq_mnist_fp_layer"),
         "seq_mnist_fp_layer,seq_mnist,1,100,fp,layer,10,5000,10,error_pct,3.5,3.25,0.1,170,300000,3600,ok,",
     );
-    let o = bin().args(["table", out.to_str().unwrap(), "--layout", "table4"]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8(o.stdout).unwrap();
-    let mut r = csv::Reader::from_reader(text.as_bytes());
-    let h = r.headers().unwrap().clone();
-    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
-    let col = |row: &csv::StringRecord, c: &str| row[h.iter().position(|x| x == c).unwrap()].to_string();
+    let (text, rows) = table_csv(&out, "table4");
     let of = |d: &str| rows.iter().filter(|r| col(r, "dataset") == d).collect::<Vec<_>>();
     assert_eq!(of("seq_mnist").len(), 15, "every seq_mnist cell, run or not");
     let p = of("pmnist");
@@ -244,13 +247,7 @@ fn seeds_layout_gives_each_cells_spread_over_its_seeds() {
         &other,
         "other,ptb_char,1,512,bc,layer,1,784,1,bpc,1.7,1.7,1.0,165,30000,600,ok,",
     );
-    let o = bin().args(["table", out.to_str().unwrap(), "--layout", "seeds"]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text = String::from_utf8(o.stdout).unwrap();
-    let mut r = csv::Reader::from_reader(text.as_bytes());
-    let h = r.headers().unwrap().clone();
-    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
-    let col = |row: &csv::StringRecord, c: &str| row[h.iter().position(|x| x == c).unwrap()].to_string();
+    let (text, rows) = table_csv(&out, "seeds");
     assert_eq!(rows.len(), 2, "{text}");
     let w = &rows[0];
     assert_eq!((col(w, "normalization"), col(w, "runs"), col(w, "not_ok")), ("weight".into(), "3".into(), "1".into()));
