@@ -65,10 +65,7 @@ pub(super) fn forward<T: Real>(
     }
     let stats = train && !nx.row_local();
     ensure_shape(bn_stats_x, if stats { steps } else { 0 }, 2 * g);
-    let x = match input {
-        LayerInput::Dense(x) => x,
-        LayerInput::OneHot(_) => ArrayView2::from_shape((0, 0), &[]).unwrap(),
-    };
+    let x = dense_rows(input);
     let norm = &*nx;
     // steps [first, first + n) of the window, on one thread: a step's raw product into z (copied
     // from the kept x̂_x, or computed from x_t), normalized into x̂, γ⊙x̂ + β added into G_t
@@ -195,6 +192,14 @@ pub(super) fn backward<T: Real>(
     }
 }
 
+/// A dense input's rows; none for token ids (only a dense input is ever recomputed from).
+fn dense_rows<T>(input: LayerInput<'_, T>) -> ArrayView2<'_, T> {
+    match input {
+        LayerInput::Dense(x) => x,
+        LayerInput::OneHot(_) => ArrayView2::from_shape((0, 0), &[]).unwrap(),
+    }
+}
+
 /// Recomputes step t's x̂ from the input, as the forward computed it.
 struct Recompute<'c, 'x, T> {
     wx: ArrayView2<'c, T>,
@@ -206,11 +211,7 @@ struct Recompute<'c, 'x, T> {
 
 impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
     fn new(cache: &'c Cache<T>, input: LayerInput<'x, T>) -> Self {
-        let x = match input {
-            LayerInput::Dense(x) => x,
-            LayerInput::OneHot(_) => ArrayView2::from_shape((0, 0), &[]).unwrap(),
-        };
-        Recompute { wx: cache.wx_t.view(), x, batch: cache.batch, train: cache.train, t0: cache.t0 }
+        Recompute { wx: cache.wx_t.view(), x: dense_rows(input), batch: cache.batch, train: cache.train, t0: cache.t0 }
     }
 
     /// x̂ of step t, in `scratch` (rows: z, x̂, a discarded output, 1/σ); returns its view.
