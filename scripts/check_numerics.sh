@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Numerics fingerprint of a qlstm binary: a fixed set of short real runs at one thread, and
-# the SHA-256 of every metrics.csv (timing columns removed), lambda.csv and grad_norm.csv.
+# Numerics fingerprint of a qlstm binary: a fixed set of short real runs at one thread and at
+# two (the split-batch paths), and the SHA-256 of every metrics.csv (timing columns removed),
+# lambda.csv and grad_norm.csv.
 # Two binaries that compute the same numbers print the same manifest, so a restructuring (or
 # a speed change that must not move numerics) is checked with
 #
@@ -20,10 +21,10 @@ diag=(--set diagnostics.lambda_every=5 --set diagnostics.grad_every=10)
 mkdir -p "$out/specs"
 for t in ptb_char ptb_word seq_mnist; do echo "task = \"$t\"" >"$out/specs/$t.toml"; done
 
-run() { # name task sets...
+run() { # name task sets...   (THREADS: 1 unless set)
   local name="$1" task="$2" rc=0; shift 2
   "$bin" run "$out/specs/$task.toml" --set "name=$name" --set "$data" "${diag[@]}" "$@" \
-    --threads 1 --out "$out" >"$out/$name.log" 2>&1 || rc=$?
+    --threads "${THREADS:-1}" --out "$out" >"$out/$name.log" 2>&1 || rc=$?
   # a diverged run (exit 3) is a result too; anything else is a failure of the check
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
     echo "check_numerics: $name failed (exit $rc), see $out/$name.log" >&2
@@ -43,6 +44,19 @@ run word_2layer_dropout ptb_word --set model.hidden=64 --set model.embedding=64 
 # sequential MNIST, binarized with layer norm (learned h0/c0, noise on them in training)
 run mnist_bc_layer seq_mnist --set model.hidden=32 --set model.quantizer=bc --set model.normalization=layer \
   --set train.epochs=1 --set train.max_steps=4 --set train.eval_batch_size=500
+
+# Two threads: each half of the batch on its own thread (the split paths: no normalizer, layer
+# norm, batch norm exchanging statistics at every step, N_x over the window's halves). Their
+# sums are taken in a fixed order, so these are as repeatable as the one-thread runs.
+for qn in bc:none tc:layer bc:batch_shared lat:batch_separate; do
+  q="${qn%%:*}" n="${qn##*:}"
+  THREADS=2 run "t2_char_${q}_${n}" ptb_char --set "model.quantizer=$q" --set "model.normalization=$n" \
+    --set model.hidden=64 --set train.epochs=1 --set train.max_steps=12
+done
+THREADS=2 run t2_word_2layer_bc_layer ptb_word --set model.hidden=64 --set model.embedding=64 --set model.layers=2 \
+  --set model.quantizer=bc --set model.normalization=layer --set train.epochs=1 --set train.max_steps=12
+THREADS=2 run t2_mnist_tc_batch_separate seq_mnist --set model.hidden=32 --set model.quantizer=tc \
+  --set model.normalization=batch_separate --set train.epochs=1 --set train.max_steps=3 --set train.eval_batch_size=500
 
 # metrics.csv and summary.csv without their timing columns; the diagnostics files whole
 for d in "$out"/*/; do
