@@ -320,18 +320,24 @@ mod tests {
 }
 
 /// The weights a layer's products use: the window's effective f32 matrix (as Wᵀ, (in, G·H), the
-/// layout the GEMMs want), or a packed one ((G·H, in), frozen at load for inference).
+/// layout the GEMMs want; in column panels too where the window packed it for its per-step
+/// products), or a packed one ((G·H, in), frozen at load for inference).
 #[derive(Clone, Copy)]
 pub enum WeightsRef<'a, T> {
-    Dense(ndarray::ArrayView2<'a, T>),
+    Dense(crate::tensor::FixedRhs<'a, T>),
     Packed(&'a PackedMatrix),
 }
 
-impl<T: crate::tensor::Real> WeightsRef<'_, T> {
+impl<'a, T: crate::tensor::Real> WeightsRef<'a, T> {
+    /// Dense Wᵀ for products through `gemm`.
+    pub fn dense(w_t: ndarray::ArrayView2<'a, T>) -> Self {
+        WeightsRef::Dense(crate::tensor::FixedRhs::plain(w_t))
+    }
+
     /// out (+)= x · Wᵀ for the rows of x (rows, in) → (rows, G·H).
     pub fn product(&self, out: ndarray::ArrayViewMut2<T>, accumulate: bool, x: ndarray::ArrayView2<T>, par: bool) {
         match self {
-            WeightsRef::Dense(w_t) => crate::tensor::gemm_with(out, accumulate, x, *w_t, T::one(), par),
+            WeightsRef::Dense(w_t) => w_t.product(out, accumulate, x, par),
             WeightsRef::Packed(m) => {
                 let mut out = out;
                 for (o, xr) in out.rows_mut().into_iter().zip(x.rows()) {
@@ -347,7 +353,7 @@ impl<T: crate::tensor::Real> WeightsRef<'_, T> {
         match self {
             WeightsRef::Dense(w_t) => {
                 for (mut row, &id) in out.outer_iter_mut().zip(ids) {
-                    row.assign(&w_t.row(id as usize));
+                    row.assign(&w_t.view.row(id as usize));
                 }
             }
             WeightsRef::Packed(m) => {

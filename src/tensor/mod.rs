@@ -3,12 +3,14 @@
 //! point with its threads (`gemm`), and trained parameters (`param`).
 
 mod gemm;
+mod panel_gemm;
 mod param;
 mod real;
 mod reduce;
 mod simd;
 
 pub use gemm::{flush_denormals, gemm, gemm_with, set_threads, threads};
+pub use panel_gemm::{FixedRhs, PanelMatrix};
 pub use param::{Group, Moments, Param};
 pub use real::{Real, expf, tanhf};
 pub use reduce::{exp_shift_sum, max, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum};

@@ -4,7 +4,7 @@
 
 use ndarray::{Array2, ArrayView2, s};
 
-use crate::tensor::Real;
+use crate::tensor::{PanelMatrix, Real};
 
 /// Everything forward leaves for backward, plus the window's effective weights.
 #[derive(Default)]
@@ -14,6 +14,9 @@ pub struct Cache<T> {
     /// Effective weights used by this window (after quantization and weight norm), (in, G·H).
     pub(super) wx_t: Array2<T>,
     pub(super) wh_t: Array2<T>,
+    /// `wh_t` in column panels for the per-step products (`PanelMatrix`), packed by the
+    /// forward where the kernel applies (f32 on AVX-512); empty otherwise.
+    pub(super) wh_panels: PanelMatrix,
     /// Quantized (before weight norm) weights, (in, G·H); kept for the weight-norm backward.
     pub(super) qx_t: Array2<T>,
     pub(super) qh_t: Array2<T>,
@@ -142,9 +145,9 @@ pub struct Grads<T> {
     pub(super) dwh_t: Array2<T>,
     /// ‖∂L/∂h_t‖ (Frobenius over the batch) for every step t of the last backward.
     pub(super) h_grad_norms: Vec<f64>,
-    /// The window's effective W_h as (G·H, H), row-major: the per-step product ∂L/∂h_{t-1} =
-    /// ∂L/∂z_t · W_h reads it contiguously (through a transposed view of `wh_t` the GEMM packs
-    /// it at every step: 143 vs 220 GFLOP/s on char's 32×2048·2048×512, examples/gemm_shapes).
+    /// The window's effective W_h (G·H, H) for the per-step products ∂L/∂h_{t-1} = ∂L/∂z_t · W_h:
+    /// in column panels where the kernel applies, else row-major for faer (`Layer::backward`).
+    pub(super) wh_panels: PanelMatrix,
     pub(super) wh: Array2<T>,
 }
 

@@ -49,7 +49,7 @@ pub(super) fn forward<T: Real>(
     // out = X·W_xᵀ (ndarray views are invariant in their lifetime: no one WeightsRef for both)
     let product = |out: ArrayViewMut2<T>, x: ArrayView2<T>, par: bool| match &frozen {
         Some(w) => w.product(out, false, x, par),
-        None => WeightsRef::Dense(wx_t.view()).product(out, false, x, par),
+        None => WeightsRef::dense(wx_t.view()).product(out, false, x, par),
     };
     // two steps' rows of scratch: one per half
     ensure_shape(z, 2 * batch, g);
@@ -59,7 +59,7 @@ pub(super) fn forward<T: Real>(
         // the raw product for the whole window, which the normalizer overwrites step by step
         match (input, &frozen) {
             (LayerInput::OneHot(ids), Some(w)) => w.gather(xhat_x.view_mut(), ids),
-            (LayerInput::OneHot(ids), None) => WeightsRef::Dense(wx_t.view()).gather(xhat_x.view_mut(), ids),
+            (LayerInput::OneHot(ids), None) => WeightsRef::dense(wx_t.view()).gather(xhat_x.view_mut(), ids),
             (LayerInput::Dense(x), _) => product(xhat_x.view_mut(), x, true),
         }
     }

@@ -14,7 +14,7 @@ use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
-use crate::tensor::{Group, Param, Real, ensure_shape, gemm};
+use crate::tensor::{FixedRhs, Group, PanelMatrix, Param, Real, ensure_shape, gemm};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
 #[derive(Clone, Copy)]
@@ -75,7 +75,7 @@ pub enum FrozenMatrix {
 impl FrozenMatrix {
     fn weights<T: Real>(&self) -> WeightsRef<'_, T> {
         match self {
-            FrozenMatrix::Dense(w) => WeightsRef::Dense(dense_as::<T>(w)),
+            FrozenMatrix::Dense(w) => WeightsRef::dense(dense_as::<T>(w)),
             FrozenMatrix::Packed(m) => WeightsRef::Packed(m),
         }
     }
@@ -270,7 +270,7 @@ impl<T: Real> Layer<T> {
         let frozen = self.frozen.as_ref().map(|f| f.x.weights());
         match &mut self.norm_x {
             None => {
-                let wx = frozen.unwrap_or(WeightsRef::Dense(cache.wx_t.view()));
+                let wx = frozen.unwrap_or(WeightsRef::dense(cache.wx_t.view()));
                 match input {
                     LayerInput::OneHot(ids) => wx.gather(cache.gates.view_mut(), ids),
                     LayerInput::Dense(x) => wx.product(cache.gates.view_mut(), false, x, true),
@@ -284,7 +284,7 @@ impl<T: Real> Layer<T> {
         }
 
         // The recurrence: the per-step product W_h·h_{t-1}, its normalizer and the cell.
-        let Cache { wh_t, gates, hs, cs, aux, rec, z, xhat_h, rstd_h, bn_stats_h, .. } = cache;
+        let Cache { wh_t, wh_panels, gates, hs, cs, aux, rec, z, xhat_h, rstd_h, bn_stats_h, .. } = cache;
         // batch norm in training on two halves records each step's statistics for the running
         // ones, which are updated after the window (both halves only read the normalizer)
         let bn_split = train && steps::splits(batch) && self.norm_h.as_ref().is_some_and(|n| !n.row_local());
@@ -325,7 +325,12 @@ impl<T: Real> Layer<T> {
             },
             bn_stats: if bn_split { bn_stats_h.view_mut() } else { empty2() },
         };
-        let wh = self.frozen.as_ref().map_or(WeightsRef::Dense(wh_t.view()), |f| f.h.weights());
+        // W_hᵀ is fixed for the window: packed once for its per-step products (a thread's rows)
+        let step_rows = if steps::splits(batch) { batch / 2 } else { batch };
+        let wh = match &self.frozen {
+            Some(f) => f.h.weights(),
+            None => WeightsRef::Dense(wh_panels.pack(wh_t.view(), step_rows)),
+        };
         with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<C, T>(r, wh, h, par)));
         if bn_split {
             let nh = self.norm_h.as_mut().expect("a batch normalizer");
@@ -359,11 +364,21 @@ impl<T: Real> Layer<T> {
         grads.dc.fill(T::zero());
         grads.h_grad_norms.clear();
         grads.h_grad_norms.resize(steps, 0.0);
-        ensure_shape(&mut grads.wh, g, h);
-        grads.wh.assign(&cache.wh_t.t());
 
         // The recurrence backwards, on one or two halves of the batch as in the forward.
-        let Grads { dgates, dg_rec, dz, dh, dc, h_grad_norms, wh, .. } = grads;
+        let Grads { dgates, dg_rec, dz, dh, dc, h_grad_norms, wh, wh_panels, .. } = grads;
+        // ∂L/∂h_{t-1} = ∂L/∂z_t · W_h at every step: W_h (G·H, H) packed once for the window's
+        // steps, or (where the panels do not apply) copied row-major for faer, which would pack
+        // a transposed view again at every step (143 vs 220 GFLOP/s on char's
+        // 32×2048·2048×512, examples/gemm_shapes)
+        let step_rows = if steps::splits(batch) { batch / 2 } else { batch };
+        let wh = if PanelMatrix::useful::<T>(step_rows) {
+            wh_panels.pack(cache.wh_t.t(), step_rows)
+        } else {
+            ensure_shape(wh, g, h);
+            wh.assign(&cache.wh_t.t());
+            FixedRhs::plain(wh.view())
+        };
         let normed = self.norm_h.is_some();
         let (rr, rc) = self.norm_h.as_ref().map_or((0, 0), |n| (n.rstd_rows_per_step(batch), n.rstd_cols()));
         // batch norm on two halves leaves its γ, β gradients to the window-wide sum below
@@ -396,7 +411,6 @@ impl<T: Real> Layer<T> {
             },
             dz: if normed { dz.view_mut().into_shape_with_order((steps, batch, g)).unwrap() } else { empty3(steps) },
         };
-        let wh = wh.view();
         let sq = std::sync::Mutex::new(vec![0.0f64; steps]);
         with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: GradWindowRows<T>, par| {
             let part = steps::backward::<C, T>(r, wh, h, par);

@@ -14,13 +14,13 @@
 //! exchange their column sums at every step (`exchange.rs`: two short waits forward, one
 //! backward). One thread runs the whole batch, as before.
 
-use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 
 use super::exchange::{Exchange, Peer};
 use super::{Cell, StepGradRows, StepRows};
 use crate::nn::norm::{Normalizer, PartWork};
 use crate::nn::packed::WeightsRef;
-use crate::tensor::{Real, gemm_with, threads};
+use crate::tensor::{FixedRhs, Real, threads};
 
 /// The normalizer of the recurrent product, as one step of the time loop uses it.
 pub(super) enum StepNorm<'a, T> {
@@ -362,7 +362,7 @@ pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh: WeightsRef<T>,
 /// `wh` is the effective W_h, (G·H, H).
 pub(super) fn backward<C: Cell, T: Real>(
     mut r: GradWindowRows<T>,
-    wh: ArrayView2<T>,
+    wh: FixedRhs<T>,
     hidden: usize,
     par: bool,
 ) -> Vec<f64> {
@@ -391,22 +391,22 @@ pub(super) fn backward<C: Cell, T: Real>(
         let dy = if C::PRODUCT_APART { dg_rec.view() } else { dg.view() };
         let (xhat, rstd) = (r.xhat.index_axis(Axis(0), t), r.rstd.index_axis(Axis(0), t));
         match &mut r.norm {
-            StepNorm::None => gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dy, wh, T::one(), par),
+            StepNorm::None => wh.product(r.dh.view_mut(), C::PRODUCT_APART, dy, par),
             StepNorm::Rows(n) => {
                 let mut dz = r.dz.index_axis_mut(Axis(0), t);
                 n.input_grad_rows(dy, xhat, rstd, dz.view_mut());
-                gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
+                wh.product(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), par);
             }
             StepNorm::Batch { norm, .. } => {
                 let mut dz = r.dz.index_axis_mut(Axis(0), t);
                 norm.backward(dy, xhat, rstd, dz.view_mut());
-                gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
+                wh.product(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), par);
             }
             StepNorm::BatchPart { norm, peer, rows_total, work, .. } => {
                 let mut dz = r.dz.index_axis_mut(Axis(0), t);
                 let inv_r = rstd.row(0).to_slice().unwrap();
                 norm.input_grad_part(dy, xhat, inv_r, Some(peer), *rows_total, work, dz.view_mut());
-                gemm_with(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), wh, T::one(), par);
+                wh.product(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), par);
             }
         }
     }

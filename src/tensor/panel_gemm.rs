@@ -1,0 +1,337 @@
+//! The per-step product of the recurrence, C (+)= A·B with B fixed for a whole window (W_hᵀ in
+//! the forward, W_h in the backward), on a right-hand side packed once per window.
+//!
+//! faer packs (or strides through) B at every call, and the recurrence calls it twice per time
+//! step with the same B: 32×512·512×2048 on PTB-char's half batch. Packed once into column
+//! panels of `NR` = 32 (k × 32, contiguous), every step streams B sequentially, two zmm loads
+//! per k, while `MR` ≤ 12 rows of A are broadcast against them into 2·MR accumulators.
+//!
+//! The arithmetic is faer's, operation for operation, so that switching to this kernel leaves
+//! every trained number as it was: on AVX-512, faer's f32 kernel (private-gemm-x86) sums each
+//! output over k in blocks of 512 (its `kc`), each block a chain of FMAs started from zero in
+//! k order, and adds each block's sum to C in block order (the first block replaces C when not
+//! accumulating). `tests` check bit-identity against `gemm` on the shapes the layers use.
+//! Elsewhere (f64, CPUs without AVX-512, tiny or degenerate shapes that faer sends down other
+//! paths) the product goes to `gemm` on the unpacked B.
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::{Real, Simd, gemm_with, simd, threads};
+
+/// Columns per panel: two 16-lane vectors.
+const NR: usize = 32;
+/// Rows of A per register tile: 2·MR accumulators, two B vectors and a broadcast fit the 32 zmm.
+const MR: usize = 12;
+/// faer's depth block on AVX-512: each output's sum restarts from zero every KC terms.
+const KC: usize = 512;
+/// faer takes products of at most 16³ multiply-adds down another path (nano-gemm), with another
+/// summation order; those stay with faer.
+const MIN_MACS: usize = 16 * 16 * 16;
+/// Products from this many multiply-adds split their panels over two threads when asked to
+/// (as `gemm`'s PARALLEL_MIN_MACS).
+const PARALLEL_MIN_MACS: usize = 1 << 24;
+
+/// B (k × n) in column panels of `NR`: panel p holds B[0..k, NR·p..NR·p + NR] row by row, the
+/// last panel zero-padded. Empty where the kernel does not apply (the product then uses B's
+/// view): f64, no AVX-512, or a batch too small to gain from it.
+#[derive(Default)]
+pub struct PanelMatrix {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+/// The fixed right-hand side of a window's per-step products: its view, and its panels when
+/// they were packed.
+#[derive(Clone, Copy)]
+pub struct FixedRhs<'a, T> {
+    pub view: ArrayView2<'a, T>,
+    panels: Option<&'a PanelMatrix>,
+}
+
+impl<'a, T: Real> FixedRhs<'a, T> {
+    /// B without panels: every product goes to `gemm`.
+    pub fn plain(view: ArrayView2<'a, T>) -> Self {
+        FixedRhs { view, panels: None }
+    }
+
+    /// c (+)= a · B: through the panels when there are some and the shape is one faer runs in
+    /// its blocked kernel, else through `gemm`. `par`: may use all threads.
+    pub fn product(&self, c: ArrayViewMut2<T>, accumulate: bool, a: ArrayView2<T>, par: bool) {
+        let (m, k) = a.dim();
+        let n = self.view.ncols();
+        let par = par && threads() > 1 && m * n * k >= PARALLEL_MIN_MACS;
+        // a long inner dimension with a small output: `gemm` sums it in parts, one per thread
+        let split_k = par && k >= 8 * (m + n) && m * n <= 1 << 18;
+        match self.panels {
+            Some(p) if kernel_applies(m, k, n) && !split_k && rows_contiguous(&a) && rows_contiguous_mut(&c) => {
+                debug_assert_eq!((p.k, p.n), (k, n));
+                p.product(as_f32_mut(c), accumulate, as_f32(a), par)
+            }
+            _ => gemm_with(c, accumulate, a, self.view, T::one(), par),
+        }
+    }
+}
+
+/// Shapes faer sends to its blocked kernel (not to nano-gemm, a matrix-vector or a rank-1 path).
+fn kernel_applies(m: usize, k: usize, n: usize) -> bool {
+    m >= 2 && n >= 2 && k >= 2 && m * n * k > MIN_MACS
+}
+
+fn rows_contiguous<T>(a: &ArrayView2<T>) -> bool {
+    a.ncols() <= 1 || a.strides()[1] == 1
+}
+
+fn rows_contiguous_mut<T>(a: &ArrayViewMut2<T>) -> bool {
+    a.ncols() <= 1 || a.strides()[1] == 1
+}
+
+impl PanelMatrix {
+    /// Whether products of `rows` rows on this CPU and type use panels (so packing pays).
+    pub fn useful<T: Real>(rows: usize) -> bool {
+        is_f32::<T>() && simd() == Simd::Avx512 && rows >= 2
+    }
+
+    /// Pack `b` (k × n, any strides) when `useful::<T>(rows)`; returns the right-hand side to
+    /// run the window's products with.
+    pub fn pack<'a, T: Real>(&'a mut self, b: ArrayView2<'a, T>, rows: usize) -> FixedRhs<'a, T> {
+        if !Self::useful::<T>(rows) {
+            return FixedRhs::plain(b);
+        }
+        let (k, n) = b.dim();
+        let panels = n.div_ceil(NR);
+        self.k = k;
+        self.n = n;
+        self.data.clear();
+        self.data.resize(panels * k * NR, 0.0);
+        let bf = as_f32(b);
+        for p in 0..panels {
+            let (j0, j1) = (p * NR, (p * NR + NR).min(n));
+            let panel = &mut self.data[p * k * NR..(p + 1) * k * NR];
+            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (o, j) in row.iter_mut().zip(j0..j1) {
+                    *o = bf[[kk, j]];
+                }
+            }
+        }
+        let this: &'a PanelMatrix = self;
+        FixedRhs { view: b, panels: Some(this) }
+    }
+
+    fn product(&self, mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32>, par: bool) {
+        let panels = self.n.div_ceil(NR);
+        if par {
+            let half = panels / 2;
+            let (c0, c1) = c.view_mut().split_at(ndarray::Axis(1), half * NR);
+            rayon::join(|| self.panels(c0, accumulate, a, 0..half), || self.panels(c1, accumulate, a, half..panels));
+        } else {
+            self.panels(c.view_mut(), accumulate, a, 0..panels);
+        }
+    }
+
+    /// The products of panels `range` into `c`, whose column 0 is the first panel's.
+    fn panels(&self, mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32>, range: std::ops::Range<usize>) {
+        let (m, k) = a.dim();
+        let (lda, ldc) = (a.strides()[0] as usize, c.strides()[0] as usize);
+        let first = range.start;
+        for p in range {
+            let j0 = (p - first) * NR;
+            let cols = (self.n - p * NR).min(NR);
+            let panel = self.data[p * k * NR..(p + 1) * k * NR].as_ptr();
+            // row blocks of near-equal height ≤ MR (32 rows: 11 + 11 + 10, not 12 + 12 + 8)
+            let blocks = m.div_ceil(MR);
+            let mut r = 0;
+            for b in 0..blocks {
+                let rows = (m - r) / (blocks - b);
+                // SAFETY: simd() found AVX-512 (`useful`); the tile reads rows r..r+rows of a
+                // (k wide, row stride lda), the panel's k × NR floats, and writes `cols`
+                // columns of rows r..r+rows of c (row stride ldc), all inside their views.
+                unsafe {
+                    let ap = a.as_ptr().add(r * lda);
+                    let cp = c.as_mut_ptr().add(r * ldc + j0);
+                    tile_dispatch(rows, ap, lda, panel, k, cp, ldc, cols, accumulate);
+                }
+                r += rows;
+            }
+        }
+    }
+}
+
+/// The register tile for `rows` (1..=MR) rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_dispatch(
+    rows: usize,
+    a: *const f32,
+    lda: usize,
+    panel: *const f32,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    macro_rules! go {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => unsafe { tile::<$r>(a, lda, panel, k, c, ldc, cols, accumulate) },)*
+                _ => unreachable!("tile rows 1..=MR"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// C[0..R, 0..cols] (+)= A[0..R, 0..k] · panel, faer's order: per output, sums over blocks of
+/// KC terms, each an FMA chain from zero, added to C block after block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    a: *const f32,
+    lda: usize,
+    panel: *const f32,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
+    let mut k0 = 0;
+    while k0 < k {
+        let k1 = (k0 + KC).min(k);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        // SAFETY (whole block): the caller's bounds; masked loads and stores touch only the
+        // `cols` columns of C that exist (masked-off lanes do not fault).
+        unsafe {
+            let mut b = panel.add(k0 * NR);
+            for kk in k0..k1 {
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * lda + kk));
+                    acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+                }
+                b = b.add(NR);
+            }
+            let add = accumulate || k0 > 0;
+            for (r, acc) in acc.iter().enumerate() {
+                let cr = c.add(r * ldc);
+                let (mut v0, mut v1) = (acc[0], acc[1]);
+                if add {
+                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);
+                    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr.add(16)), v1);
+                }
+                _mm512_mask_storeu_ps(cr, m0, v0);
+                _mm512_mask_storeu_ps(cr.add(16), m1, v1);
+            }
+        }
+        k0 = k1;
+    }
+}
+
+/// The first `n` of 16 lanes.
+fn lane_mask(n: usize) -> u16 {
+    if n >= 16 { u16::MAX } else { ((1u32 << n) - 1) as u16 }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(
+    _: *const f32,
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+    _: usize,
+    _: bool,
+) {
+    unreachable!("panels are packed only where simd() found AVX-512")
+}
+
+fn is_f32<T: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
+fn as_f32<T: 'static>(v: ArrayView2<'_, T>) -> ArrayView2<'_, f32> {
+    assert!(is_f32::<T>());
+    // SAFETY: T is f32 (checked above): the same elements, shape and strides.
+    unsafe { std::mem::transmute::<ArrayView2<'_, T>, ArrayView2<'_, f32>>(v) }
+}
+
+fn as_f32_mut<T: 'static>(v: ArrayViewMut2<'_, T>) -> ArrayViewMut2<'_, f32> {
+    assert!(is_f32::<T>());
+    // SAFETY: as `as_f32`.
+    unsafe { std::mem::transmute::<ArrayViewMut2<'_, T>, ArrayViewMut2<'_, f32>>(v) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::gemm;
+    use ndarray::{Array2, s};
+    use rand::{Rng, SeedableRng};
+
+    fn random(rows: usize, cols: usize, rng: &mut rand_pcg::Pcg64) -> Array2<f32> {
+        Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
+    }
+
+    /// The layers' per-step shapes (char, word 300/650, MNIST, both halves and whole batches,
+    /// forward k = H and backward k = G·H > KC), edges of every kind: bit for bit faer's.
+    #[test]
+    fn panels_give_faers_bits() {
+        if !PanelMatrix::useful::<f32>(32) {
+            eprintln!("no AVX-512 on this CPU: the panel kernel is not used, nothing to compare");
+            return;
+        }
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(7);
+        for &(m, k, n) in &[
+            (32, 512, 2048),
+            (32, 2048, 512),
+            (64, 512, 2048),
+            (10, 300, 1200),
+            (10, 1200, 300),
+            (10, 650, 2600),
+            (10, 2600, 650),
+            (50, 100, 400),
+            (50, 400, 100),
+            (13, 1100, 37),
+            (3, 17, 129),
+        ] {
+            let a_big = random(m, k + 5, &mut rng);
+            let a = a_big.slice(s![.., 2..k + 2]); // a row stride other than k
+            let b = random(k, n, &mut rng);
+            let bt = random(n, k, &mut rng);
+            let c0 = random(m, n, &mut rng);
+            for (bv, what) in [(b.view(), "B"), (bt.t(), "Bᵀ view")] {
+                let mut store = PanelMatrix::default();
+                let _ = store.pack(bv, m);
+                for accumulate in [false, true] {
+                    for par in [false, true] {
+                        crate::tensor::set_threads(2);
+                        let mut want = c0.clone();
+                        gemm_with(want.view_mut(), accumulate, a, bv, 1.0, par);
+                        let mut got = c0.clone();
+                        // the kernel itself (FixedRhs::product would fall back on faer silently)
+                        store.product(got.view_mut(), accumulate, a, par);
+                        let same = want.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{m}×{k}·{k}×{n} ({what}), accumulate {accumulate}, par {par}: not faer's bits");
+                    }
+                }
+            }
+        }
+        // f64 and small batches take faer's path: the same call, the same numbers
+        let a = Array2::from_shape_fn((4, 9), |(i, j)| (i * 9 + j) as f64 * 0.1);
+        let b = Array2::from_shape_fn((9, 5), |(i, j)| (i + j) as f64);
+        let mut store = PanelMatrix::default();
+        let rhs = store.pack(b.view(), 4);
+        let mut c = Array2::zeros((4, 5));
+        rhs.product(c.view_mut(), false, a.view(), false);
+        let mut want = Array2::zeros((4, 5));
+        gemm(want.view_mut(), false, a.view(), b.view(), 1.0);
+        assert_eq!(c, want);
+    }
+}
