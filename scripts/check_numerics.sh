@@ -38,6 +38,12 @@ for qn in fp:none bc:weight tc:layer lab:batch_shared lat:batch_separate; do
   run "char_${q}_${n}" ptb_char --set "model.quantizer=$q" --set "model.normalization=$n" \
     --set model.hidden=64 --set train.epochs=1 --set train.max_steps=30 --set train.checkpoint_every=10
 done
+# the GRU cell (docs/SPEC.md §6): layer norm, and plain tc (its λ1 explodes)
+for qn in tc:layer tc:none; do
+  q="${qn%%:*}" n="${qn##*:}"
+  run "char_gru_${q}_${n}" ptb_char --set model.cell=gru --set "model.quantizer=$q" --set "model.normalization=$n" \
+    --set model.hidden=64 --set train.epochs=1 --set train.max_steps=20
+done
 # PTB-word, two layers with all three dropouts (SGD, the task's recipe otherwise)
 run word_2layer_dropout ptb_word --set model.hidden=64 --set model.embedding=64 --set model.layers=2 \
   --set model.dropout_between=0.5 --set train.epochs=1 --set train.max_steps=30
@@ -55,6 +61,8 @@ for qn in bc:none tc:layer bc:batch_shared lat:batch_separate; do
 done
 THREADS=2 run t2_word_2layer_bc_layer ptb_word --set model.hidden=64 --set model.embedding=64 --set model.layers=2 \
   --set model.quantizer=bc --set model.normalization=layer --set train.epochs=1 --set train.max_steps=12
+THREADS=2 run t2_char_gru_bc_batch_shared ptb_char --set model.cell=gru --set model.quantizer=bc \
+  --set model.normalization=batch_shared --set model.hidden=64 --set train.epochs=1 --set train.max_steps=12
 THREADS=2 run t2_mnist_tc_batch_separate seq_mnist --set model.hidden=32 --set model.quantizer=tc \
   --set model.normalization=batch_separate --set train.epochs=1 --set train.max_steps=3 --set train.eval_batch_size=500
 
