@@ -191,7 +191,7 @@ pub fn bench_one(c: &BenchConfig, cell: CellKind, q: Quantizer, n: Normalization
     for i in 0..steps + 2 {
         let t0 = Instant::now();
         let input = if c.task.is_mnist() { Input::Pixels(pixels.view()) } else { Input::Tokens(&tokens) };
-        forward_backward(&mut model, input, &targets, &state, &mut rng);
+        forward_backward(&mut model, input, &targets, &state, &mut rng, |_| {});
         update(&mut model, &mut opt, 0.25, LearningRates { latent: 1e-3, other: 1e-3 });
         state = if c.task.is_mnist() { model.initial_state(c.batch) } else { model.final_state() };
         if i >= 2 {

@@ -12,7 +12,9 @@ use rand::Rng;
 
 use crate::nn::dropout::sample_mask;
 use crate::nn::softmax_cross_entropy;
-use crate::nn::{Cache, CellKind, Embedding, Grads, Layer, LayerInput, Linear, Normalization, Quantizer, Stats};
+use crate::nn::{
+    Cache, CellKind, Embedding, Grads, Layer, LayerInput, Linear, Normalization, OutputGrad, Quantizer, Stats,
+};
 use crate::tensor::{Group, Param, Real, ensure_shape};
 
 mod init;
@@ -436,25 +438,23 @@ impl<T: Real> Model<T> {
         let ws = &mut self.ws;
         let nl = self.layers.len();
         let rows = input.rows();
-        let (batch, h) = (ws.batch, self.hidden);
+        let h = self.hidden;
         let top_rows = ws.top.nrows();
         ensure_shape(&mut ws.d_top, top_rows, h);
         self.decoder.backward(ws.top.view(), ws.logits.view(), &ws.d_bias, Some(ws.d_top.view_mut()));
         if ws.dropout_on && self.dropout_output > 0.0 {
             ws.d_top *= &ws.mask_out;
         }
-        ensure_shape(&mut ws.d_out, rows, h);
-        match self.head {
-            Head::EveryStep => ws.d_out.assign(&ws.d_top),
-            Head::LastStep => {
-                ws.d_out.fill(T::zero());
-                ws.d_out.slice_mut(s![rows - batch.., ..]).assign(&ws.d_top);
-            }
+        // ∂L/∂h_t from above: the top layer reads ∂L/∂top (every step's, or the classifier's
+        // last step's alone), each layer below the ∂L/∂x of the one above it (in d_out)
+        if self.head == Head::EveryStep {
+            ensure_shape(&mut ws.d_out, rows, h);
+            ws.d_out.assign(&ws.d_top);
         }
         let between_on = ws.dropout_on && self.dropout_between > 0.0;
         for l in (0..nl).rev() {
             let (below, rest) = ws.caches.split_at_mut(l);
-            let cache = &rest[0];
+            let cache = &mut rest[0];
             let x = if l == 0 {
                 match input {
                     Input::Tokens(ids) if self.embedding.is_none() => LayerInput::OneHot(ids),
@@ -474,7 +474,11 @@ impl<T: Real> Model<T> {
             } else {
                 None
             };
-            self.layers[l].backward(cache, &mut ws.grads[l], x, ws.d_out.view(), dx);
+            let d_out = match self.head {
+                Head::LastStep if l + 1 == nl => OutputGrad::LastStep(ws.d_top.view()),
+                _ => OutputGrad::EveryStep(ws.d_out.view()),
+            };
+            self.layers[l].backward(cache, &mut ws.grads[l], x, d_out, dx);
             if needs_dx {
                 // ∂L/∂x of this layer is ∂L/∂(outputs) of the one below (or of the embedding).
                 std::mem::swap(&mut ws.d_out, &mut ws.d_in);

@@ -16,4 +16,4 @@ pub use linear::Linear;
 pub use loss::{Stats, softmax_cross_entropy};
 pub use norm::Normalization;
 pub use quant::Quantizer;
-pub use recurrent::{Cache, CellKind, Grads, Layer, LayerInput};
+pub use recurrent::{Cache, CellKind, Grads, Layer, LayerInput, OutputGrad};

@@ -8,18 +8,21 @@ use crate::nn::Stats;
 use crate::train::schedule::LearningRates;
 use crate::train::{Optimizer, clip_grad_norm};
 
-/// The gradient of one window: zero the grads, forward in training mode, backward (skipped
-/// when the loss is not finite).
+/// The gradient of one window: zero the grads, forward in training mode, `after_forward` on
+/// the model the forward left (diagnostics that read its caches, which the backward spends),
+/// backward. Both are skipped when the loss is not finite.
 pub fn forward_backward<R: Rng>(
     model: &mut Model<f32>,
     input: Input<f32>,
     targets: &[u32],
     state: &State<f32>,
     rng: &mut R,
+    after_forward: impl FnOnce(&Model<f32>),
 ) -> Stats {
     model.zero_grad();
     let stats = model.forward(input, targets, state, true, rng);
     if stats.loss_sum.is_finite() {
+        after_forward(model);
         model.backward(input);
     }
     stats

@@ -388,11 +388,18 @@ impl Trainer {
         state: &State<f32>,
         rng: &mut Pcg64Mcg,
     ) -> std::result::Result<Stats, Divergence> {
-        let stats = forward_backward(&mut self.model, input, targets, state, rng);
+        // λ1 reads the forward's caches (gate activations, states): between forward and backward
+        let (le, step, epoch) = (self.diag_every.0, self.state.step, self.state.epoch);
+        let (power, lambda_rows) = (&mut self.state.power_iteration, &mut self.lambda_rows);
+        let stats = forward_backward(&mut self.model, input, targets, state, rng, |model| {
+            if le > 0 && step.is_multiple_of(le) {
+                lambda_rows.extend(power.lambda_rows(model, step, epoch));
+            }
+        });
         if !stats.loss_sum.is_finite() {
             return Err(Divergence::Loss { mean_loss: stats.mean_loss(), ceiling: self.max_loss });
         }
-        self.record_diagnostics();
+        self.record_grad_norms();
         if !update(&mut self.model, &mut self.opt, self.spec.train.clip, self.state.lr) {
             return Err(Divergence::Gradient { mean_loss: stats.mean_loss() });
         }
@@ -400,15 +407,12 @@ impl Trainer {
         Ok(stats)
     }
 
-    /// λ rows and gradient-norm traces of the window just run, at the configured intervals
-    /// (`step` is the number of updates made before this window: 0 is the initial model).
-    fn record_diagnostics(&mut self) {
-        let (le, ge) = self.diag_every;
+    /// Gradient-norm traces of the window just run, at the configured interval (`step` is the
+    /// number of updates made before this window: 0 is the initial model); its λ rows were
+    /// taken between its forward and backward (`train_step`).
+    fn record_grad_norms(&mut self) {
+        let ge = self.diag_every.1;
         let (step, epoch) = (self.state.step, self.state.epoch);
-        if le > 0 && step.is_multiple_of(le) {
-            let rows = self.state.power_iteration.lambda_rows(&self.model, step, epoch);
-            self.lambda_rows.extend(rows);
-        }
         if ge > 0 && step.is_multiple_of(ge) {
             for (layer, norms) in self.model.grad_norms().into_iter().enumerate() {
                 for (t, &grad_norm) in norms.iter().enumerate() {

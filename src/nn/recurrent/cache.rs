@@ -23,8 +23,12 @@ pub struct Cache<T> {
     /// lab/lat: the curvature d = √v + 1e-8 of each latent weight, (G·H, in), this window's.
     pub(super) d_x: Array2<T>,
     pub(super) d_h: Array2<T>,
-    /// Gate activations (LSTM: σ(i), σ(f), tanh(a), σ(o); GRU: r, z, n): (T·B, G·H).
+    /// Gate activations (LSTM: σ(i), σ(f), tanh(a), σ(o); GRU: r, z, n): (T·B, G·H). The
+    /// backward overwrites them step by step with ∂L/∂G, the gradients of the input side's
+    /// pre-activations, which the window-batched weight gradients then read
+    /// (`gates_hold_grads`).
     pub(super) gates: Array2<T>,
+    pub(super) gates_hold_grads: bool,
     /// h_{-1}, h_0 … h_{T-1}: ((T+1)·B, H); likewise the LSTM's cell state c (width 0 for the
     /// GRU, which has none).
     pub(super) hs: Array2<T>,
@@ -79,8 +83,10 @@ impl<T: Real> Cache<T> {
         self.hs.slice(s![t * self.batch..(t + 1) * self.batch, ..])
     }
 
-    /// The gate activations of the window, (T·B, G·H).
+    /// The gate activations of the window, (T·B, G·H): between a forward and its backward
+    /// (which turns them into their gradients).
     pub fn gates(&self) -> ArrayView2<'_, T> {
+        assert!(!self.gates_hold_grads, "the gate activations were spent by the backward");
         self.gates.view()
     }
 
@@ -129,8 +135,6 @@ impl<T: Real> Cache<T> {
 /// Backward scratch, reused across windows.
 #[derive(Default)]
 pub struct Grads<T> {
-    /// ∂L/∂(gate pre-activations of the input side), (T·B, G·H).
-    pub(super) dgates: Array2<T>,
     /// ∂L/∂(recurrent product) for a cell that takes it apart (GRU), (T·B, G·H).
     pub(super) dg_rec: Array2<T>,
     /// ∂L/∂(raw products) under layer/batch norm, (T·B, G·H).

@@ -41,12 +41,11 @@ impl Cell for Gru {
         let mut sq = 0.0;
         for b in 0..s.gates.nrows() {
             let row = GruGradRow {
-                gates: s.gates.row(b).to_slice().unwrap(),
+                g: s.gates.row_mut(b).into_slice().unwrap(),
                 h_prev: s.h_prev.row(b).to_slice().unwrap(),
                 u: s.aux.row(b).to_slice().unwrap(),
                 d_out: s.d_out.row(b).to_slice().unwrap(),
                 dh: s.dh.row_mut(b).into_slice().unwrap(),
-                dg: s.dg.row_mut(b).into_slice().unwrap(),
                 dg_rec: s.dg_rec.row_mut(b).into_slice().unwrap(),
             };
             sq += gru_backward_row(row, hidden);
@@ -88,12 +87,12 @@ simd_kernel! {
 
 /// One batch row of the backward's buffers.
 struct GruGradRow<'a, T> {
-    gates: &'a [T],
+    /// the activations (r, z, n) on entry, the input side's pre-activation gradients on exit
+    g: &'a mut [T],
     h_prev: &'a [T],
     u: &'a [T],
     d_out: &'a [T],
     dh: &'a mut [T],
-    dg: &'a mut [T],
     dg_rec: &'a mut [T],
 }
 
@@ -101,22 +100,23 @@ simd_kernel! {
     /// The GRU's backward on one batch row; returns Σ_j (∂L/∂h_t[j])² of the row.
     fn gru_backward_row<T: Real>(r: GruGradRow<T>, hidden: usize) -> f64 {
         let one = T::one();
-        let (gr, gz, gn) = (&r.gates[..hidden], &r.gates[hidden..2 * hidden], &r.gates[2 * hidden..3 * hidden]);
+        let (gr, rest) = r.g.split_at_mut(hidden);
+        let (gz, gn) = rest.split_at_mut(hidden);
+        let gn = &mut gn[..hidden];
         let (hp, u, dor, dh) = (&r.h_prev[..hidden], &r.u[..hidden], &r.d_out[..hidden], &mut r.dh[..hidden]);
-        let (dgr, rest) = r.dg.split_at_mut(hidden);
-        let (dgz, dgn) = rest.split_at_mut(hidden);
         let (dqr, rest) = r.dg_rec.split_at_mut(hidden);
         let (dqz, dqn) = rest.split_at_mut(hidden);
         // ‖∂L/∂h_t‖² of the row first, in its own loop (a reduction would serialize the one
         // below), in f64: exploding gradients square past f32's range while finite
         let sq = crate::tensor::sum_sq_f64_of_sum(dh, dor);
         for j in 0..hidden {
+            // each unit's three activations are read before its gradients replace them
             let (rg, zg, n) = (gr[j], gz[j], gn[j]);
             let d = dh[j] + dor[j];
             let dn = d * (one - zg) * (one - n * n);
             let dz = d * (hp[j] - n) * zg * (one - zg);
             let dr = dn * u[j] * rg * (one - rg);
-            (dgr[j], dgz[j], dgn[j]) = (dr, dz, dn);
+            (gr[j], gz[j], gn[j]) = (dr, dz, dn);
             (dqr[j], dqz[j], dqn[j]) = (dr, dz, dn * rg);
             dh[j] = d * zg;
         }

@@ -251,7 +251,7 @@ impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
 mod tests {
     use ndarray::Array2;
 
-    use super::super::{Cache, CellKind, Grads, Layer, LayerInput};
+    use super::super::{Cache, CellKind, Grads, Layer, LayerInput, OutputGrad};
     use crate::nn::norm::Normalization;
     use crate::nn::quant::Quantizer;
 
@@ -271,7 +271,7 @@ mod tests {
         layer.prepare_weights(&mut cache);
         layer.forward(&mut cache, LayerInput::Dense(x.view()), h0.view(), c0.view(), true, 0);
         let d_out = Array2::from_shape_fn((steps * batch, hidden), |(n, j)| wave(n * hidden + j + 3));
-        layer.backward(&cache, &mut grads, LayerInput::Dense(x.view()), d_out.view(), None);
+        layer.backward(&mut cache, &mut grads, LayerInput::Dense(x.view()), OutputGrad::EveryStep(d_out.view()), None);
         let gain = layer.norm_x.as_ref().unwrap().gain.grad.clone();
         (cache.xhat_x.nrows(), cache.output().to_owned(), gain)
     }

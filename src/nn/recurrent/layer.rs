@@ -9,7 +9,7 @@
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
-use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm, input_norm};
+use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm, OutputGrad, StepsGrad, input_norm};
 use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
@@ -253,6 +253,7 @@ impl<T: Real> Layer<T> {
         assert_eq!(steps * batch, rows, "window rows must be a multiple of the batch");
         cache.steps = steps;
         cache.batch = batch;
+        cache.gates_hold_grads = false;
         ensure_shape(&mut cache.gates, rows, g);
         ensure_shape(&mut cache.hs, rows + batch, h);
         ensure_shape(&mut cache.cs, rows + batch, hc);
@@ -338,16 +339,19 @@ impl<T: Real> Layer<T> {
         }
     }
 
-    /// Backward through the window. `d_out` is ∂L/∂h_t for every step (T·B, H); the state
+    /// Backward through the window. `d_out` is ∂L/∂h_t from above (every step's or the last
+    /// one's: `OutputGrad`); the state
     /// handed to the next window is detached, so no gradient enters at the end. Accumulates
     /// into the parameters' grads, writes ∂L/∂x into `d_input` if given (dense input), and
-    /// leaves ∂L/∂h_{-1}, ∂L/∂c_{-1} in `grads.dh`, `grads.dc`.
+    /// leaves ∂L/∂h_{-1}, ∂L/∂c_{-1} in `grads.dh`, `grads.dc`. Spends the cache: the gate
+    /// activations become their gradients (`Cache::gates`), so a second backward needs a
+    /// forward first.
     pub fn backward(
         &mut self,
-        cache: &Cache<T>,
+        cache: &mut Cache<T>,
         grads: &mut Grads<T>,
         input: LayerInput<T>,
-        d_out: ArrayView2<T>,
+        d_out: OutputGrad<T>,
         d_input: Option<ArrayViewMut2<T>>,
     ) {
         assert!(self.frozen.is_none(), "a frozen (exported) layer has no backward");
@@ -355,7 +359,7 @@ impl<T: Real> Layer<T> {
         let hc = if self.cell.carries_c() { h } else { 0 };
         let apart = self.cell.product_apart();
         let rows = steps * batch;
-        ensure_shape(&mut grads.dgates, rows, g);
+        assert!(!cache.gates_hold_grads, "backward twice after one forward: the cache's gate activations are spent");
         ensure_shape(&mut grads.dg_rec, if apart { rows } else { 0 }, g);
         ensure_shape(&mut grads.dz, rows, g);
         ensure_shape(&mut grads.dh, batch, h);
@@ -366,7 +370,7 @@ impl<T: Real> Layer<T> {
         grads.h_grad_norms.resize(steps, 0.0);
 
         // The recurrence backwards, on one or two halves of the batch as in the forward.
-        let Grads { dgates, dg_rec, dz, dh, dc, h_grad_norms, wh, wh_panels, .. } = grads;
+        let Grads { dg_rec, dz, dh, dc, h_grad_norms, wh, wh_panels, .. } = grads;
         // ∂L/∂h_{t-1} = ∂L/∂z_t · W_h at every step: W_h (G·H, H) packed once for the window's
         // steps, or (where the panels do not apply) copied row-major for faer, which would pack
         // a transposed view again at every step (143 vs 220 GFLOP/s on char's
@@ -384,15 +388,15 @@ impl<T: Real> Layer<T> {
         // batch norm on two halves leaves its γ, β gradients to the window-wide sum below
         let bn_split = steps::splits(batch) && self.norm_h.as_ref().is_some_and(|n| !n.row_local());
         let exchange = Exchange::new();
+        cache.gates_hold_grads = true;
         let window = GradWindowRows {
-            gates: cache.gates.view().into_shape_with_order((steps, batch, g)).unwrap(),
+            gates: cache.gates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
             hs: cache.hs.view().into_shape_with_order((steps + 1, batch, h)).unwrap(),
             cs: cache.cs.view().into_shape_with_order((steps + 1, batch, hc)).unwrap(),
             aux: cache.aux.view().into_shape_with_order((steps, batch, cache.aux.ncols())).unwrap(),
-            d_out: d_out.into_shape_with_order((steps, batch, h)).unwrap(),
+            d_out: StepsGrad::new(&d_out, steps, batch),
             dh: dh.view_mut(),
             dc: dc.view_mut(),
-            dg: dgates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
             dg_rec: if apart {
                 dg_rec.view_mut().into_shape_with_order((steps, batch, g)).unwrap()
             } else {
@@ -422,7 +426,7 @@ impl<T: Real> Layer<T> {
         }
         // ∂L/∂(the recurrent product after its normalizer): the input side's for the LSTM, the
         // cell's own for the GRU, whose b_hn it also gives (its last gate block).
-        let d_rec = if apart { grads.dg_rec.view() } else { grads.dgates.view() };
+        let d_rec = if apart { grads.dg_rec.view() } else { cache.gates.view() };
         if let Some(b) = &mut self.bias_hn {
             let db = d_rec.slice(s![.., 2 * h..3 * h]).sum_axis(Axis(0));
             b.grad.row_mut(0).zip_mut_with(&db, |a, &d| *a += d);
@@ -440,9 +444,9 @@ impl<T: Real> Layer<T> {
         gemm(grads.dwh_t.view_mut(), false, cache.hs.slice(s![..rows, ..]).t(), d_zh, T::one());
         // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
         if let Some(nx) = &mut self.norm_x {
-            input_norm::backward(nx, input, cache, grads.dgates.view(), grads.dz.view_mut(), &mut grads.xnorm_scratch);
+            input_norm::backward(nx, input, cache, cache.gates.view(), grads.dz.view_mut(), &mut grads.xnorm_scratch);
         }
-        let d_zx = if self.norm_x.is_some() { grads.dz.view() } else { grads.dgates.view() };
+        let d_zx = if self.norm_x.is_some() { grads.dz.view() } else { cache.gates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
         match input {
             LayerInput::OneHot(ids) => {
@@ -459,7 +463,7 @@ impl<T: Real> Layer<T> {
                 }
             }
         }
-        let db = grads.dgates.sum_axis(Axis(0));
+        let db = cache.gates.sum_axis(Axis(0));
         self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
 
         // Back through weight norm, then straight through the quantizer to the latent weights.

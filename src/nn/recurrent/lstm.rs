@@ -24,7 +24,7 @@ impl Cell for Lstm {
     }
 
     fn backward<T: Real>(s: StepGradRows<'_, T>, hidden: usize) -> f64 {
-        backward_rows(s.gates, s.c_prev, s.c, s.d_out, s.dh, s.dc, s.dg, hidden)
+        backward_rows(s.gates, s.c_prev, s.c, s.d_out, s.dh, s.dc, hidden)
     }
 }
 
@@ -78,30 +78,28 @@ simd_kernel! {
     }
 }
 
-/// One step back through the cell. On entry `dh` holds ∂L/∂h_t from the future (recurrent
-/// path) and `dc` ∂L/∂c_t from the future; `d_out` adds the gradient from above. Writes the
-/// pre-activation gradients into `dg`, leaves ∂L/∂c_{t-1} in `dc`, and returns ‖∂L/∂h_t‖².
-#[allow(clippy::too_many_arguments)]
+/// One step back through the cell. On entry `g` holds the activations, `dh` ∂L/∂h_t from the
+/// future (recurrent path) and `dc` ∂L/∂c_t from the future; `d_out` adds the gradient from
+/// above. Overwrites the activations with the pre-activation gradients, leaves ∂L/∂c_{t-1} in
+/// `dc`, and returns ‖∂L/∂h_t‖².
 fn backward_rows<T: Real>(
-    gates: ArrayView2<T>,
+    mut g: ArrayViewMut2<T>,
     c_prev: ArrayView2<T>,
     c: ArrayView2<T>,
     d_out: ArrayView2<T>,
     mut dh: ArrayViewMut2<T>,
     mut dc: ArrayViewMut2<T>,
-    mut dg: ArrayViewMut2<T>,
     hidden: usize,
 ) -> f64 {
     let mut sq = 0.0f64;
-    for b in 0..gates.nrows() {
+    for b in 0..g.nrows() {
         let rows = CellGradRow {
-            gates: gates.row(b).to_slice().unwrap(),
+            g: g.row_mut(b).into_slice().unwrap(),
             c_prev: c_prev.row(b).to_slice().unwrap(),
             c: c.row(b).to_slice().unwrap(),
             d_out: d_out.row(b).to_slice().unwrap(),
             dh: dh.row_mut(b).into_slice().unwrap(),
             dc: dc.row_mut(b).into_slice().unwrap(),
-            dg: dg.row_mut(b).into_slice().unwrap(),
         };
         sq += cell_backward_row(rows, hidden);
     }
@@ -109,39 +107,35 @@ fn backward_rows<T: Real>(
 }
 
 struct CellGradRow<'a, T> {
-    gates: &'a [T],
+    /// the activations on entry, their pre-activations' gradients on exit
+    g: &'a mut [T],
     c_prev: &'a [T],
     c: &'a [T],
     d_out: &'a [T],
     dh: &'a mut [T],
     dc: &'a mut [T],
-    dg: &'a mut [T],
 }
 
 simd_kernel! {
     /// The cell's backward on one batch row; returns Σ_j (∂L/∂h_t[j])² of the row.
     fn cell_backward_row<T: Real>(r: CellGradRow<T>, hidden: usize) -> f64 {
         let one = T::one();
-        let (gi, gf, ga, go) = (
-            &r.gates[..hidden],
-            &r.gates[hidden..2 * hidden],
-            &r.gates[2 * hidden..3 * hidden],
-            &r.gates[3 * hidden..4 * hidden],
-        );
+        let (gi, rest) = r.g.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (ga, go) = rest.split_at_mut(hidden);
+        let go = &mut go[..hidden];
         let (cp, cr, dor) = (&r.c_prev[..hidden], &r.c[..hidden], &r.d_out[..hidden]);
         let (dhr, dcr) = (&mut r.dh[..hidden], &mut r.dc[..hidden]);
-        let (dgi, rest) = r.dg.split_at_mut(hidden);
-        let (dgf, rest) = rest.split_at_mut(hidden);
-        let (dga, dgo) = rest.split_at_mut(hidden);
         for j in 0..hidden {
-            // tanh(c_t) again, as the forward computed it from the same c_t
+            // tanh(c_t) again, as the forward computed it from the same c_t; each unit's four
+            // activations are read before its four gradients replace them
             let (i, f, a, o, tc) = (gi[j], gf[j], ga[j], go[j], cr[j].tanh_fast());
             let dht = dhr[j] + dor[j];
             let dct = dcr[j] + dht * o * (one - tc * tc);
-            dgi[j] = dct * a * i * (one - i);
-            dgf[j] = dct * cp[j] * f * (one - f);
-            dga[j] = dct * i * (one - a * a);
-            dgo[j] = dht * tc * o * (one - o);
+            gi[j] = dct * a * i * (one - i);
+            gf[j] = dct * cp[j] * f * (one - f);
+            ga[j] = dct * i * (one - a * a);
+            go[j] = dht * tc * o * (one - o);
             dcr[j] = dct * f;
         }
         // ‖∂L/∂h_t‖² of the row, in its own loop so the one above has no reduction to serialize;

@@ -16,6 +16,7 @@ pub(crate) use exchange::{Exchange, Peer};
 pub use gru::Gru;
 pub use layer::{Frozen, FrozenMatrix, Layer, LayerInput};
 pub use lstm::Lstm;
+pub(crate) use steps::StepsGrad;
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
@@ -93,6 +94,15 @@ pub trait Cell {
     fn backward<T: Real>(s: StepGradRows<'_, T>, hidden: usize) -> f64;
 }
 
+/// ∂L/∂h_t from above, for the steps of a window: at every step, (T·B, H); or, for a classifier
+/// that reads only the last h (sequential MNIST), at the last step alone, (B, H), zero at the
+/// others — without a (T·B, H) buffer of zeros (31 MB at T = 784, B = 100, H = 100).
+#[derive(Clone, Copy)]
+pub enum OutputGrad<'a, T> {
+    EveryStep(ArrayView2<'a, T>),
+    LastStep(ArrayView2<'a, T>),
+}
+
 /// What one forward step of the cell reads and writes, for some rows of the batch.
 pub struct StepRows<'a, T> {
     /// The input side's pre-activations on entry (with the recurrent product added, unless the
@@ -112,13 +122,16 @@ pub struct StepRows<'a, T> {
     pub aux: ArrayViewMut2<'a, T>,
 }
 
-/// What one backward step of the cell reads and writes. On entry `dh` holds ∂L/∂h_t from the
-/// future (recurrent path) and `dc` ∂L/∂c_t from the future; `d_out` adds the gradient from
-/// above. The cell writes the pre-activation gradients of the input side into `dg` (and of the
-/// recurrent product into `dg_rec`, for a cell that takes it apart), leaves ∂L/∂c_{t-1} in
-/// `dc`, and — for a cell with a direct path — the direct part of ∂L/∂h_{t−1} in `dh`.
+/// What one backward step of the cell reads and writes. On entry `gates` holds the step's
+/// activations, `dh` ∂L/∂h_t from the future (recurrent path) and `dc` ∂L/∂c_t from the future;
+/// `d_out` adds the gradient from above. The cell overwrites the activations with the
+/// pre-activation gradients of the input side, ∂L/∂G_t (the activations of a step are dead once
+/// its gradients exist, and the window keeps one (T·B, G·H) buffer instead of two: 125 MB on
+/// sequential MNIST), writes those of the recurrent product into `dg_rec` for a cell that takes
+/// it apart, leaves ∂L/∂c_{t-1} in `dc`, and — for a cell with a direct path — the direct part
+/// of ∂L/∂h_{t−1} in `dh`.
 pub struct StepGradRows<'a, T> {
-    pub gates: ArrayView2<'a, T>,
+    pub gates: ArrayViewMut2<'a, T>,
     pub h_prev: ArrayView2<'a, T>,
     pub c_prev: ArrayView2<'a, T>,
     /// The cell state the step left (LSTM's c_t; empty for the GRU).
@@ -127,6 +140,5 @@ pub struct StepGradRows<'a, T> {
     pub d_out: ArrayView2<'a, T>,
     pub dh: ArrayViewMut2<'a, T>,
     pub dc: ArrayViewMut2<'a, T>,
-    pub dg: ArrayViewMut2<'a, T>,
     pub dg_rec: ArrayViewMut2<'a, T>,
 }

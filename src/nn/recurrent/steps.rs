@@ -14,7 +14,7 @@
 //! exchange their column sums at every step (`exchange.rs`: two short waits forward, one
 //! backward). One thread runs the whole batch, as before.
 
-use ndarray::{ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 
 use super::exchange::{Exchange, Peer};
 use super::{Cell, StepGradRows, StepRows};
@@ -104,22 +104,71 @@ pub(super) struct WindowRows<'a, T> {
     pub bn_stats: ArrayViewMut2<'a, T>,
 }
 
-/// What the backward touches, for the same rows.
+/// What the backward touches, for the same rows. `gates` holds the activations on entry and
+/// ∂L/∂G (the input side's pre-activation gradients) on exit, step by step.
 pub(super) struct GradWindowRows<'a, T> {
-    pub gates: ArrayView3<'a, T>,
+    pub gates: ArrayViewMut3<'a, T>,
     pub hs: ArrayView3<'a, T>,
     pub cs: ArrayView3<'a, T>,
     pub aux: ArrayView3<'a, T>,
-    pub d_out: ArrayView3<'a, T>,
+    pub d_out: StepsGrad<'a, T>,
     pub dh: ArrayViewMut2<'a, T>,
     pub dc: ArrayViewMut2<'a, T>,
-    pub dg: ArrayViewMut3<'a, T>,
     /// ∂L/∂(recurrent product) for a cell that takes it apart, (T, rows, G·H); empty otherwise.
     pub dg_rec: ArrayViewMut3<'a, T>,
     pub norm: StepNorm<'a, T>,
     pub xhat: ArrayView3<'a, T>,
     pub rstd: ArrayView3<'a, T>,
     pub dz: ArrayViewMut3<'a, T>,
+}
+
+/// ∂L/∂h_t from above as the time loop reads it: (T, rows, H), or the last step's (rows, H).
+#[derive(Clone, Copy)]
+pub(crate) enum StepsGrad<'a, T> {
+    EveryStep(ArrayView3<'a, T>),
+    LastStep(ArrayView2<'a, T>),
+}
+
+impl<'a, T: Real> StepsGrad<'a, T> {
+    /// (A reborrow: ndarray's views are invariant in their lifetime.)
+    pub(super) fn new(g: &'a super::OutputGrad<'_, T>, steps: usize, batch: usize) -> Self {
+        match g {
+            super::OutputGrad::EveryStep(v) => {
+                let h = v.ncols();
+                StepsGrad::EveryStep(v.view().into_shape_with_order((steps, batch, h)).unwrap())
+            }
+            super::OutputGrad::LastStep(v) => StepsGrad::LastStep(v.view()),
+        }
+    }
+
+    fn split(self, m: usize) -> (Self, Self) {
+        match self {
+            StepsGrad::EveryStep(v) => {
+                let (a, b) = v.split_at(Axis(1), m);
+                (StepsGrad::EveryStep(a), StepsGrad::EveryStep(b))
+            }
+            StepsGrad::LastStep(v) => {
+                let (a, b) = v.split_at(Axis(0), m);
+                (StepsGrad::LastStep(a), StepsGrad::LastStep(b))
+            }
+        }
+    }
+
+    /// Step t of `steps`; `zeros` is a (rows, H) block of zeros for the steps without one.
+    fn at<'s>(&'s self, t: usize, steps: usize, zeros: &'s ndarray::Array2<T>) -> ArrayView2<'s, T> {
+        match self {
+            StepsGrad::EveryStep(v) => v.index_axis(Axis(0), t),
+            StepsGrad::LastStep(v) if t + 1 == steps => v.view(),
+            StepsGrad::LastStep(_) => zeros.view(),
+        }
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            StepsGrad::EveryStep(v) => (v.len_of(Axis(1)), v.len_of(Axis(2))),
+            StepsGrad::LastStep(v) => v.dim(),
+        }
+    }
 }
 
 /// Views that can be cut into two disjoint halves of the batch, when their normalizer can.
@@ -207,16 +256,15 @@ impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
         let (hs, hs1) = self.hs.split_at(Axis(1), m);
         let (cs, cs1) = self.cs.split_at(Axis(1), m);
         let (aux, aux1) = self.aux.split_at(Axis(1), m);
-        let (d_out, d_out1) = self.d_out.split_at(Axis(1), m);
+        let (d_out, d_out1) = self.d_out.split(m);
         let (dh, dh1) = self.dh.split_at(Axis(0), m);
         let (dc, dc1) = self.dc.split_at(Axis(0), m);
-        let (dg, dg1) = self.dg.split_at(Axis(1), m);
         let (dg_rec, dg_rec1) = split_rows3(self.dg_rec, m);
         let (xhat, xhat1) = split_view3(self.xhat, m);
         let (rstd, rstd1) = if shared_rstd { (self.rstd, self.rstd) } else { split_view3(self.rstd, m) };
         let (dz, dz1) = split_rows3(self.dz, m);
         Ok((
-            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg, dg_rec, norm: norm0, xhat, rstd, dz },
+            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg_rec, norm: norm0, xhat, rstd, dz },
             GradWindowRows {
                 gates: gates1,
                 hs: hs1,
@@ -225,7 +273,6 @@ impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
                 d_out: d_out1,
                 dh: dh1,
                 dc: dc1,
-                dg: dg1,
                 dg_rec: dg_rec1,
                 norm: norm1,
                 xhat: xhat1,
@@ -368,20 +415,21 @@ pub(super) fn backward<C: Cell, T: Real>(
 ) -> Vec<f64> {
     let steps = r.gates.len_of(Axis(0));
     let mut sq = vec![0.0; steps];
+    let zeros = ndarray::Array2::zeros(r.d_out.shape());
     for t in (0..steps).rev() {
-        let mut dg = r.dg.index_axis_mut(Axis(0), t);
+        // the step's activations in, ∂L/∂G_t out
+        let mut dg = r.gates.index_axis_mut(Axis(0), t);
         let mut dg_rec = r.dg_rec.index_axis_mut(Axis(0), t);
         sq[t] = C::backward(
             StepGradRows {
-                gates: r.gates.index_axis(Axis(0), t),
+                gates: dg.view_mut(),
                 h_prev: r.hs.index_axis(Axis(0), t),
                 c_prev: r.cs.index_axis(Axis(0), t),
                 c: r.cs.index_axis(Axis(0), t + 1),
                 aux: r.aux.index_axis(Axis(0), t),
-                d_out: r.d_out.index_axis(Axis(0), t),
+                d_out: r.d_out.at(t, steps, &zeros),
                 dh: r.dh.view_mut(),
                 dc: r.dc.view_mut(),
-                dg: dg.view_mut(),
                 dg_rec: dg_rec.view_mut(),
             },
             hidden,
