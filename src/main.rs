@@ -147,11 +147,17 @@ enum Command {
         #[arg(long, hide = true)]
         no_header: bool,
     },
-    /// Draw λ1 against step and ‖∂ξ/∂h_t‖ against t for one or more run directories.
+    /// Draw λ1 against step and ‖∂ξ/∂h_t‖ against t for one or more run directories; with
+    /// --curves, their validation metric per epoch beside the paper's published numbers.
     Plot {
-        /// Run directories (each with lambda.csv and grad_norm.csv).
+        /// Run directories (each with lambda.csv and grad_norm.csv; with --curves, metrics.csv).
         #[arg(required = true)]
         runs: Vec<PathBuf>,
+        /// Learning curves instead: validation BPC / perplexity / error per epoch, one line per
+        /// run, and the paper's number for each run's cell (LSTM tables, where it published
+        /// one) as a dashed level.
+        #[arg(long, conflicts_with = "grad_step")]
+        curves: bool,
         /// Output file: .svg (default) or .png; other formats are refused.
         #[arg(long, default_value = "diagnostics.svg")]
         out: PathBuf,
@@ -330,6 +336,6 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Size { spec, set, csv } => cmd::size::size(&spec, &set, csv).map(ok),
-        Command::Plot { runs, out, grad_step } => cmd::plot::plot(&runs, &out, grad_step).map(ok),
+        Command::Plot { runs, out, grad_step, curves } => cmd::plot::plot(&runs, &out, grad_step, curves).map(ok),
     }
 }

@@ -147,3 +147,30 @@ fn gru_quantization_inflates_lambda1_and_weight_norm_removes_it() {
     assert!(bcw <= 2.0 * fp && bcw >= 0.5 * fp, "bc/weight λ1 {bcw} vs fp {fp}");
     assert!(bc_ratio > 1e3 * fp_ratio.max(1.0), "bc trace ratio {bc_ratio:e} vs fp {fp_ratio:e}");
 }
+
+/// `qlstm plot --curves` on committed budget runs: a line per run, labelled with the paper's
+/// number for its cell where the paper published one; runs of two metrics are refused.
+#[test]
+fn learning_curves_beside_the_papers_numbers() {
+    let bin = env!("CARGO_BIN_EXE_qlstm");
+    let budget = root().join("results/budget");
+    let svg = std::env::temp_dir().join(format!("qlstm-curves-{}.svg", std::process::id()));
+    let run = |args: &[&std::path::Path]| {
+        std::process::Command::new(bin).arg("plot").arg("--curves").args(args).arg("--out").arg(&svg).output().unwrap()
+    };
+    let o = run(&[
+        &budget.join("table2/ptb_char_fp_none"),
+        &budget.join("table2/ptb_char_bc_none"),
+        &budget.join("gru/ptb_char_gru_fp_none"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("ptb_char_fp_none (paper 1.45)"), "Table 2's published BPC for the cell");
+    assert!(text.contains("ptb_char_bc_none (paper 2.51)"));
+    assert!(text.contains("ptb_char_gru_fp_none (no published number)"), "the paper has no GRU");
+    let o = run(&[&budget.join("table2/ptb_char_fp_none"), &budget.join("table4/seq_mnist_fp_layer")]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("measures bpc") && err.contains("measures error_pct"), "{err}");
+    let _ = std::fs::remove_file(&svg);
+}

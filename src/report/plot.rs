@@ -1,7 +1,9 @@
 //! `qlstm plot`: the paper's two diagnostic figures from the runs' CSV traces, side by side —
 //! λ1 against training step (log scale; the rebuttal's figure) and ‖∂ξ/∂h_t‖ against t within
-//! a window (log scale; the paper's gradient figure), one line per run. SVG, or PNG when the
-//! output name ends in .png.
+//! a window (log scale; the paper's gradient figure), one line per run; or, with `--curves`,
+//! each run's validation metric per epoch with the paper's published number for its cell as a
+//! mark (how far a short run is from the paper's end point). SVG, or PNG when the output name
+//! ends in .png.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use plotters::prelude::*;
 use crate::bail;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use crate::run_dir::RunDir;
+use crate::run_dir::{Metric, RunDir};
 
 /// One run's traces: λ1 by step (layer 0) and the gradient norms by t at one recorded step
 /// (layer 0).
@@ -84,6 +86,60 @@ fn register_font() -> Result<()> {
 /// Draw the λ1 and gradient-norm panels of `dirs` into `out` (.svg or .png); the gradient
 /// panel shows each run's trace recorded nearest `grad_step` (None: its last).
 pub fn plot(dirs: &[PathBuf], out: &Path, grad_step: Option<u64>) -> Result<()> {
+    let png = check_output(dirs, out)?;
+    let runs = dirs.iter().map(|d| load(d, grad_step)).collect::<Result<Vec<_>>>()?;
+    render(out, png, (1400, 560), &Diagnostics(&runs))
+}
+
+/// The one figure of `--curves`: validation metric per epoch, one line per run, and a mark at
+/// the paper's number for the run's cell where it published one.
+pub fn curves(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let png = check_output(dirs, out)?;
+    let runs = dirs.iter().map(|d| load_curve(d)).collect::<Result<Vec<_>>>()?;
+    let metric = runs[0].metric;
+    if let Some(other) = runs.iter().find(|r| r.metric != metric) {
+        bail!(
+            "qlstm plot --curves: {} measures {}, {} measures {}: one figure draws one metric",
+            runs[0].name,
+            metric.name(),
+            other.name,
+            other.metric.name()
+        );
+    }
+    render(out, png, (1000, 640), &Curves(&runs))
+}
+
+/// A figure that draws on any plotters backend (SVG or PNG).
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static;
+}
+
+struct Diagnostics<'a>(&'a [Traces]);
+
+impl Figure for Diagnostics<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        draw(root, self.0)
+    }
+}
+
+struct Curves<'a>(&'a [Curve]);
+
+impl Figure for Curves<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        draw_curves(root, self.0)
+    }
+}
+
+/// At least one run, and an output name qlstm can write: true for PNG, false for SVG.
+fn check_output(dirs: &[PathBuf], out: &Path) -> Result<bool> {
     if dirs.is_empty() {
         bail!("qlstm plot: name at least one run directory");
     }
@@ -95,24 +151,28 @@ pub fn plot(dirs: &[PathBuf], out: &Path, grad_step: Option<u64>) -> Result<()> 
             if ext.is_empty() { String::new() } else { format!(", not .{ext}") }
         );
     }
-    let runs = dirs.iter().map(|d| load(d, grad_step)).collect::<Result<Vec<_>>>()?;
+    Ok(ext == "png")
+}
+
+/// Draw into `out` atomically: PNG through a temporary file renamed into place, SVG through
+/// `write_atomic`.
+fn render(out: &Path, png: bool, size: (u32, u32), figure: &impl Figure) -> Result<()> {
     register_font()?;
-    let size = (1400, 560);
-    let png = ext == "png";
+    let fail = |e: &dyn std::fmt::Display| Error::new(format!("{}: {e}", out.display()));
     if png {
         let tmp = out.with_extension(format!("tmp-{}.png", std::process::id()));
         {
             let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-            draw(&root, &runs).map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
-            root.present().map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
+            figure.draw(&root).map_err(|e| fail(&e))?;
+            root.present().map_err(|e| fail(&e))?;
         }
         std::fs::rename(&tmp, out).map_err(|e| crate::error::io_err(out, e))?;
     } else {
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-            draw(&root, &runs).map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
-            root.present().map_err(|e| Error::new(format!("{}: {e}", out.display())))?;
+            figure.draw(&root).map_err(|e| fail(&e))?;
+            root.present().map_err(|e| fail(&e))?;
         }
         write_atomic(out, svg.as_bytes())?;
     }
@@ -207,5 +267,152 @@ where
         "gradient norm",
         &grad_series,
     )?;
+    Ok(())
+}
+
+/// One run's validation metric by epoch, and the paper's number for its cell.
+struct Curve {
+    name: String,
+    metric: Metric,
+    valid: Vec<(f64, f64)>,
+    paper: Option<f64>,
+}
+
+fn load_curve(dir: &Path) -> Result<Curve> {
+    let run = RunDir::at(dir);
+    if !run.file(RunDir::METRICS).exists() || !run.file(RunDir::SPEC).exists() {
+        bail!("{}: no metrics.csv/spec.toml; is it a run directory?", dir.display());
+    }
+    let spec = run.read_spec()?;
+    let valid = run
+        .read_metrics()?
+        .iter()
+        .map(|r| (r.epoch as f64, r.valid_metric))
+        .filter(|(_, y)| y.is_finite() && *y > 0.0)
+        .collect();
+    Ok(Curve {
+        name: run.name(),
+        metric: Metric::for_task(spec.task),
+        valid,
+        paper: crate::report::table::published(&spec),
+    })
+}
+
+/// Validation metric against epoch, a line per run; the paper's end point of each run's cell
+/// (200 epochs for characters and MNIST, 120 for words: docs/SPEC.md §3) as a dashed level in
+/// the run's colour, ending in a triangle at the right edge. A log y axis when the values span
+/// more than a factor of 10 (perplexities of plain bc next to normalized ones).
+fn draw_curves<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, runs: &[Curve]) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let metric = runs[0].metric;
+    let ys: Vec<f64> = runs.iter().flat_map(|r| r.valid.iter().map(|p| p.1).chain(r.paper)).collect();
+    let (lo, hi) = ys.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &y| (lo.min(y), hi.max(y)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (1.0, 2.0) };
+    let epochs = runs.iter().flat_map(|r| r.valid.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let x_end = epochs + 0.6;
+    let caption =
+        format!("validation {} per epoch; dashed: the paper's published test {}", metric.name(), metric.name());
+    let mut chart = ChartBuilder::on(root);
+    chart.caption(caption, ("sans-serif", 20)).margin(14).x_label_area_size(40).y_label_area_size(70);
+    let pad = (hi - lo).max(hi * 0.02) * 0.08;
+    let x_labels = epochs as usize + 1;
+    if hi / lo > 10.0 {
+        let mut c = chart.build_cartesian_2d(0.5..x_end, (lo / 1.15..hi * 1.15).log_scale())?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .y_desc(metric.name())
+            .x_labels(x_labels)
+            .x_label_formatter(&whole_label)
+            .y_label_formatter(&log_label)
+            .draw()?;
+        draw_curve_series(&mut c, runs, x_end)?;
+        legend(&mut c)
+    } else {
+        let mut c = chart.build_cartesian_2d(0.5..x_end, (lo - pad)..(hi + pad))?;
+        c.configure_mesh()
+            .x_desc("epoch")
+            .y_desc(metric.name())
+            .x_labels(x_labels)
+            .x_label_formatter(&whole_label)
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()?;
+        draw_curve_series(&mut c, runs, x_end)?;
+        legend(&mut c)
+    }
+}
+
+/// Whole numbers only (epochs); ticks between them stay unlabelled.
+fn whole_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-9 { format!("{x:.0}") } else { String::new() }
+}
+
+/// Distinct, dark enough on white (matplotlib's tab10), for up to ten runs, then plotters'.
+fn run_color(i: usize) -> RGBColor {
+    const TAB10: [(u8, u8, u8); 10] = [
+        (31, 119, 180),
+        (214, 39, 40),
+        (44, 160, 44),
+        (148, 103, 189),
+        (255, 127, 14),
+        (23, 190, 207),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+    ];
+    match TAB10.get(i) {
+        Some(&(r, g, b)) => RGBColor(r, g, b),
+        None => {
+            let c = Palette99::pick(i).to_rgba();
+            RGBColor(c.0, c.1, c.2)
+        }
+    }
+}
+
+fn draw_curve_series<'a, DB: DrawingBackend + 'a, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    runs: &[Curve],
+    x_end: f64,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, r) in runs.iter().enumerate() {
+        let color = run_color(i);
+        let label = match r.paper {
+            Some(p) => format!("{} (paper {p})", r.name),
+            None => format!("{} (no published number)", r.name),
+        };
+        chart
+            .draw_series(LineSeries::new(r.valid.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(r.valid.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        if let Some(p) = r.paper {
+            chart.draw_series(DashedLineSeries::new([(0.5, p), (x_end - 0.15, p)], 6, 4, color.stroke_width(1)))?;
+            chart.draw_series(std::iter::once(TriangleMarker::new((x_end - 0.15, p), 7, color.filled())))?;
+        }
+    }
+    Ok(())
+}
+
+/// The legend, at the top centre: learning curves start high on the left, and the paper's
+/// marks end on the right.
+fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }

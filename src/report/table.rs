@@ -208,9 +208,22 @@ fn complete_blocks(refs: Vec<HashMap<String, String>>) -> Vec<HashMap<String, St
     out
 }
 
+/// The paper's published test metric for the cell a spec describes (its tables and the
+/// two-layer response; LSTM cells only), if it printed one.
+pub fn published(spec: &Spec) -> Option<f64> {
+    [TABLE2, TABLE3, TWO_LAYER, TABLE4]
+        .iter()
+        .flat_map(|t| parse_reference(t))
+        .filter(|cell| matches_spec(spec, cell))
+        .find_map(|cell| cell.iter().find(|(k, _)| k.starts_with("paper_test_")).and_then(|(_, v)| v.parse().ok()))
+}
+
 /// Does this run fill this cell?
 fn matches(run: &Run, cell: &HashMap<String, String>) -> bool {
-    let s = &run.spec;
+    matches_spec(&run.spec, cell)
+}
+
+fn matches_spec(s: &Spec, cell: &HashMap<String, String>) -> bool {
     let task = match cell["dataset"].as_str() {
         "seq_mnist" => s.task == Task::SeqMnist,
         d => s.task.name() == d,
