@@ -81,7 +81,12 @@ pub fn expf(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
         + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from n's bits: n is a whole number in [−126, 127], so 1.5·2^23 + n is exact and its
+    // low mantissa bits are n + 2^22. (`n as i32` is the same integer, but Rust's saturating
+    // float-to-int conversion does not vectorize: LLVM scalarized it, lane by lane, in every
+    // loop over expf.)
+    let n_int = (n + 12_582_912.0).to_bits().wrapping_sub(0x4b40_0000);
+    y * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
 
 /// tanh for f32: Cephes' odd polynomial below |x| = 0.625 (full relative accuracy near 0),
@@ -116,6 +121,33 @@ mod tests {
         // a few f32 ulps (ulp = 1.2e-7 relative)
         assert!(worst.0 < 4e-7 && worst.1 < 4e-7 && worst.2 < 4e-7, "{worst:?}");
         assert_eq!(expf(-200.0), expf(-87.3));
+    }
+
+    /// expf's 2^n through n's bits gives the saturating conversion's numbers bit for bit: every
+    /// n, and expf itself on a dense sweep of f32 (every 97th bit pattern) and the edges.
+    #[test]
+    fn expf_by_exponent_bits_equals_the_conversion() {
+        for n in -126..=127 {
+            let f = n as f32;
+            let by_bits = (f + 12_582_912.0).to_bits().wrapping_sub(0x4b40_0000).wrapping_add(127) << 23;
+            assert_eq!(by_bits, ((f as i32 + 127) << 23) as u32, "n = {n}");
+        }
+        let by_conversion = |x: f32| {
+            let x = x.clamp(-87.3, 88.0);
+            let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+            let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+            let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+                + 0.166_666_65)
+                * r
+                + 0.5;
+            let y = p * r * r + r + 1.0;
+            y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+        };
+        let edges = [0.0f32, -0.0, 88.0, 88.1, -87.3, -87.4, f32::MAX, f32::MIN, f32::INFINITY, f32::NEG_INFINITY];
+        for x in (0..u32::MAX).step_by(97).map(f32::from_bits).chain(edges) {
+            let (a, b) = (expf(x), by_conversion(x));
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "expf({x:e}): {a:e} vs {b:e}");
+        }
         assert!(tanhf(50.0) == 1.0 && tanhf(-50.0) == -1.0 && tanhf(0.0) == 0.0);
     }
 }
