@@ -88,7 +88,7 @@ fn register_font() -> Result<()> {
 pub fn plot(dirs: &[PathBuf], out: &Path, grad_step: Option<u64>) -> Result<()> {
     let png = check_output(dirs, out)?;
     let runs = dirs.iter().map(|d| load(d, grad_step)).collect::<Result<Vec<_>>>()?;
-    render(out, png, (1400, 560), &Diagnostics(&runs))
+    render(out, png, (1400, 560), runs.as_slice())
 }
 
 /// The one figure of `--curves`: validation metric per epoch, one line per run, and a mark at
@@ -106,7 +106,7 @@ pub fn curves(dirs: &[PathBuf], out: &Path) -> Result<()> {
             other.metric.name()
         );
     }
-    render(out, png, (1000, 640), &Curves(&runs))
+    render(out, png, (1000, 640), runs.as_slice())
 }
 
 /// A figure that draws on any plotters backend (SVG or PNG).
@@ -116,25 +116,21 @@ trait Figure {
         DB::ErrorType: 'static;
 }
 
-struct Diagnostics<'a>(&'a [Traces]);
-
-impl Figure for Diagnostics<'_> {
+impl Figure for [Traces] {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
-        draw(root, self.0)
+        draw(root, self)
     }
 }
 
-struct Curves<'a>(&'a [Curve]);
-
-impl Figure for Curves<'_> {
+impl Figure for [Curve] {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, plotters::coord::Shift>) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
-        draw_curves(root, self.0)
+        draw_curves(root, self)
     }
 }
 
@@ -156,7 +152,7 @@ fn check_output(dirs: &[PathBuf], out: &Path) -> Result<bool> {
 
 /// Draw into `out` atomically: PNG through a temporary file renamed into place, SVG through
 /// `write_atomic`.
-fn render(out: &Path, png: bool, size: (u32, u32), figure: &impl Figure) -> Result<()> {
+fn render<F: Figure + ?Sized>(out: &Path, png: bool, size: (u32, u32), figure: &F) -> Result<()> {
     register_font()?;
     let fail = |e: &dyn std::fmt::Display| Error::new(format!("{}: {e}", out.display()));
     if png {
@@ -236,13 +232,7 @@ where
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
@@ -329,7 +319,8 @@ where
             .y_label_formatter(&log_label)
             .draw()?;
         draw_curve_series(&mut c, runs, x_end)?;
-        legend(&mut c)
+        // top centre: learning curves start high on the left, the paper's marks end on the right
+        legend(&mut c, SeriesLabelPosition::UpperMiddle)
     } else {
         let mut c = chart.build_cartesian_2d(0.5..x_end, (lo - pad)..(hi + pad))?;
         c.configure_mesh()
@@ -340,7 +331,7 @@ where
             .y_label_formatter(&|y| format!("{y:.2}"))
             .draw()?;
         draw_curve_series(&mut c, runs, x_end)?;
-        legend(&mut c)
+        legend(&mut c, SeriesLabelPosition::UpperMiddle)
     }
 }
 
@@ -400,19 +391,14 @@ where
     Ok(())
 }
 
-/// The legend, at the top centre: learning curves start high on the left, and the paper's
-/// marks end on the right.
+/// The series' legend, boxed, at `at`.
 fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    at: SeriesLabelPosition,
 ) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperMiddle)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    chart.configure_series_labels().position(at).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
     Ok(())
 }

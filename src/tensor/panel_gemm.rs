@@ -149,7 +149,7 @@ impl PanelMatrix {
                 unsafe {
                     let ap = a.as_ptr().add(r * lda);
                     let cp = c.as_mut_ptr().add(r * ldc + j0);
-                    tile_dispatch(rows, ap, lda, panel, k, cp, ldc, cols, accumulate);
+                    tile_dispatch(rows, Tile { a: ap, lda, panel, k, c: cp, ldc, cols, accumulate });
                 }
                 r += rows;
             }
@@ -157,10 +157,10 @@ impl PanelMatrix {
     }
 }
 
-/// The register tile for `rows` (1..=MR) rows.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_dispatch(
-    rows: usize,
+/// One register tile's operands: rows of A (row stride `lda`, `k` wide), a panel (k × NR), and
+/// the rows of C (row stride `ldc`) whose first `cols` columns it writes.
+#[derive(Clone, Copy)]
+struct Tile {
     a: *const f32,
     lda: usize,
     panel: *const f32,
@@ -169,11 +169,14 @@ unsafe fn tile_dispatch(
     ldc: usize,
     cols: usize,
     accumulate: bool,
-) {
+}
+
+/// The register tile for `rows` (1..=MR) rows.
+unsafe fn tile_dispatch(rows: usize, t: Tile) {
     macro_rules! go {
         ($($r:literal)*) => {
             match rows {
-                $($r => unsafe { tile::<$r>(a, lda, panel, k, c, ldc, cols, accumulate) },)*
+                $($r => unsafe { tile::<$r>(t) },)*
                 _ => unreachable!("tile rows 1..=MR"),
             }
         };
@@ -185,17 +188,8 @@ unsafe fn tile_dispatch(
 /// KC terms, each an FMA chain from zero, added to C block after block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    a: *const f32,
-    lda: usize,
-    panel: *const f32,
-    k: usize,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    accumulate: bool,
-) {
+unsafe fn tile<const R: usize>(t: Tile) {
+    let Tile { a, lda, panel, k, c, ldc, cols, accumulate } = t;
     use std::arch::x86_64::*;
     let (m0, m1) = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
     let mut k0 = 0;
@@ -238,17 +232,7 @@ fn lane_mask(n: usize) -> u16 {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize>(
-    _: *const f32,
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-    _: usize,
-    _: bool,
-) {
+unsafe fn tile<const R: usize>(_: Tile) {
     unreachable!("panels are packed only where simd() found AVX-512")
 }
 
