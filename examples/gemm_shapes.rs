@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use ndarray::Array2;
-use qlstm::tensor::{PanelMatrix, gemm, set_threads, threads};
+use qlstm::tensor::{PanelMatrix, Precision, gemm, set_threads, threads};
 
 /// GFLOP/s of faer's GEMM on the shape, and of the panel kernel where it applies (a per-step
 /// product: B fixed and packed once, as for a window's W_h).
@@ -21,11 +21,11 @@ fn time(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> (f64, Option<f64>) 
         best = best.min(t0.elapsed().as_secs_f64());
     }
     let faer = gflops(best);
-    if ta || !PanelMatrix::useful::<f32>(m) {
+    if ta || !PanelMatrix::useful::<f32>(m, Precision::F32) {
         return (faer, None);
     }
     let mut store = PanelMatrix::default();
-    let rhs = store.pack(bv, m);
+    let rhs = store.pack(bv, m, Precision::F32);
     let mut best = f64::MAX;
     for _ in 0..20 {
         let t0 = Instant::now();

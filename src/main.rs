@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use qlstm::cmd;
 use qlstm::error::Result;
+use qlstm::spec::GemmPrecision;
 use qlstm::train::Split;
 
 #[derive(Parser)]
@@ -143,6 +144,10 @@ enum Command {
         /// rounds (after one warm-up round) per row.
         #[arg(long, default_value_t = 10, value_parser = at_least_one())]
         steps: usize,
+        /// Precision of the recurrent per-step products: f32, or bf16 (AMX-BF16 CPUs; as
+        /// `[train] gemm_precision`).
+        #[arg(long, default_value = "f32")]
+        gemm_precision: GemmPrecision,
         /// Leave out the CSV header.
         #[arg(long, hide = true)]
         no_header: bool,
@@ -325,14 +330,24 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Table { results, layout, out, markdown } => {
             cmd::table::table(&results, &layout, out.as_deref(), markdown).map(ok)
         }
-        Command::Bench { config, cell, quantizer, inference, normalization, threads, steps, no_header } => {
+        Command::Bench {
+            config,
+            cell,
+            quantizer,
+            inference,
+            normalization,
+            threads,
+            steps,
+            gemm_precision,
+            no_header,
+        } => {
             cmd::set_threads(threads);
             if inference {
                 let quantizer = quantizer.as_deref().unwrap_or("fp,bc,tc");
                 cmd::bench_inference::run_args(&config, &cell, quantizer, &normalization, steps, no_header).map(ok)
             } else {
                 let quantizer = quantizer.as_deref().unwrap_or("fp");
-                cmd::bench::run(&config, &cell, quantizer, &normalization, steps, no_header).map(ok)
+                cmd::bench::run(&config, &cell, quantizer, &normalization, gemm_precision, steps, no_header).map(ok)
             }
         }
         Command::Size { spec, set, csv } => cmd::size::size(&spec, &set, csv).map(ok),

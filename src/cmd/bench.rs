@@ -19,7 +19,7 @@ use crate::bail;
 use crate::cmd::print_csv_rows;
 use crate::error::{Error, Result};
 use crate::model::{Input, Model};
-use crate::spec::{CellKind, Normalization, Optimizer as Kind, Quantizer, Spec, Task};
+use crate::spec::{CellKind, GemmPrecision, Normalization, Optimizer as Kind, Quantizer, Spec, Task};
 use crate::tensor::{gemm, threads};
 use crate::train::Optimizer;
 use crate::train::schedule::LearningRates;
@@ -97,6 +97,7 @@ pub struct BenchRow {
     pub roof_fraction: Fixed<3>,
     pub peak_rss_mb: Fixed<0>,
     pub cell: CellKind,
+    pub gemm_precision: GemmPrecision,
 }
 
 /// A number written with `D` decimals (timings are not worth more digits).
@@ -176,8 +177,16 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 /// Time `steps` training steps (after 2 warm-up steps) of one configuration and variant.
-pub fn bench_one(c: &BenchConfig, cell: CellKind, q: Quantizer, n: Normalization, steps: usize, roof: f64) -> BenchRow {
-    let spec = c.spec(cell, q, n);
+pub fn bench_one(
+    c: &BenchConfig,
+    cell: CellKind,
+    q: Quantizer,
+    n: Normalization,
+    precision: GemmPrecision,
+    steps: usize,
+    roof: f64,
+) -> BenchRow {
+    let spec = c.spec(cell, q, n).with_precision(precision);
     let mut rng = Pcg64Mcg::seed_from_u64(0);
     let mut model: Model<f32> = Model::new(&spec.model_config(c.vocab), &mut rng);
     let mut opt = Optimizer::new(Kind::Adam);
@@ -215,12 +224,21 @@ pub fn bench_one(c: &BenchConfig, cell: CellKind, q: Quantizer, n: Normalization
         roof_fraction: Fixed(gflops / roof),
         peak_rss_mb: Fixed(peak_rss_mb()),
         cell,
+        gemm_precision: precision,
     }
 }
 
 /// `qlstm bench`: one config in this process, or every config in a child process each so
 /// that each row's peak memory is its own.
-pub fn run(config: &str, cells: &str, quantizers: &str, norms: &str, steps: usize, no_header: bool) -> Result<()> {
+pub fn run(
+    config: &str,
+    cells: &str,
+    quantizers: &str,
+    norms: &str,
+    precision: GemmPrecision,
+    steps: usize,
+    no_header: bool,
+) -> Result<()> {
     let cs = parse_list::<CellKind>(cells, "cell")?;
     let qs = parse_list::<Quantizer>(quantizers, "quantizer")?;
     let ns = parse_list::<Normalization>(norms, "normalization")?;
@@ -235,7 +253,7 @@ pub fn run(config: &str, cells: &str, quantizers: &str, norms: &str, steps: usiz
                 ["bench", "--config", c.name, "--cell", cells, "--quantizer", quantizers, "--normalization", norms];
             let status = std::process::Command::new(&exe)
                 .args(args)
-                .args(["--threads", &t, "--steps", &s, "--no-header"])
+                .args(["--threads", &t, "--steps", &s, "--gemm-precision", precision.name(), "--no-header"])
                 .status()
                 .map_err(|e| Error::new(e.to_string()))?;
             if !status.success() {
@@ -245,12 +263,15 @@ pub fn run(config: &str, cells: &str, quantizers: &str, norms: &str, steps: usiz
         return Ok(());
     }
     let c = BenchConfig::by_name(config)?;
+    c.spec(CellKind::Lstm, Quantizer::Fp, Normalization::None)
+        .with_precision(precision)
+        .check_host("--gemm-precision")?;
     let roof = sgemm_roof(&c);
     let mut header = !no_header;
     for &cell in &cs {
         for &q in &qs {
             for &n in &ns {
-                print_csv_rows(&[bench_one(&c, cell, q, n, steps, roof)], header)?;
+                print_csv_rows(&[bench_one(&c, cell, q, n, precision, steps, roof)], header)?;
                 header = false;
             }
         }

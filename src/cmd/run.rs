@@ -12,7 +12,9 @@ use crate::spec::Spec;
 use crate::train::Trainer;
 
 pub fn run(spec: &Path, sets: &[String], out: &Path, threads: Option<usize>, resume: bool) -> Result<ExitCode> {
+    let origin = spec.display().to_string();
     let spec = Spec::load(spec, sets)?;
+    spec.check_host(&origin)?;
     crate::cmd::set_threads(threads);
     crate::signal::install()?;
     let name = spec.name.clone();
@@ -49,7 +51,9 @@ fn absolute(out: &Path) -> Result<std::path::PathBuf> {
 /// `qlstm run --dry-run`: what the run would be, without training: the resolved spec, where
 /// it would write, the model size, the memory estimate and the number of steps.
 pub fn dry_run(spec: &Path, sets: &[String], out: &Path, threads: Option<usize>, resume: bool) -> Result<()> {
+    let origin = spec.display().to_string();
     let spec = Spec::load(spec, sets)?;
+    spec.check_host(&origin)?;
     let data = TaskData::load(&spec);
     let vocab = data.as_ref().map_or(spec.task.standard_vocab(), |d| d.vocab());
     let dir = RunDir::new(&absolute(out)?, &spec.name);

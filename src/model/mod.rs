@@ -15,7 +15,7 @@ use crate::nn::softmax_cross_entropy;
 use crate::nn::{
     Cache, CellKind, Embedding, Grads, Layer, LayerInput, Linear, Normalization, OutputGrad, Quantizer, Stats,
 };
-use crate::tensor::{Group, Param, Real, ensure_shape};
+use crate::tensor::{Group, Param, Precision, Real, ensure_shape};
 
 mod init;
 
@@ -81,6 +81,8 @@ pub struct ModelConfig {
     pub dropout_between: f64,
     pub dropout_output: f64,
     pub init: Init,
+    /// Precision of the recurrent per-step products (`[train] gemm_precision`).
+    pub gemm_precision: Precision,
 }
 
 /// What a window feeds the network: token ids (language models) or pixels (T·B, 1).
@@ -203,6 +205,7 @@ impl<T: Real> Model<T> {
                     config.batch_slots,
                 );
                 layer.quantize_input = l > 0 || config.quantize_first_input;
+                layer.precision = config.gemm_precision;
                 layer
             })
             .collect();

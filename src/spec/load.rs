@@ -6,7 +6,7 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use super::{CellKind, DATA_ENV, Normalization, Optimizer, Quantizer, Schedule, Spec, Task};
+use super::{CellKind, DATA_ENV, GemmPrecision, Normalization, Optimizer, Quantizer, Schedule, Spec, Task};
 use crate::bail;
 use crate::error::{Error, Result};
 
@@ -266,6 +266,7 @@ fn check_enum(path: &str, s: &str, origin: &str) -> Result<()> {
         "model.normalization" => s.parse::<Normalization>().map(|_| ()),
         "train.optimizer" => s.parse::<Optimizer>().map(|_| ()),
         "train.schedule" => s.parse::<Schedule>().map(|_| ()),
+        "train.gemm_precision" => s.parse::<GemmPrecision>().map(|_| ()),
         _ => Ok(()),
     };
     parsed.map_err(|e| Error::new(format!("{origin}: `{path}` = {e}")))

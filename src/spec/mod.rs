@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Head, Init, InputKind, ModelConfig};
 use crate::names::named_enum;
 pub use crate::nn::{CellKind, Normalization, Quantizer};
+use crate::tensor::Precision;
 
 mod load;
 
@@ -49,6 +50,15 @@ impl Task {
             Task::Warpeace => 87,
             Task::SeqMnist | Task::Pmnist => 10,
         }
+    }
+}
+
+named_enum! {
+    /// Precision of the recurrent per-step products (src/tensor/amx.rs): f32, or bf16 operands
+    /// with f32 sums on AMX (opt-in; needs a CPU with AMX-BF16).
+    pub enum GemmPrecision {
+        F32 = "f32",
+        Bf16 = "bf16",
     }
 }
 
@@ -140,6 +150,8 @@ pub struct TrainSpec {
     pub checkpoint_every: usize,
     /// A mean training loss above this (nats) stops the run as diverged; 0 = 3·ln(outputs).
     pub max_loss: f64,
+    /// "f32" (default), or "bf16": the per-step recurrent products on AMX tiles.
+    pub gemm_precision: GemmPrecision,
 }
 
 /// The λ1 and gradient-norm traces (docs/SPEC.md §5).
@@ -195,6 +207,7 @@ impl Spec {
             latent_lr_scale: 1.0,
             checkpoint_every: 1000,
             max_loss: 0.0,
+            gemm_precision: GemmPrecision::F32,
         };
         let mut s = Spec {
             name: task.name().to_string(),
@@ -248,6 +261,26 @@ impl Spec {
         self.model_config(vocab).input.width()
     }
 
+    /// This spec with `train.gemm_precision` set.
+    pub fn with_precision(mut self, p: GemmPrecision) -> Spec {
+        self.train.gemm_precision = p;
+        self
+    }
+
+    /// What the spec asks of this machine beyond what any CPU has: bf16 products need AMX-BF16
+    /// (checked where a run trains, not where a spec is read, so that results made elsewhere
+    /// still load for tables and plots).
+    pub fn check_host(&self, origin: &str) -> crate::error::Result<()> {
+        if self.train.gemm_precision == GemmPrecision::Bf16
+            && let Err(why) = crate::tensor::amx_bf16()
+        {
+            crate::bail!(
+                "{origin}: `train.gemm_precision` = \"bf16\" runs the recurrent products on AMX-BF16, and {why}; allowed on this machine: \"f32\""
+            );
+        }
+        Ok(())
+    }
+
     /// The model this spec describes, for a vocabulary of `vocab` symbols (ignored for MNIST).
     pub fn model_config(&self, vocab: usize) -> ModelConfig {
         let m = &self.model;
@@ -273,6 +306,10 @@ impl Spec {
             dropout_between: m.dropout_between,
             dropout_output: m.dropout_output,
             init: if mnist { Init::SeqMnist } else { Init::LanguageModel },
+            gemm_precision: match self.train.gemm_precision {
+                GemmPrecision::F32 => Precision::F32,
+                GemmPrecision::Bf16 => Precision::Bf16,
+            },
         }
     }
 }

@@ -2,6 +2,7 @@
 //! reductions (`reduce`), the run-time SIMD dispatch of the hot kernels (`simd`), one GEMM entry
 //! point with its threads (`gemm`), and trained parameters (`param`).
 
+mod amx;
 mod gemm;
 mod panel_gemm;
 mod param;
@@ -9,6 +10,7 @@ mod real;
 mod reduce;
 mod simd;
 
+pub use amx::{Precision, amx_bf16};
 pub use gemm::{flush_denormals, gemm, gemm_with, set_threads, threads};
 pub use panel_gemm::{FixedRhs, PanelMatrix};
 pub use param::{Group, Moments, Param};

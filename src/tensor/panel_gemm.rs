@@ -13,9 +13,13 @@
 //! accumulating). `tests` check bit-identity against `gemm` on the shapes the layers use.
 //! Elsewhere (f64, CPUs without AVX-512, tiny or degenerate shapes that faer sends down other
 //! paths) the product goes to `gemm` on the unpacked B.
+//!
+//! With `Precision::Bf16` the panels hold B in bf16 pairs instead and the products run on AMX
+//! tiles (`amx.rs`): every shape, no faer order to keep.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use super::amx::{self, Precision};
 use super::{Real, Simd, gemm_with, simd, threads};
 
 /// Columns per panel: two 16-lane vectors.
@@ -33,12 +37,15 @@ const PARALLEL_MIN_MACS: usize = 1 << 24;
 
 /// B (k × n) in column panels of `NR`: panel p holds B[0..k, NR·p..NR·p + NR] row by row, the
 /// last panel zero-padded. Empty where the kernel does not apply (the product then uses B's
-/// view): f64, no AVX-512, or a batch too small to gain from it.
+/// view): f64, no AVX-512, or a batch too small to gain from it. With `Precision::Bf16`, the
+/// same panels in bf16 pairs for AMX (`amx.rs`).
 #[derive(Default)]
 pub struct PanelMatrix {
     k: usize,
     n: usize,
+    precision: Precision,
     data: Vec<f32>,
+    pairs: Vec<u32>,
 }
 
 /// The fixed right-hand side of a window's per-step products: its view, and its panels when
@@ -64,6 +71,10 @@ impl<'a, T: Real> FixedRhs<'a, T> {
         // a long inner dimension with a small output: `gemm` sums it in parts, one per thread
         let split_k = par && k >= 8 * (m + n) && m * n <= 1 << 18;
         match self.panels {
+            Some(p) if p.precision == Precision::Bf16 => {
+                debug_assert_eq!((p.k, p.n), (k, n));
+                p.product_bf16(as_f32_mut(c), accumulate, as_f32(a), par)
+            }
             Some(p) if kernel_applies(m, k, n) && !split_k && rows_contiguous(&a) && rows_contiguous_mut(&c) => {
                 debug_assert_eq!((p.k, p.n), (k, n));
                 p.product(as_f32_mut(c), accumulate, as_f32(a), par)
@@ -87,21 +98,32 @@ fn rows_contiguous_mut<T>(a: &ArrayViewMut2<T>) -> bool {
 }
 
 impl PanelMatrix {
-    /// Whether products of `rows` rows on this CPU and type use panels (so packing pays).
-    pub fn useful<T: Real>(rows: usize) -> bool {
-        is_f32::<T>() && simd() == Simd::Avx512 && rows >= 2
+    /// Whether products of `rows` rows on this CPU and type use panels (so packing pays). bf16
+    /// products always do (f32 models on a CPU with AMX-BF16: the run checked it at its start).
+    pub fn useful<T: Real>(rows: usize, precision: Precision) -> bool {
+        match precision {
+            Precision::F32 => is_f32::<T>() && simd() == Simd::Avx512 && rows >= 2,
+            Precision::Bf16 => is_f32::<T>() && amx::amx_bf16().is_ok() && rows >= 1,
+        }
     }
 
-    /// Pack `b` (k × n, any strides) when `useful::<T>(rows)`; returns the right-hand side to
-    /// run the window's products with.
-    pub fn pack<'a, T: Real>(&'a mut self, b: ArrayView2<'a, T>, rows: usize) -> FixedRhs<'a, T> {
-        if !Self::useful::<T>(rows) {
+    /// Pack `b` (k × n, any strides) when `useful::<T>(rows, precision)`; returns the
+    /// right-hand side to run the window's products with.
+    pub fn pack<'a, T: Real>(&'a mut self, b: ArrayView2<'a, T>, rows: usize, precision: Precision) -> FixedRhs<'a, T> {
+        if !Self::useful::<T>(rows, precision) {
             return FixedRhs::plain(b);
         }
         let (k, n) = b.dim();
         let panels = n.div_ceil(NR);
         self.k = k;
         self.n = n;
+        self.precision = precision;
+        if precision == Precision::Bf16 {
+            let bf = as_f32(b);
+            amx::pack(&mut self.pairs, k, n, |kk, j| bf[[kk, j]]);
+            let this: &'a PanelMatrix = self;
+            return FixedRhs { view: b, panels: Some(this) };
+        }
         self.data.clear();
         self.data.resize(panels * k * NR, 0.0);
         let bf = as_f32(b);
@@ -127,6 +149,34 @@ impl PanelMatrix {
         } else {
             self.panels(c.view_mut(), accumulate, a, 0..panels);
         }
+    }
+
+    /// c (+)= a · B on AMX: a rounded to bf16 once, the panels split over two threads when
+    /// `par`.
+    fn product_bf16(&self, mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32>, par: bool) {
+        if !rows_contiguous_mut(&c) {
+            // tiles store whole rows: go through a row-major copy (not a layout the layers use)
+            let mut tmp = c.to_owned();
+            self.product_bf16(tmp.view_mut(), accumulate, a, par);
+            c.assign(&tmp);
+            return;
+        }
+        let m = a.nrows();
+        let (panels, kp) = (self.n.div_ceil(NR), amx::padded_depth(self.k) / 2);
+        amx::with_bf16_rows(a, |a16| {
+            let run = |mut c: ArrayViewMut2<f32>, range: std::ops::Range<usize>| {
+                let ldc = c.strides()[0] as usize;
+                // SAFETY: pack() found amx_bf16() Ok; c has m rows of the range's columns.
+                unsafe { amx::panels(&self.pairs, kp, self.n, a16, m, c.as_mut_ptr(), ldc, accumulate, range) }
+            };
+            if par && panels >= 2 {
+                let half = panels / 2;
+                let (c0, c1) = c.view_mut().split_at(ndarray::Axis(1), half * NR);
+                rayon::join(|| run(c0, 0..half), || run(c1, half..panels));
+            } else {
+                run(c.view_mut(), 0..panels);
+            }
+        });
     }
 
     /// The products of panels `range` into `c`, whose column 0 is the first panel's.
@@ -267,7 +317,7 @@ mod tests {
     /// forward k = H and backward k = G·H > KC), edges of every kind: bit for bit faer's.
     #[test]
     fn panels_give_faers_bits() {
-        if !PanelMatrix::useful::<f32>(32) {
+        if !PanelMatrix::useful::<f32>(32, Precision::F32) {
             eprintln!("no AVX-512 on this CPU: the panel kernel is not used, nothing to compare");
             return;
         }
@@ -292,7 +342,7 @@ mod tests {
             let c0 = random(m, n, &mut rng);
             for (bv, what) in [(b.view(), "B"), (bt.t(), "Bᵀ view")] {
                 let mut store = PanelMatrix::default();
-                let _ = store.pack(bv, m);
+                let _ = store.pack(bv, m, Precision::F32);
                 for accumulate in [false, true] {
                     for par in [false, true] {
                         crate::tensor::set_threads(2);
@@ -311,11 +361,71 @@ mod tests {
         let a = Array2::from_shape_fn((4, 9), |(i, j)| (i * 9 + j) as f64 * 0.1);
         let b = Array2::from_shape_fn((9, 5), |(i, j)| (i + j) as f64);
         let mut store = PanelMatrix::default();
-        let rhs = store.pack(b.view(), 4);
+        let rhs = store.pack(b.view(), 4, Precision::F32);
         let mut c = Array2::zeros((4, 5));
         rhs.product(c.view_mut(), false, a.view(), false);
         let mut want = Array2::zeros((4, 5));
         gemm(want.view_mut(), false, a.view(), b.view(), 1.0);
         assert_eq!(c, want);
+    }
+
+    /// bf16 on AMX: every row count the layers use (tails of 1–31 rows, whole 32-row blocks),
+    /// depths and widths off the 32 grid, accumulating or not, one thread or two: within f32
+    /// rounding of the exact sum of the bf16-rounded operands.
+    #[test]
+    fn bf16_panels_sum_the_rounded_operands() {
+        if let Err(why) = crate::tensor::amx_bf16() {
+            eprintln!("bf16 products not measurable here: {why}");
+            return;
+        }
+        let r = |x: f32| f32::from_bits((amx::bf16(x) as u32) << 16) as f64;
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
+        for &(m, k, n) in &[
+            (32, 512, 2048),
+            (32, 2048, 512),
+            (10, 300, 1200),
+            (10, 2600, 650),
+            (50, 100, 400),
+            (50, 400, 100),
+            (1, 33, 40),
+            (17, 31, 33),
+            (16, 64, 32),
+            (100, 100, 400),
+        ] {
+            let a_big = random(m, k + 3, &mut rng);
+            let a = a_big.slice(s![.., 1..k + 1]);
+            let b = random(n, k, &mut rng); // used through its transposed view, as W_h's
+            let bt = b.t();
+            let c0 = random(m, n, &mut rng);
+            let mut store = PanelMatrix::default();
+            let rhs = store.pack(bt, m, Precision::Bf16);
+            for accumulate in [false, true] {
+                for par in [false, true] {
+                    crate::tensor::set_threads(2);
+                    let mut got = c0.clone();
+                    rhs.product(got.view_mut(), accumulate, a, par);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (mut exact, mut scale) = (0.0f64, 0.0f64);
+                            for kk in 0..k {
+                                let t = r(a[[i, kk]]) * r(bt[[kk, j]]);
+                                exact += t;
+                                scale += t.abs();
+                            }
+                            if accumulate {
+                                exact += c0[[i, j]] as f64;
+                                scale += (c0[[i, j]] as f64).abs();
+                            }
+                            let err = (got[[i, j]] as f64 - exact).abs();
+                            assert!(
+                                err <= 4e-6 * scale + 1e-30,
+                                "{m}×{k}·{k}×{n} [{i},{j}] acc {accumulate} par {par}: {} vs {exact} (scale {scale})",
+                                got[[i, j]]
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }

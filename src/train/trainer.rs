@@ -89,6 +89,7 @@ const RNG_SHUFFLE: u64 = 2;
 impl Trainer {
     /// Load the data and build the model; nothing is written yet, so bad input leaves no files.
     pub fn new(spec: Spec) -> Result<Trainer> {
+        spec.check_host(&spec.name)?;
         let data = TaskData::load(&spec)?;
         let streams = match &data {
             // Fails now, before any file is written, if a split cannot fill its streams.

@@ -14,7 +14,7 @@ use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
-use crate::tensor::{FixedRhs, Group, PanelMatrix, Param, Real, ensure_shape, gemm};
+use crate::tensor::{FixedRhs, Group, PanelMatrix, Param, Precision, Real, ensure_shape, gemm};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
 #[derive(Clone, Copy)]
@@ -56,6 +56,9 @@ pub struct Layer<T> {
     /// Weights fixed at load time for inference (a packed export): the products use them as
     /// they are, with nothing quantized or normalized again, and there is no backward.
     pub frozen: Option<Frozen>,
+    /// Precision of the per-step products h_{t-1}·W_hᵀ and ∂L/∂z_t·W_h (`[train]
+    /// gemm_precision`; bf16 on AMX, src/tensor/amx.rs).
+    pub precision: Precision,
 }
 
 /// The effective weights of an exported layer.
@@ -142,6 +145,7 @@ impl<T: Real> Layer<T> {
             norm_x: norm("norm_x"),
             norm_h: norm("norm_h"),
             frozen: None,
+            precision: Precision::F32,
         }
     }
 
@@ -330,7 +334,7 @@ impl<T: Real> Layer<T> {
         let step_rows = if steps::splits(batch) { batch / 2 } else { batch };
         let wh = match &self.frozen {
             Some(f) => f.h.weights(),
-            None => WeightsRef::Dense(wh_panels.pack(wh_t.view(), step_rows)),
+            None => WeightsRef::Dense(wh_panels.pack(wh_t.view(), step_rows, self.precision)),
         };
         with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: WindowRows<T>, par| steps::forward::<C, T>(r, wh, h, par)));
         if bn_split {
@@ -376,8 +380,8 @@ impl<T: Real> Layer<T> {
         // a transposed view again at every step (143 vs 220 GFLOP/s on char's
         // 32×2048·2048×512, examples/gemm_shapes)
         let step_rows = if steps::splits(batch) { batch / 2 } else { batch };
-        let wh = if PanelMatrix::useful::<T>(step_rows) {
-            wh_panels.pack(cache.wh_t.t(), step_rows)
+        let wh = if PanelMatrix::useful::<T>(step_rows, self.precision) {
+            wh_panels.pack(cache.wh_t.t(), step_rows, self.precision)
         } else {
             ensure_shape(wh, g, h);
             wh.assign(&cache.wh_t.t());

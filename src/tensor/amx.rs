@@ -1,0 +1,376 @@
+//! `[train] gemm_precision = "bf16"`: the recurrence's per-step products on AMX tiles, with
+//! h (or ∂L/∂z) and W_h rounded to bf16 and the sums kept in f32.
+//!
+//! Why AMX and not AVX512-BF16: `examples/bf16_shapes.rs` ran the per-step shapes three ways on
+//! one Intel Xeon (results/bench/bf16_shapes_intel_2026-12-06.txt): AVX512-BF16's dot product
+//! (vdpbf16ps, 32 products per instruction) reached 0.56–0.96 of our f32 FMA tile, while AMX's
+//! tile product (tdpbf16ps, a 16×32 · 32×16 bf16 product into a 16×16 f32 tile) ran 2.6–6.3×
+//! faster than it, with the same rounding. So the option needs AMX-BF16, and says so where the
+//! CPU (or the kernel) lacks it.
+//!
+//! Layout. B (k × n) is packed once per window, as the f32 panels are, into 32-column panels of
+//! k-pairs: pair row q of a panel holds 32 u32 lanes, lane j = (B[2q][j] low half, B[2q+1][j]
+//! high half), which is the "VNNI" layout tdpbf16ps reads a 16-pair × 16-column tile of; k is
+//! zero-padded to whole 32-term tiles. A is rounded into a bf16 copy (rows kpad wide) at each
+//! product. C's tiles are loaded (accumulating) or zeroed, take k/32 tile products, and are
+//! stored: a 32-row block uses tmm0–3 for C (2 × 2 tiles of 16 × 16), tmm4–5 for A, tmm6–7 for
+//! B; the last block of fewer rows is configured to its height. A panel with fewer than 32
+//! columns (the last, when n is not a multiple of 32) goes through a 32-wide copy of its C.
+//!
+//! Tile instructions are written as inline assembly: Rust's AMX intrinsics are not stable.
+
+use std::cell::RefCell;
+
+/// Precision of the products the option covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 operands, f32 sums (every product, bit-identical to faer where the panels apply).
+    #[default]
+    F32,
+    /// bf16 operands, f32 sums, on AMX (the recurrent per-step products; the rest stays f32).
+    Bf16,
+}
+
+/// Columns per panel (two 16-column tiles), as the f32 panels.
+pub(super) const NR: usize = 32;
+
+/// Whether this process can run AMX-BF16 products, or why not. Asked once: the CPU must have
+/// AMX-TILE, AMX-BF16 and AVX512-BF16 (for rounding A), and Linux must grant the process the
+/// tile data (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), which needs kernel ≥ 5.16.
+/// `QLSTM_SIMD` below `avx512` rules it out too (to see a run refuse bf16 on any machine).
+pub fn amx_bf16() -> Result<(), &'static str> {
+    static STATE: std::sync::OnceLock<Result<(), &'static str>> = std::sync::OnceLock::new();
+    *STATE.get_or_init(detect)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Result<(), &'static str> {
+    use std::arch::x86_64::__cpuid_count;
+    if super::simd() != super::Simd::Avx512 {
+        return Err("AVX-512 is not in use (no AVX-512, or QLSTM_SIMD caps it)");
+    }
+    let leaf7 = __cpuid_count(7, 0);
+    let amx_bf16 = leaf7.edx & (1 << 22) != 0;
+    let amx_tile = leaf7.edx & (1 << 24) != 0;
+    if !(amx_tile && amx_bf16) {
+        return Err("this CPU has no AMX-BF16 (Intel Xeon 4th generation, Sapphire Rapids, or later)");
+    }
+    if !is_x86_feature_detected!("avx512bf16") {
+        return Err("this CPU has AMX but no AVX512-BF16");
+    }
+    unsafe extern "C" {
+        fn syscall(num: i64, ...) -> i64;
+    }
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    // SAFETY: arch_prctl with this request only changes which state the kernel saves for us.
+    if unsafe { syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } != 0 {
+        return Err("the Linux kernel did not grant AMX's tile data to this process (kernel 5.16 or later needed)");
+    }
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Result<(), &'static str> {
+    Err("AMX-BF16 is an x86-64 feature")
+}
+
+/// f32 → bf16, rounding to nearest even (NaN stays NaN).
+pub(super) fn bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// k rounded up to whole tile depths (32 terms).
+pub(super) fn padded_depth(k: usize) -> usize {
+    k.next_multiple_of(32)
+}
+
+/// B (k × n, read through `at(kk, j)`) packed as the module comment lays out, into `out`.
+pub(super) fn pack(out: &mut Vec<u32>, k: usize, n: usize, at: impl Fn(usize, usize) -> f32) {
+    let kp = padded_depth(k) / 2;
+    let panels = n.div_ceil(NR);
+    out.clear();
+    out.resize(panels * kp * NR, 0);
+    for p in 0..panels {
+        for q in 0..kp {
+            let row = &mut out[(p * kp + q) * NR..(p * kp + q + 1) * NR];
+            for (jj, lane) in row.iter_mut().enumerate() {
+                let j = p * NR + jj;
+                if j >= n {
+                    break;
+                }
+                let lo = if 2 * q < k { bf16(at(2 * q, j)) as u32 } else { 0 };
+                let hi = if 2 * q + 1 < k { bf16(at(2 * q + 1, j)) as u32 } else { 0 };
+                *lane = lo | (hi << 16);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// A in bf16, rows `kpad` wide (the product's caller's thread), and C's 32-column copy for
+    /// a partial panel (each thread's own).
+    static A16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static C32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A (m × k) rounded to bf16 into a thread-local copy with rows `kpad` wide (zeros past k),
+/// handed to `f`.
+pub(super) fn with_bf16_rows<R>(a: ndarray::ArrayView2<f32>, f: impl FnOnce(&[u16]) -> R) -> R {
+    let (m, k) = a.dim();
+    let kpad = padded_depth(k);
+    A16.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(m * kpad, 0);
+        for (row, out) in a.rows().into_iter().zip(buf.chunks_exact_mut(kpad)) {
+            match row.as_slice() {
+                Some(x) => round_row(x, &mut out[..k]),
+                None => row.iter().zip(out.iter_mut()).for_each(|(&v, o)| *o = bf16(v)),
+            }
+        }
+        f(buf)
+    })
+}
+
+fn round_row(x: &[f32], out: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if amx_bf16().is_ok() {
+        // SAFETY: amx_bf16() checked AVX512-BF16.
+        return unsafe { round_row_avx512(x, out) };
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = bf16(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn round_row_avx512(x: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let whole = x.len() / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: i + 16 ≤ len of both.
+        unsafe {
+            let h = _mm512_cvtneps_pbh(_mm512_loadu_ps(x.as_ptr().add(i)));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(h));
+        }
+    }
+    for i in whole..x.len() {
+        out[i] = bf16(x[i]);
+    }
+}
+
+/// C (m × panels' columns, row stride `ldc` floats, `n` columns in all from panel `first`)
+/// (+)= A16 (m × kpad bf16) · the panels `range` of `pairs` (kp pair rows each). Runs on the
+/// calling thread: tile configuration is per thread, loaded here and released at the end.
+///
+/// # Safety
+/// `amx_bf16()` is Ok; c is valid for m rows of the range's columns at stride ldc.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn panels(
+    pairs: &[u32],
+    kp: usize,
+    n: usize,
+    a16: &[u16],
+    m: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    range: std::ops::Range<usize>,
+) {
+    let kpad = 2 * kp;
+    let first = range.start;
+    let full_blocks = m / 32;
+    let tail = m % 32;
+    // (row of the block, its configuration): the 32-row blocks, then the tail
+    let mut passes: Vec<(usize, usize, TileConfig)> = Vec::with_capacity(2);
+    if full_blocks > 0 {
+        passes.push((0, full_blocks, TileConfig::new(16, 16)));
+    }
+    if tail > 0 {
+        let (top, bottom) = if tail > 16 { (16, tail - 16) } else { (tail, 0) };
+        passes.push((full_blocks, full_blocks + 1, TileConfig::new(top as u8, bottom as u8)));
+    }
+    for (b0, b1, cfg) in passes {
+        // SAFETY: AMX is granted (caller); the config is a valid palette-1 configuration.
+        unsafe { cfg.load() };
+        let rows_in = |b: usize| (m - 32 * b).min(32);
+        for p in range.clone() {
+            let cols = (n - p * NR).min(NR);
+            let panel = pairs[p * kp * NR..(p + 1) * kp * NR].as_ptr();
+            for b in b0..b1 {
+                let rows = rows_in(b);
+                let a = a16[32 * b * kpad..].as_ptr();
+                // SAFETY: rows × kpad of A16 from row 32b; the panel's kp × NR lanes; C's rows
+                // 32b.. of this panel's columns (through a 32-wide copy when it has fewer).
+                unsafe {
+                    let cp = c.add(32 * b * ldc + (p - first) * NR);
+                    if cols == NR {
+                        tile_block(rows, a, kpad, panel, kp, cp, ldc, accumulate);
+                    } else {
+                        C32.with_borrow_mut(|buf| {
+                            buf.clear();
+                            buf.resize(rows * NR, 0.0);
+                            if accumulate {
+                                for r in 0..rows {
+                                    std::ptr::copy_nonoverlapping(cp.add(r * ldc), buf[r * NR..].as_mut_ptr(), cols);
+                                }
+                            }
+                            tile_block(rows, a, kpad, panel, kp, buf.as_mut_ptr(), NR, accumulate);
+                            for r in 0..rows {
+                                std::ptr::copy_nonoverlapping(buf[r * NR..].as_ptr(), cp.add(r * ldc), cols);
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: leaves the tiles unconfigured, as the thread found them.
+    unsafe { release() };
+}
+
+/// Palette 1: tmm0–1 (C's upper tiles) and tmm4 (A's upper rows) `top` rows; tmm2–3 and tmm5
+/// the lower ones, `bottom` rows (0: unused); tmm6–7 (B) 16 pair rows; every row 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new(top: u8, bottom: u8) -> TileConfig {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let rows = [top, top, bottom, bottom, top, bottom, 16, 16];
+        for (t, &r) in rows.iter().enumerate() {
+            if r > 0 {
+                c[16 + 2 * t] = 64;
+                c[48 + t] = r;
+            }
+        }
+        TileConfig(c)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load(&self) {
+        // SAFETY: a valid configuration; the caller has AMX.
+        unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) self.0.as_ptr(), options(nostack, readonly)) };
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn load(&self) {}
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn release() {
+    unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn release() {}
+
+/// One block of ≤ 32 rows (the loaded configuration's heights) of one panel.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_block(
+    rows: usize,
+    a: *const u16,
+    kpad: usize,
+    panel: *const u32,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::asm;
+    let (lda_b, ldc_b, ldb_b) = (kpad * 2, ldc * 4, NR * 4);
+    // SAFETY (whole function): the caller's bounds; the tiles read and write only the rows the
+    // configuration gives them (rows ≤ 16 per tile), 64 bytes per row.
+    unsafe {
+        let c1 = c.add(16);
+        if rows > 16 {
+            let c2 = c.add(16 * ldc);
+            let c3 = c2.add(16);
+            if accumulate {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {ldc}*1]",
+                    "tileloadd tmm1, [{c1} + {ldc}*1]",
+                    "tileloadd tmm2, [{c2} + {ldc}*1]",
+                    "tileloadd tmm3, [{c3} + {ldc}*1]",
+                    c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, ldc = in(reg) ldc_b,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            }
+            for s in 0..kp / 16 {
+                let a0 = a.add(s * 32);
+                let a1 = a0.add(16 * kpad);
+                let b0 = panel.add(s * 16 * NR);
+                let b1 = b0.add(16);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+                    lda = in(reg) lda_b, ldb = in(reg) ldb_b,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{c0} + {ldc}*1], tmm0",
+                "tilestored [{c1} + {ldc}*1], tmm1",
+                "tilestored [{c2} + {ldc}*1], tmm2",
+                "tilestored [{c3} + {ldc}*1], tmm3",
+                c0 = in(reg) c, c1 = in(reg) c1, c2 = in(reg) c2, c3 = in(reg) c3, ldc = in(reg) ldc_b,
+                options(nostack),
+            );
+        } else {
+            if accumulate {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {ldc}*1]",
+                    "tileloadd tmm1, [{c1} + {ldc}*1]",
+                    c0 = in(reg) c, c1 = in(reg) c1, ldc = in(reg) ldc_b,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+            }
+            for s in 0..kp / 16 {
+                let a0 = a.add(s * 32);
+                let b0 = panel.add(s * 16 * NR);
+                let b1 = b0.add(16);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    a0 = in(reg) a0, b0 = in(reg) b0, b1 = in(reg) b1,
+                    lda = in(reg) lda_b, ldb = in(reg) ldb_b,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{c0} + {ldc}*1], tmm0",
+                "tilestored [{c1} + {ldc}*1], tmm1",
+                c0 = in(reg) c, c1 = in(reg) c1, ldc = in(reg) ldc_b,
+                options(nostack),
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_block(_: usize, _: *const u16, _: usize, _: *const u32, _: usize, _: *mut f32, _: usize, _: bool) {
+    unreachable!("bf16 panels are packed only where amx_bf16() is Ok")
+}
