@@ -213,13 +213,15 @@ impl<T: Real> Model<T> {
             InputKind::Embedding { vocab, dim } => Some(Embedding::new(vocab, dim)),
             _ => None,
         };
+        let mut decoder = Linear::new("decoder", h, config.outputs);
+        decoder.precision = config.gemm_precision;
         let mut model = Model {
             head: config.head,
             init: config.init,
             hidden: h,
             embedding,
             layers,
-            decoder: Linear::new("decoder", h, config.outputs),
+            decoder,
             init_h: Vec::new(),
             init_c: Vec::new(),
             dropout_input: config.dropout_input,

@@ -90,12 +90,45 @@ pub(super) fn padded_depth(k: usize) -> usize {
     k.next_multiple_of(32)
 }
 
-/// B (k × n, read through `at(kk, j)`) packed as the module comment lays out, into `out`.
-pub(super) fn pack(out: &mut Vec<u32>, k: usize, n: usize, at: impl Fn(usize, usize) -> f32) {
+/// B (k × n, any strides) packed as the module comment lays out, into `out`.
+pub(super) fn pack(out: &mut Vec<u32>, b: ndarray::ArrayView2<f32>) {
+    let (k, n) = b.dim();
     let kp = padded_depth(k) / 2;
     let panels = n.div_ceil(NR);
+    #[cfg(target_arch = "x86_64")]
+    if b.strides()[1] == 1 && amx_bf16().is_ok() {
+        // rows contiguous (∂L/∂z for the weight gradients, W_hᵀ): two rows at a time, 16 lanes
+        // per vector, every lane of every pair row written (zeros past n and past k), so a
+        // buffer of the right size needs no clearing first (∂L/∂z's is 26 MB on PTB-char)
+        out.resize(panels * kp * NR, 0);
+        let rows = k.div_ceil(2);
+        for q in 0..rows {
+            let lo = b.row(2 * q);
+            let hi = (2 * q + 1 < k).then(|| b.row(2 * q + 1));
+            // SAFETY: amx_bf16() checked AVX-512; rows of n floats; out holds every panel's pair row q.
+            unsafe { pack_pair_row(lo.as_ptr(), hi.map(|r| r.as_ptr()), n, out.as_mut_ptr().add(q * NR), kp * NR) };
+        }
+        for p in 0..panels {
+            out[(p * kp + rows) * NR..(p + 1) * kp * NR].fill(0);
+        }
+        return;
+    }
     out.clear();
     out.resize(panels * kp * NR, 0);
+    if b.strides()[0] == 1 && k > 1 {
+        // B = Wᵀ of a row-major W (n × k): a pair of B's rows is two neighbours in a row of W,
+        // so each row of W, rounded, is column j of every pair row
+        let mut pairs = vec![0u16; 2 * kp];
+        for (j, w) in b.columns().into_iter().enumerate() {
+            round_row(w.as_slice().expect("columns of B contiguous"), &mut pairs[..k]);
+            let (p, jj) = (j / NR, j % NR);
+            for (q, pair) in pairs.chunks_exact(2).enumerate() {
+                out[(p * kp + q) * NR + jj] = pair[0] as u32 | ((pair[1] as u32) << 16);
+            }
+        }
+        return;
+    }
+    let at = |kk: usize, j: usize| b[[kk, j]];
     for p in 0..panels {
         for q in 0..kp {
             let row = &mut out[(p * kp + q) * NR..(p * kp + q + 1) * NR];
@@ -109,6 +142,38 @@ pub(super) fn pack(out: &mut Vec<u32>, k: usize, n: usize, at: impl Fn(usize, us
                 *lane = lo | (hi << 16);
             }
         }
+    }
+}
+
+/// Pair row q of every panel from rows 2q (`lo`) and 2q + 1 (`hi`, zeros when past k) of B:
+/// panel p's 32 lanes at `out + p·panel_stride`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_pair_row(lo: *const f32, hi: Option<*const f32>, n: usize, out: *mut u32, panel_stride: usize) {
+    use std::arch::x86_64::*;
+    // bf16 rounding as `bf16()` does it, on 16 lanes: (b + 0x7fff + ((b >> 16) & 1)) >> 16
+    let round = |v: __m512i| {
+        let odd = _mm512_and_si512(_mm512_srli_epi32(v, 16), _mm512_set1_epi32(1));
+        _mm512_add_epi32(_mm512_add_epi32(v, _mm512_set1_epi32(0x7fff)), odd)
+    };
+    let high_half = _mm512_set1_epi32(0xffff_0000u32 as i32);
+    let mut j = 0;
+    while j < n.div_ceil(NR) * NR {
+        let lanes = n.saturating_sub(j).min(16);
+        let mask: __mmask16 = if lanes == 16 { 0xffff } else { ((1u32 << lanes) - 1) as __mmask16 };
+        // SAFETY: masked loads read the row's remaining `lanes` floats only; the store writes
+        // 16 lanes of this panel's pair row (zero beyond n, as the padding wants).
+        unsafe {
+            let l = round(_mm512_maskz_loadu_epi32(mask, lo.add(j) as *const i32));
+            let h = match hi {
+                Some(h) => _mm512_and_si512(round(_mm512_maskz_loadu_epi32(mask, h.add(j) as *const i32)), high_half),
+                None => _mm512_setzero_si512(),
+            };
+            let v = _mm512_maskz_mov_epi32(mask, _mm512_or_si512(_mm512_srli_epi32(l, 16), h));
+            let (p, jj) = (j / NR, j % NR);
+            _mm512_storeu_si512(out.add(p * panel_stride + jj) as *mut __m512i, v);
+        }
+        j += 16;
     }
 }
 
@@ -127,6 +192,15 @@ pub(super) fn with_bf16_rows<R>(a: ndarray::ArrayView2<f32>, f: impl FnOnce(&[u1
     A16.with_borrow_mut(|buf| {
         buf.clear();
         buf.resize(m * kpad, 0);
+        #[cfg(target_arch = "x86_64")]
+        if a.strides()[0] == 1 && a.ncols() > 1 && amx_bf16().is_ok() {
+            // A = Xᵀ of a row-major X (Hᵀ for dW_h): 16 rows of X at a time, a column of them
+            // gathered per row of A, while those rows sit in L1
+            let ld = a.strides()[1] as usize;
+            // SAFETY: amx_bf16() checked AVX-512; X = a.t() is k × m with row stride ld.
+            unsafe { transpose_rounded(a.as_ptr(), m, k, ld, buf.as_mut_ptr(), kpad) };
+            return f(buf);
+        }
         for (row, out) in a.rows().into_iter().zip(buf.chunks_exact_mut(kpad)) {
             match row.as_slice() {
                 Some(x) => round_row(x, &mut out[..k]),
@@ -135,6 +209,38 @@ pub(super) fn with_bf16_rows<R>(a: ndarray::ArrayView2<f32>, f: impl FnOnce(&[u1
         }
         f(buf)
     })
+}
+
+/// out[i·kpad + kk] = bf16(x[kk·ld + i]) for i < m, kk < k: X (k × m, row stride ld) transposed
+/// and rounded, 16 values of a column per gather.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn transpose_rounded(x: *const f32, m: usize, k: usize, ld: usize, out: *mut u16, kpad: usize) {
+    use std::arch::x86_64::*;
+    let idx = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(ld as i32),
+    );
+    let whole = k / 16 * 16;
+    for k0 in (0..whole).step_by(16) {
+        for i in 0..m {
+            // SAFETY: rows k0..k0 + 16 of X, column i; row i of out, 16 values from k0.
+            unsafe {
+                let v = _mm512_i32gather_ps::<4>(idx, x.add(k0 * ld + i));
+                let h = _mm512_cvtneps_pbh(v);
+                _mm256_storeu_si256(
+                    out.add(i * kpad + k0) as *mut __m256i,
+                    std::mem::transmute::<__m256bh, __m256i>(h),
+                );
+            }
+        }
+    }
+    for kk in whole..k {
+        for i in 0..m {
+            // SAFETY: as above, one value.
+            unsafe { *out.add(i * kpad + kk) = bf16(*x.add(kk * ld + i)) };
+        }
+    }
 }
 
 fn round_row(x: &[f32], out: &mut [u16]) {

@@ -107,6 +107,15 @@ impl PanelMatrix {
         }
     }
 
+    /// Whether a bf16 product packed for one use (a window's weight gradient, the softmax's
+    /// products) gains: packing reads A (m × k) and B (k × n) once more for 2·m·k·n FLOPs, so
+    /// it pays where m·n / (m + n) is large. MNIST's dW_h (100 × 400: 80) on AMX made its bf16
+    /// step slower (441–459k vs 519–536k pixels/s, `qlstm bench --config mnist`, one run);
+    /// PTB's weight gradients and softmax products (240–520) gain.
+    pub fn bf16_pays_per_product(m: usize, n: usize) -> bool {
+        m * n >= 128 * (m + n)
+    }
+
     /// Pack `b` (k × n, any strides) when `useful::<T>(rows, precision)`; returns the
     /// right-hand side to run the window's products with.
     pub fn pack<'a, T: Real>(&'a mut self, b: ArrayView2<'a, T>, rows: usize, precision: Precision) -> FixedRhs<'a, T> {
@@ -119,8 +128,7 @@ impl PanelMatrix {
         self.n = n;
         self.precision = precision;
         if precision == Precision::Bf16 {
-            let bf = as_f32(b);
-            amx::pack(&mut self.pairs, k, n, |kk, j| bf[[kk, j]]);
+            amx::pack(&mut self.pairs, as_f32(b));
             let this: &'a PanelMatrix = self;
             return FixedRhs { view: b, panels: Some(this) };
         }
@@ -370,7 +378,9 @@ mod tests {
     }
 
     /// bf16 on AMX: every row count the layers use (tails of 1–31 rows, whole 32-row blocks),
-    /// depths and widths off the 32 grid, accumulating or not, one thread or two: within f32
+    /// depths and widths off the 32 grid, accumulating or not, one thread or two, both operand
+    /// layouts (the per-step and softmax one: A row-major, B = Wᵀ of a row-major W; the weight
+    /// gradients': A = Xᵀ of a row-major X, B row-major; and B with no unit stride): within f32
     /// rounding of the exact sum of the bf16-rounded operands.
     #[test]
     fn bf16_panels_sum_the_rounded_operands() {
@@ -378,7 +388,6 @@ mod tests {
             eprintln!("bf16 products not measurable here: {why}");
             return;
         }
-        let r = |x: f32| f32::from_bits((amx::bf16(x) as u32) << 16) as f64;
         let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
         for &(m, k, n) in &[
             (32, 512, 2048),
@@ -391,38 +400,61 @@ mod tests {
             (17, 31, 33),
             (16, 64, 32),
             (100, 100, 400),
+            (512, 6400, 2048),
+            (37, 1001, 70),
         ] {
             let a_big = random(m, k + 3, &mut rng);
-            let a = a_big.slice(s![.., 1..k + 1]);
-            let b = random(n, k, &mut rng); // used through its transposed view, as W_h's
-            let bt = b.t();
-            let c0 = random(m, n, &mut rng);
-            let mut store = PanelMatrix::default();
-            let rhs = store.pack(bt, m, Precision::Bf16);
-            for accumulate in [false, true] {
-                for par in [false, true] {
-                    crate::tensor::set_threads(2);
-                    let mut got = c0.clone();
-                    rhs.product(got.view_mut(), accumulate, a, par);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (mut exact, mut scale) = (0.0f64, 0.0f64);
-                            for kk in 0..k {
-                                let t = r(a[[i, kk]]) * r(bt[[kk, j]]);
-                                exact += t;
-                                scale += t.abs();
-                            }
-                            if accumulate {
-                                exact += c0[[i, j]] as f64;
-                                scale += (c0[[i, j]] as f64).abs();
-                            }
-                            let err = (got[[i, j]] as f64 - exact).abs();
-                            assert!(
-                                err <= 4e-6 * scale + 1e-30,
-                                "{m}×{k}·{k}×{n} [{i},{j}] acc {accumulate} par {par}: {} vs {exact} (scale {scale})",
-                                got[[i, j]]
-                            );
+            let x = random(k, m, &mut rng);
+            let b_t = random(n, k, &mut rng);
+            let b_rows = random(k, n, &mut rng);
+            let b_strided = random(k, 2 * n, &mut rng);
+            for (a, b) in [
+                (a_big.slice(s![.., 1..k + 1]), b_t.t()),
+                (x.t(), b_rows.view()),
+                (a_big.slice(s![.., 2..k + 2]), b_strided.slice(s![.., ..;2])),
+            ]
+            .into_iter()
+            // the window-sized shape in the weight gradients' layout only (the one it has)
+            .enumerate()
+            .filter(|&(i, _)| m * k * n < 1 << 26 || i == 1)
+            .map(|(_, ab)| ab)
+            {
+                check_bf16(m, k, n, a, b, &mut rng);
+            }
+        }
+    }
+
+    fn check_bf16(m: usize, k: usize, n: usize, a: ArrayView2<f32>, bt: ArrayView2<f32>, rng: &mut rand_pcg::Pcg64) {
+        let r = |x: f32| f32::from_bits((amx::bf16(x) as u32) << 16) as f64;
+        let c0 = random(m, n, rng);
+        let mut store = PanelMatrix::default();
+        let rhs = store.pack(bt, m, Precision::Bf16);
+        let big = m * n * k > 1 << 26;
+        for accumulate in [false, true] {
+            for par in [false, true] {
+                crate::tensor::set_threads(2);
+                let mut got = c0.clone();
+                rhs.product(got.view_mut(), accumulate, a, par);
+                // the window-sized product: every 7th row and column, not all 10⁹ terms
+                let step = if big { 7 } else { 1 };
+                for i in (0..m).step_by(step) {
+                    for j in (0..n).step_by(step) {
+                        let (mut exact, mut scale) = (0.0f64, 0.0f64);
+                        for kk in 0..k {
+                            let t = r(a[[i, kk]]) * r(bt[[kk, j]]);
+                            exact += t;
+                            scale += t.abs();
                         }
+                        if accumulate {
+                            exact += c0[[i, j]] as f64;
+                            scale += (c0[[i, j]] as f64).abs();
+                        }
+                        let err = (got[[i, j]] as f64 - exact).abs();
+                        assert!(
+                            err <= 4e-6 * scale + 1e-30,
+                            "{m}×{k}·{k}×{n} [{i},{j}] acc {accumulate} par {par}: {} vs {exact} (scale {scale})",
+                            got[[i, j]]
+                        );
                     }
                 }
             }

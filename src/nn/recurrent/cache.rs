@@ -153,6 +153,8 @@ pub struct Grads<T> {
     /// in column panels where the kernel applies, else row-major for faer (`Layer::backward`).
     pub(super) wh_panels: PanelMatrix,
     pub(super) wh: Array2<T>,
+    /// ∂L/∂z (T·B, G·H) in bf16 panels for the weight gradients (`gemm_precision = "bf16"`).
+    pub(super) dz_panels: PanelMatrix,
 }
 
 impl<T: Real> Grads<T> {
