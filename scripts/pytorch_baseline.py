@@ -7,6 +7,9 @@ usage: pytorch_baseline.py CONFIG IMPL THREADS [STEPS]
           | word2 (PTB word 2x650 B20 T35) | mnist (sequential MNIST H100 B100 T784)
   IMPL    fused     torch.nn.LSTM (PyTorch's fused CPU kernel), full precision
           fused_gru torch.nn.GRU (fused), full precision: the side-by-side for `--cell gru`
+          fused_bf16 torch.nn.LSTM with the forward under torch.autocast("cpu", bfloat16),
+                    PyTorch's mixed precision on CPU (oneDNN; AMX where the CPU has it): the
+                    side-by-side for `qlstm bench --gemm-precision bf16`
           official  the authors' structure (houlu369/Normalized-Quantized-LSTM): each of the
                     8 gate blocks binarized (sign·mean|w|, straight-through) once per forward,
                     then a Python loop over time with F.linear for W_x·x and W_h·h, one bias
@@ -85,6 +88,9 @@ def main():
     V, E, H, L, B, T, seq_out = CONFIGS[name]
     emb = nn.Embedding(V, E) if name.startswith("word") else None
     gru = impl == "fused_gru"
+    autocast = impl == "fused_bf16"
+    if autocast:
+        impl = "fused"
     if impl == "fused":
         rnn = nn.LSTM(E, H, L)
     elif gru:
@@ -126,7 +132,9 @@ def main():
             state = (torch.zeros(L, B, H), torch.zeros(L, B, H))
         state = tuple(s.detach() for s in state)
         opt.zero_grad(set_to_none=True)
-        loss, state = forward(state)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss, state = forward(state)
+        state = tuple(s.float() for s in state)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.25)
         opt.step()
@@ -136,6 +144,8 @@ def main():
     G = 3 if gru else 4
     per_token = sum(2 * ((E if l == 0 else H) + H) * G * H for l in range(L)) + (2 * H * V if seq_out else 2 * H * V / T)
     flops = 3 * per_token * B * T
+    if autocast:
+        impl = "fused_bf16"
     print(f"{name},{impl},{threads},{steps},{med * 1e3:.1f},{min(times) * 1e3:.1f},{B * T / med:.0f},{flops / med / 1e9:.1f}", flush=True)
 
 
