@@ -6,7 +6,7 @@
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
-use crate::tensor::{Group, PanelMatrix, Param, Precision, Real, ensure_shape, gemm};
+use crate::tensor::{Group, PanelMatrix, Param, Precision, Real, ensure_shape};
 
 pub struct Linear<T> {
     /// (out, in), PyTorch layout.
@@ -32,40 +32,20 @@ impl<T: Real> Linear<T> {
     /// out = X·Wᵀ, without the bias: `loss::softmax_cross_entropy` adds it (`self.bias`).
     pub fn forward_unbiased(&mut self, x: ArrayView2<T>, out: &mut Array2<T>) {
         ensure_shape(out, x.nrows(), self.weight.value.nrows());
-        product(&mut self.panels, self.precision, out.view_mut(), false, x, self.weight.value.t());
+        self.panels.gemm_once(self.precision, out.view_mut(), false, x, self.weight.value.t());
     }
 
     /// Accumulate dW = dYᵀ·X and db (= Σ dY, summed by `softmax_cross_entropy`); write
     /// dX = dY·W if asked.
     pub fn backward(&mut self, x: ArrayView2<T>, dy: ArrayView2<T>, db: &[T], dx: Option<ArrayViewMut2<T>>) {
-        product(&mut self.panels, self.precision, self.weight.grad.view_mut(), true, dy.t(), x);
+        self.panels.gemm_once(self.precision, self.weight.grad.view_mut(), true, dy.t(), x);
         self.bias.grad.as_slice_mut().unwrap().iter_mut().zip(db).for_each(|(a, &b)| *a += b);
         if let Some(dx) = dx {
-            product(&mut self.panels, self.precision, dx, false, dy, self.weight.value.view());
+            self.panels.gemm_once(self.precision, dx, false, dy, self.weight.value.view());
         }
     }
 
     pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
         vec![&mut self.weight, &mut self.bias]
-    }
-}
-
-/// c (+)= a·b: faer, or AMX in bf16 (b packed into `panels`).
-fn product<T: Real>(
-    panels: &mut PanelMatrix,
-    precision: Precision,
-    c: ArrayViewMut2<T>,
-    accumulate: bool,
-    a: ArrayView2<T>,
-    b: ArrayView2<T>,
-) {
-    let (m, n) = (a.nrows(), b.ncols());
-    if precision == Precision::Bf16
-        && PanelMatrix::bf16_pays_per_product(m, n)
-        && PanelMatrix::useful::<T>(m, precision)
-    {
-        panels.pack(b, a.nrows(), precision).product(c, accumulate, a, true);
-    } else {
-        gemm(c, accumulate, a, b, T::one());
     }
 }

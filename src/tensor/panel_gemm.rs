@@ -116,6 +116,25 @@ impl PanelMatrix {
         m * n >= 128 * (m + n)
     }
 
+    /// c (+)= a·b for a product packed for this one use (a weight gradient, the softmax's): b
+    /// packed here and run on AMX in bf16 where that pays (`bf16_pays_per_product`), else
+    /// faer's f32 `gemm`; all threads.
+    pub fn gemm_once<T: Real>(
+        &mut self,
+        precision: Precision,
+        c: ArrayViewMut2<T>,
+        accumulate: bool,
+        a: ArrayView2<T>,
+        b: ArrayView2<T>,
+    ) {
+        let (m, n) = (a.nrows(), b.ncols());
+        if precision == Precision::Bf16 && Self::bf16_pays_per_product(m, n) && Self::useful::<T>(m, precision) {
+            self.pack(b, m, precision).product(c, accumulate, a, true);
+        } else {
+            gemm_with(c, accumulate, a, b, T::one(), true);
+        }
+    }
+
     /// Pack `b` (k × n, any strides) when `useful::<T>(rows, precision)`; returns the
     /// right-hand side to run the window's products with.
     pub fn pack<'a, T: Real>(&'a mut self, b: ArrayView2<'a, T>, rows: usize, precision: Precision) -> FixedRhs<'a, T> {

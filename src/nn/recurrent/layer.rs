@@ -446,7 +446,7 @@ impl<T: Real> Layer<T> {
         ensure_shape(&mut grads.dwh_t, h, g);
         let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { d_rec };
         let hs_t = cache.hs.slice(s![..rows, ..]).reversed_axes();
-        weight_grad(&mut grads.dz_panels, self.precision, grads.dwh_t.view_mut(), hs_t, d_zh);
+        grads.dz_panels.gemm_once(self.precision, grads.dwh_t.view_mut(), false, hs_t, d_zh);
         // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
         if let Some(nx) = &mut self.norm_x {
             input_norm::backward(nx, input, cache, cache.gates.view(), grads.dz.view_mut(), &mut grads.xnorm_scratch);
@@ -462,7 +462,7 @@ impl<T: Real> Layer<T> {
                 }
             }
             LayerInput::Dense(x) => {
-                weight_grad(&mut grads.dz_panels, self.precision, grads.dwx_t.view_mut(), x.t(), d_zx);
+                grads.dz_panels.gemm_once(self.precision, grads.dwx_t.view_mut(), false, x.t(), d_zx);
                 if let Some(dx) = d_input {
                     gemm(dx, false, d_zx, cache.wx_t.t(), T::one());
                 }
@@ -544,27 +544,5 @@ fn backward_one<T: Real>(w: &mut Param<T>, gain: Option<&mut Param<T>>, q_t: &Ar
             );
         }
         None => w.grad.zip_mut_with(&d_eff_t.t(), |a, &b| *a += b),
-    }
-}
-
-/// dW = Xᵀ·∂L/∂Z over the window (X: T·B × in, ∂L/∂Z: T·B × G·H): faer in f32; in bf16 on
-/// AMX, ∂L/∂Z packed into `panels` and Xᵀ rounded per product, where that pays
-/// (`PanelMatrix::bf16_pays_per_product`: not MNIST's, whose input is one pixel wide and
-/// whose H is 100).
-fn weight_grad<T: Real>(
-    panels: &mut PanelMatrix,
-    precision: Precision,
-    dw: ndarray::ArrayViewMut2<T>,
-    x_t: ndarray::ArrayView2<T>,
-    dz: ndarray::ArrayView2<T>,
-) {
-    let (m, n) = (x_t.nrows(), dz.ncols());
-    if precision == Precision::Bf16
-        && PanelMatrix::bf16_pays_per_product(m, n)
-        && PanelMatrix::useful::<T>(m, precision)
-    {
-        panels.pack(dz, x_t.nrows(), precision).product(dw, false, x_t, true);
-    } else {
-        gemm(dw, false, x_t, dz, T::one());
     }
 }
