@@ -56,8 +56,8 @@ pub struct Layer<T> {
     /// Weights fixed at load time for inference (a packed export): the products use them as
     /// they are, with nothing quantized or normalized again, and there is no backward.
     pub frozen: Option<Frozen>,
-    /// Precision of the per-step products h_{t-1}·W_hᵀ and ∂L/∂z_t·W_h (`[train]
-    /// gemm_precision`; bf16 on AMX, src/tensor/amx.rs).
+    /// Precision of the per-step products h_{t-1}·W_hᵀ and ∂L/∂z_t·W_h and of the weight
+    /// gradients (`[train] gemm_precision`; bf16 on AMX, src/tensor/amx.rs).
     pub precision: Precision,
 }
 
