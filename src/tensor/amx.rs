@@ -190,8 +190,12 @@ pub(super) fn with_bf16_rows<R>(a: ndarray::ArrayView2<f32>, f: impl FnOnce(&[u1
     let (m, k) = a.dim();
     let kpad = padded_depth(k);
     A16.with_borrow_mut(|buf| {
-        buf.clear();
+        // every row's first k values are written below: only the padding needs zeros (no
+        // clearing of the whole copy at every step)
         buf.resize(m * kpad, 0);
+        for row in buf.chunks_exact_mut(kpad) {
+            row[k..].fill(0);
+        }
         #[cfg(target_arch = "x86_64")]
         if a.strides()[0] == 1 && a.ncols() > 1 && amx_bf16().is_ok() {
             // A = Xᵀ of a row-major X (Hᵀ for dW_h): 16 rows of X at a time, a column of them
@@ -293,16 +297,14 @@ pub(super) unsafe fn panels(
     let first = range.start;
     let full_blocks = m / 32;
     let tail = m % 32;
-    // (row of the block, its configuration): the 32-row blocks, then the tail
-    let mut passes: Vec<(usize, usize, TileConfig)> = Vec::with_capacity(2);
-    if full_blocks > 0 {
-        passes.push((0, full_blocks, TileConfig::new(16, 16)));
-    }
-    if tail > 0 {
-        let (top, bottom) = if tail > 16 { (16, tail - 16) } else { (tail, 0) };
-        passes.push((full_blocks, full_blocks + 1, TileConfig::new(top as u8, bottom as u8)));
-    }
-    for (b0, b1, cfg) in passes {
+    // (blocks b0..b1, their configuration): the 32-row blocks, then the tail; no allocation,
+    // this runs at every step
+    let (top, bottom) = if tail > 16 { (16, tail - 16) } else { (tail, 0) };
+    let passes = [
+        (0, full_blocks, TileConfig::new(16, 16)),
+        (full_blocks, full_blocks + usize::from(tail > 0), TileConfig::new(top as u8, bottom as u8)),
+    ];
+    for (b0, b1, cfg) in passes.into_iter().filter(|p| p.0 < p.1) {
         // SAFETY: AMX is granted (caller); the config is a valid palette-1 configuration.
         unsafe { cfg.load() };
         let rows_in = |b: usize| (m - 32 * b).min(32);
