@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Head, Init, InputKind, ModelConfig};
 use crate::names::named_enum;
 pub use crate::nn::{CellKind, Normalization, Quantizer};
-use crate::tensor::Precision;
 
 mod load;
 
@@ -53,14 +52,9 @@ impl Task {
     }
 }
 
-named_enum! {
-    /// Precision of the recurrent per-step products (src/tensor/amx.rs): f32, or bf16 operands
-    /// with f32 sums on AMX (opt-in; needs a CPU with AMX-BF16).
-    pub enum GemmPrecision {
-        F32 = "f32",
-        Bf16 = "bf16",
-    }
-}
+/// `[train] gemm_precision` (src/tensor/amx.rs): f32, or bf16 operands with f32 sums on AMX
+/// (opt-in; needs a CPU with AMX-BF16).
+pub use crate::tensor::Precision as GemmPrecision;
 
 named_enum! {
     pub enum Optimizer {
@@ -306,10 +300,7 @@ impl Spec {
             dropout_between: m.dropout_between,
             dropout_output: m.dropout_output,
             init: if mnist { Init::SeqMnist } else { Init::LanguageModel },
-            gemm_precision: match self.train.gemm_precision {
-                GemmPrecision::F32 => Precision::F32,
-                GemmPrecision::Bf16 => Precision::Bf16,
-            },
+            gemm_precision: self.train.gemm_precision,
         }
     }
 }

@@ -21,14 +21,14 @@
 
 use std::cell::RefCell;
 
-/// Precision of the products the option covers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 operands, f32 sums (every product, bit-identical to faer where the panels apply).
-    #[default]
-    F32,
-    /// bf16 operands, f32 sums, on AMX (the recurrent per-step products; the rest stays f32).
-    Bf16,
+crate::names::named_enum! {
+    /// Precision of the products the option covers (`[train] gemm_precision`).
+    pub enum Precision {
+        /// f32 operands, f32 sums (bit-identical to faer where the panels apply).
+        F32 = "f32",
+        /// bf16 operands, f32 sums, on AMX (recurrent, weight-gradient and softmax products).
+        Bf16 = "bf16",
+    }
 }
 
 /// Columns per panel (two 16-column tiles), as the f32 panels.
