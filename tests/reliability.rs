@@ -127,6 +127,28 @@ fn a_second_signal_exits_at_once_without_corrupting_files() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// A sweep's stop request (SIGUSR1) next to a signal of the run's own (a scheduler's SIGTERM
+/// reaches every process, the sweep's request follows): never a second signal, so the run
+/// still stops after its step with a checkpoint and an `interrupted` summary.
+#[test]
+fn a_stop_request_beside_a_signal_still_stops_cleanly() {
+    let out = scratch("request");
+    let mut sets: Vec<&str> = BASE.to_vec();
+    sets.extend(["name=request", "model.hidden=256", "train.checkpoint_every=5"]);
+    let dir = out.join("request");
+    let child = bin().args(run_args(&out, &sets)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_for(&dir.join("checkpoint.safetensors"), 120));
+    send(child.id(), "-TERM");
+    send(child.id(), "-USR1");
+    send(child.id(), "-USR1");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(summary.contains(",interrupted,"), "{summary}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn a_huge_learning_rate_diverges_cleanly() {
     let out = scratch("diverge");

@@ -339,3 +339,45 @@ fn status_reports_runs_in_every_state() {
     assert!(text.contains(&format!("pid {}", busy.id())), "who holds the running one:\n{text}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `kill -INT` of a background sweep (no terminal to signal its runs): the sweep passes the
+/// signal on as a stop request, its run stops at a checkpoint with an `interrupted` summary,
+/// nothing new starts;
+/// the same command again resumes that run before starting the one that never ran, though the
+/// resumed one comes second in the grid.
+#[test]
+fn interrupting_a_sweep_stops_its_runs_and_the_rerun_resumes_the_furthest_first() {
+    let out = scratch("sweep_sigint");
+    let spec = root().join("configs/paper/ptb_char_fp_none.toml");
+    let sweep_cmd = |grid: &str| {
+        let mut c = bin();
+        c.args(["sweep", spec.to_str().unwrap(), "--grid", grid, "--jobs", "1", "--threads", "1"])
+            .args(["--out", out.to_str().unwrap()]);
+        for s in [data_set(), "train.max_steps=40".into(), "train.checkpoint_every=5".into()] {
+            c.args(["--set", &s]);
+        }
+        c
+    };
+    let slow = out.join("ptb_char_fp_none_hidden-256");
+    let mut first = sweep_cmd("model.hidden=256,16").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    assert!(wait_for(&slow.join("checkpoint.safetensors"), 120), "the first run checkpoints");
+    Command::new("kill").args(["-INT", &first.id().to_string()]).status().unwrap();
+    let t0 = std::time::Instant::now();
+    let end = first.wait().unwrap();
+    assert_eq!(end.code(), Some(130), "an interrupted sweep exits as an interrupted run does");
+    assert!(t0.elapsed().as_secs() < 60, "its run stopped after a step, not at its end");
+    let run = qlstm::run_dir::RunDir::new(&out, "ptb_char_fp_none_hidden-256");
+    assert_eq!(run.status().map(|s| s.name()), Some("interrupted"));
+    let step = run.checkpoint_step();
+    assert!((5..40).contains(&step), "stopped mid-run, at step {step}");
+    assert!(!out.join("ptb_char_fp_none_hidden-16").join("summary.csv").exists(), "nothing new started");
+    // the rerun, with the grid's order reversed: the interrupted run is resumed first
+    let o = sweep_cmd("model.hidden=16,256").output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    let finished: Vec<&str> = text.lines().filter(|l| l.starts_with('[')).collect();
+    assert_eq!(finished.len(), 2, "{text}");
+    assert!(finished[0].contains("hidden-256: ok"), "the furthest-along run first:\n{text}");
+    assert!(std::fs::read_to_string(slow.join("run.log")).unwrap().contains("resum"), "it resumed");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -12,10 +12,26 @@ use crate::sweep::slurm::{self, SlurmOptions};
 use crate::sweep::status::{self, Manifest, State};
 use crate::sweep::{Job, command_line, expand, is_complete, run_args, spec_files};
 
-/// Run the jobs locally, `parallel` at a time; completed runs are skipped, others resume.
-/// One line per finished run. Returns the number of runs that did not end ok or diverged.
+/// Run the jobs locally, `parallel` at a time; completed runs are skipped, others resume,
+/// those furthest along (by checkpoint step) first, so that a resumed sweep lands its nearly
+/// finished runs before starting new ones. One line per finished run. Returns the number of
+/// runs that did not end ok or diverged.
+///
+/// A SIGINT or SIGTERM to the sweep, whoever sent it (a terminal, `kill`, a scheduler), is
+/// passed on to its runs as a stop request (`signal::request_stop`), which never counts as
+/// the second signal that makes a run exit at once: a Ctrl-C, which the terminal sends the
+/// runs too, or a scheduler's SIGTERM to every process still stops them cleanly. They stop
+/// after their current step, write a checkpoint and an `interrupted` summary, and the same
+/// command resumes them.
 pub fn run_local(exe: &Path, jobs: &[Job], out: &Path, parallel: usize, threads: usize) -> Result<usize> {
-    let todo: Vec<&Job> = jobs.iter().filter(|j| !is_complete(out, j)).collect();
+    let mut todo: Vec<(u64, &Job)> = jobs
+        .iter()
+        .filter(|j| !is_complete(out, j))
+        .map(|j| (RunDir::new(out, &j.name).checkpoint_step(), j))
+        .collect();
+    // stable: fresh runs (step 0) keep the order given
+    todo.sort_by_key(|&(step, _)| std::cmp::Reverse(step));
+    let todo: Vec<&Job> = todo.into_iter().map(|(_, j)| j).collect();
     println!(
         "sweep: {} runs, {} complete, {} to run ({} at a time, {} threads each)",
         jobs.len(),
@@ -26,6 +42,7 @@ pub fn run_local(exe: &Path, jobs: &[Job], out: &Path, parallel: usize, threads:
     );
     let mut pending = todo.into_iter();
     let mut running: Vec<(Child, &Job)> = Vec::new();
+    let mut forwarded = false;
     let (mut done, mut failed) = (0usize, 0usize);
     let total = jobs.len();
     let skipped = total - pending.len();
@@ -50,6 +67,12 @@ pub fn run_local(exe: &Path, jobs: &[Job], out: &Path, parallel: usize, threads:
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+        if crate::signal::interrupted() && !forwarded {
+            forwarded = true;
+            for (child, _) in &running {
+                crate::signal::request_stop(child.id());
+            }
+        }
         let mut i = 0;
         while i < running.len() {
             if let Some(exit) = running[i].0.try_wait().map_err(|e| Error::new(e.to_string()))? {
