@@ -38,6 +38,9 @@ for qn in fp:none bc:weight tc:layer lab:batch_shared lat:batch_separate; do
   run "char_${q}_${n}" ptb_char --set "model.quantizer=$q" --set "model.normalization=$n" \
     --set model.hidden=64 --set train.epochs=1 --set train.max_steps=30 --set train.checkpoint_every=10
 done
+# layer norm over gate blocks of H = 100, not a multiple of 16 (the sums' tails)
+run char_bc_layer_h100 ptb_char --set model.quantizer=bc --set model.normalization=layer \
+  --set model.hidden=100 --set train.epochs=1 --set train.max_steps=10
 # the GRU cell (docs/SPEC.md §6): layer norm, and plain tc (its λ1 explodes)
 for qn in tc:layer tc:none; do
   q="${qn%%:*}" n="${qn##*:}"
