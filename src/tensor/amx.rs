@@ -34,6 +34,46 @@ crate::names::named_enum! {
 /// Columns per panel (two 16-column tiles), as the f32 panels.
 pub(super) const NR: usize = 32;
 
+/// Pair rows (two depths each) of a depth chunk in `panels`: 32 rows of A's chunk are 32 KB.
+const DEPTH_CHUNK: usize = 256;
+
+/// A buffer whose elements start on a 64-byte boundary wherever the allocator put it: AMX
+/// tile rows are 64 bytes, and rows straddling two cache lines load far slower (measured in
+/// session 10: 10×300·300×1200 at 390–540 or 860 GFLOP/s by where the heap happened to place
+/// A's copy and B's panels; glibc puts large blocks 16 bytes past a page).
+#[derive(Default)]
+pub(super) struct Aligned<T> {
+    buf: Vec<T>,
+    len: usize,
+}
+
+impl<T: Copy + Default> Aligned<T> {
+    fn offset(&self) -> usize {
+        let misalign = self.buf.as_ptr() as usize % 64;
+        (64 - misalign) % 64 / std::mem::size_of::<T>()
+    }
+
+    /// `len` elements whose values are unspecified (the caller writes every one).
+    pub(super) fn resized(&mut self, len: usize) -> &mut [T] {
+        self.buf.resize(len + 64 / std::mem::size_of::<T>(), T::default());
+        self.len = len;
+        let o = self.offset();
+        &mut self.buf[o..o + len]
+    }
+
+    /// `len` elements, all `T::default()` (zero).
+    pub(super) fn zeroed(&mut self, len: usize) -> &mut [T] {
+        let s = self.resized(len);
+        s.fill(T::default());
+        s
+    }
+
+    pub(super) fn as_slice(&self) -> &[T] {
+        let o = self.offset();
+        &self.buf[o..o + self.len]
+    }
+}
+
 /// Whether this process can run AMX-BF16 products, or why not. Asked once: the CPU must have
 /// AMX-TILE, AMX-BF16 and AVX512-BF16 (for rounding A), and Linux must grant the process the
 /// tile data (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), which needs kernel ≥ 5.16.
@@ -91,7 +131,7 @@ pub(super) fn padded_depth(k: usize) -> usize {
 }
 
 /// B (k × n, any strides) packed as the module comment lays out, into `out`.
-pub(super) fn pack(out: &mut Vec<u32>, b: ndarray::ArrayView2<f32>) {
+pub(super) fn pack(out: &mut Aligned<u32>, b: ndarray::ArrayView2<f32>) {
     let (k, n) = b.dim();
     let kp = padded_depth(k) / 2;
     let panels = n.div_ceil(NR);
@@ -100,7 +140,7 @@ pub(super) fn pack(out: &mut Vec<u32>, b: ndarray::ArrayView2<f32>) {
         // rows contiguous (∂L/∂z for the weight gradients, W_hᵀ): two rows at a time, 16 lanes
         // per vector, every lane of every pair row written (zeros past n and past k), so a
         // buffer of the right size needs no clearing first (∂L/∂z's is 26 MB on PTB-char)
-        out.resize(panels * kp * NR, 0);
+        let out = out.resized(panels * kp * NR);
         let rows = k.div_ceil(2);
         for q in 0..rows {
             let lo = b.row(2 * q);
@@ -113,8 +153,7 @@ pub(super) fn pack(out: &mut Vec<u32>, b: ndarray::ArrayView2<f32>) {
         }
         return;
     }
-    out.clear();
-    out.resize(panels * kp * NR, 0);
+    let out = out.zeroed(panels * kp * NR);
     if b.strides()[0] == 1 && k > 1 {
         // B = Wᵀ of a row-major W (n × k): a pair of B's rows is two neighbours in a row of W,
         // so each row of W, rounded, is column j of every pair row
@@ -180,8 +219,8 @@ unsafe fn pack_pair_row(lo: *const f32, hi: Option<*const f32>, n: usize, out: *
 thread_local! {
     /// A in bf16, rows `kpad` wide (the product's caller's thread), and C's 32-column copy for
     /// a partial panel (each thread's own).
-    static A16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
-    static C32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static A16: RefCell<Aligned<u16>> = const { RefCell::new(Aligned { buf: Vec::new(), len: 0 }) };
+    static C32: RefCell<Aligned<f32>> = const { RefCell::new(Aligned { buf: Vec::new(), len: 0 }) };
 }
 
 /// A (m × k) rounded to bf16 into a thread-local copy with rows `kpad` wide (zeros past k),
@@ -192,7 +231,7 @@ pub(super) fn with_bf16_rows<R>(a: ndarray::ArrayView2<f32>, f: impl FnOnce(&[u1
     A16.with_borrow_mut(|buf| {
         // every row's first k values are written below: only the padding needs zeros (no
         // clearing of the whole copy at every step)
-        buf.resize(m * kpad, 0);
+        let buf = buf.resized(m * kpad);
         for row in buf.chunks_exact_mut(kpad) {
             row[k..].fill(0);
         }
@@ -304,41 +343,66 @@ pub(super) unsafe fn panels(
         (0, full_blocks, TileConfig::new(16, 16)),
         (full_blocks, full_blocks + usize::from(tail > 0), TileConfig::new(top as u8, bottom as u8)),
     ];
-    for (b0, b1, cfg) in passes.into_iter().filter(|p| p.0 < p.1) {
-        // SAFETY: AMX is granted (caller); the config is a valid palette-1 configuration.
-        unsafe { cfg.load() };
-        let rows_in = |b: usize| (m - 32 * b).min(32);
-        for p in range.clone() {
-            let cols = (n - p * NR).min(NR);
-            let panel = pairs[p * kp * NR..(p + 1) * kp * NR].as_ptr();
-            for b in b0..b1 {
-                let rows = rows_in(b);
-                let a = a16[32 * b * kpad..].as_ptr();
-                // SAFETY: rows × kpad of A16 from row 32b; the panel's kp × NR lanes; C's rows
-                // 32b.. of this panel's columns (through a 32-wide copy when it has fewer).
+    // Depth in chunks of DEPTH_CHUNK pair rows, each run over every panel before the next:
+    // a 32-row block of A then stays in L1 (32 KB) across the panels instead of streaming
+    // from L2 once per panel, which made 32×2048·2048×512 (char's backward step) run at 3.5×
+    // f32 where 32×512·512×2048 runs at 5.5×. C's f32 partial sums go through memory between
+    // chunks, exactly: the same additions in the same order.
+    let chunk = if kpad > 2 * DEPTH_CHUNK { DEPTH_CHUNK } else { kp };
+    // the last panel's columns through a 32-wide copy when it has fewer than NR
+    let last = range.end - 1;
+    let last_cols = (n - last * NR).min(NR);
+    C32.with_borrow_mut(|buf| {
+        let buf = if last_cols < NR { buf.zeroed(m * NR) } else { buf.zeroed(0) };
+        if last_cols < NR && accumulate {
+            for r in 0..m {
+                // SAFETY: C's row r holds the last panel's `last_cols` columns.
                 unsafe {
-                    let cp = c.add(32 * b * ldc + (p - first) * NR);
-                    if cols == NR {
-                        tile_block(rows, a, kpad, panel, kp, cp, ldc, accumulate);
-                    } else {
-                        C32.with_borrow_mut(|buf| {
-                            buf.clear();
-                            buf.resize(rows * NR, 0.0);
-                            if accumulate {
-                                for r in 0..rows {
-                                    std::ptr::copy_nonoverlapping(cp.add(r * ldc), buf[r * NR..].as_mut_ptr(), cols);
-                                }
-                            }
-                            tile_block(rows, a, kpad, panel, kp, buf.as_mut_ptr(), NR, accumulate);
-                            for r in 0..rows {
-                                std::ptr::copy_nonoverlapping(buf[r * NR..].as_ptr(), cp.add(r * ldc), cols);
-                            }
-                        });
+                    std::ptr::copy_nonoverlapping(
+                        c.add(r * ldc + (last - first) * NR),
+                        buf[r * NR..].as_mut_ptr(),
+                        last_cols,
+                    )
+                };
+            }
+        }
+        for (b0, b1, cfg) in passes.into_iter().filter(|p| p.0 < p.1) {
+            // SAFETY: AMX is granted (caller); the config is a valid palette-1 configuration.
+            unsafe { cfg.load() };
+            let rows_in = |b: usize| (m - 32 * b).min(32);
+            for k0 in (0..kp).step_by(chunk) {
+                let kn = chunk.min(kp - k0);
+                let acc = accumulate || k0 > 0;
+                for p in range.clone() {
+                    let panel = pairs[(p * kp + k0) * NR..(p + 1) * kp * NR].as_ptr();
+                    for b in b0..b1 {
+                        let a = a16[32 * b * kpad + 2 * k0..].as_ptr();
+                        let (cp, ld) = if p == last && last_cols < NR {
+                            (buf[32 * b * NR..].as_mut_ptr(), NR)
+                        } else {
+                            // SAFETY: C's rows 32b.. of this panel's columns.
+                            (unsafe { c.add(32 * b * ldc + (p - first) * NR) }, ldc)
+                        };
+                        // SAFETY: rows × kn pair columns of A16 from row 32b, depth 2·k0; the
+                        // panel's kn × NR lanes from pair row k0; C (or its copy) as above.
+                        unsafe { tile_block(rows_in(b), a, kpad, panel, kn, cp, ld, acc) };
                     }
                 }
             }
         }
-    }
+        if last_cols < NR {
+            for r in 0..m {
+                // SAFETY: as the copy in.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        buf[r * NR..].as_ptr(),
+                        c.add(r * ldc + (last - first) * NR),
+                        last_cols,
+                    )
+                };
+            }
+        }
+    });
     // SAFETY: leaves the tiles unconfigured, as the thread found them.
     unsafe { release() };
 }

@@ -45,7 +45,7 @@ pub struct PanelMatrix {
     n: usize,
     precision: Precision,
     data: Vec<f32>,
-    pairs: Vec<u32>,
+    pairs: amx::Aligned<u32>,
 }
 
 /// The fixed right-hand side of a window's per-step products: its view, and its panels when
@@ -194,7 +194,9 @@ impl PanelMatrix {
             let run = |mut c: ArrayViewMut2<f32>, range: std::ops::Range<usize>| {
                 let ldc = c.strides()[0] as usize;
                 // SAFETY: pack() found amx_bf16() Ok; c has m rows of the range's columns.
-                unsafe { amx::panels(&self.pairs, kp, self.n, a16, m, c.as_mut_ptr(), ldc, accumulate, range) }
+                unsafe {
+                    amx::panels(self.pairs.as_slice(), kp, self.n, a16, m, c.as_mut_ptr(), ldc, accumulate, range)
+                }
             };
             if par && panels >= 2 {
                 let half = panels / 2;
