@@ -21,6 +21,8 @@
 
 use std::cell::RefCell;
 
+use super::aligned::Aligned;
+
 crate::names::named_enum! {
     /// Precision of the products the option covers (`[train] gemm_precision`).
     pub enum Precision {
@@ -36,43 +38,6 @@ pub(super) const NR: usize = 32;
 
 /// Pair rows (two depths each) of a depth chunk in `panels`: 32 rows of A's chunk are 32 KB.
 const DEPTH_CHUNK: usize = 256;
-
-/// A buffer whose elements start on a 64-byte boundary wherever the allocator put it: AMX
-/// tile rows are 64 bytes, and rows straddling two cache lines load far slower (measured in
-/// session 10: 10×300·300×1200 at 390–540 or 860 GFLOP/s by where the heap happened to place
-/// A's copy and B's panels; glibc puts large blocks 16 bytes past a page).
-#[derive(Default)]
-pub(super) struct Aligned<T> {
-    buf: Vec<T>,
-    len: usize,
-}
-
-impl<T: Copy + Default> Aligned<T> {
-    fn offset(&self) -> usize {
-        let misalign = self.buf.as_ptr() as usize % 64;
-        (64 - misalign) % 64 / std::mem::size_of::<T>()
-    }
-
-    /// `len` elements whose values are unspecified (the caller writes every one).
-    pub(super) fn resized(&mut self, len: usize) -> &mut [T] {
-        self.buf.resize(len + 64 / std::mem::size_of::<T>(), T::default());
-        self.len = len;
-        let o = self.offset();
-        &mut self.buf[o..o + len]
-    }
-
-    /// `len` elements, all `T::default()` (zero).
-    pub(super) fn zeroed(&mut self, len: usize) -> &mut [T] {
-        let s = self.resized(len);
-        s.fill(T::default());
-        s
-    }
-
-    pub(super) fn as_slice(&self) -> &[T] {
-        let o = self.offset();
-        &self.buf[o..o + self.len]
-    }
-}
 
 /// Whether this process can run AMX-BF16 products, or why not. Asked once: the CPU must have
 /// AMX-TILE, AMX-BF16 and AVX512-BF16 (for rounding A), and Linux must grant the process the
@@ -219,8 +184,8 @@ unsafe fn pack_pair_row(lo: *const f32, hi: Option<*const f32>, n: usize, out: *
 thread_local! {
     /// A in bf16, rows `kpad` wide (the product's caller's thread), and C's 32-column copy for
     /// a partial panel (each thread's own).
-    static A16: RefCell<Aligned<u16>> = const { RefCell::new(Aligned { buf: Vec::new(), len: 0 }) };
-    static C32: RefCell<Aligned<f32>> = const { RefCell::new(Aligned { buf: Vec::new(), len: 0 }) };
+    static A16: RefCell<Aligned<u16>> = const { RefCell::new(Aligned::new()) };
+    static C32: RefCell<Aligned<f32>> = const { RefCell::new(Aligned::new()) };
 }
 
 /// A (m × k) rounded to bf16 into a thread-local copy with rows `kpad` wide (zeros past k),

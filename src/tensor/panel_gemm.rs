@@ -19,6 +19,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use super::aligned::Aligned;
 use super::amx::{self, Precision};
 use super::{Real, Simd, gemm_with, simd, threads};
 
@@ -44,8 +45,8 @@ pub struct PanelMatrix {
     k: usize,
     n: usize,
     precision: Precision,
-    data: Vec<f32>,
-    pairs: amx::Aligned<u32>,
+    data: Aligned<f32>,
+    pairs: Aligned<u32>,
 }
 
 /// The fixed right-hand side of a window's per-step products: its view, and its panels when
@@ -151,12 +152,11 @@ impl PanelMatrix {
             let this: &'a PanelMatrix = self;
             return FixedRhs { view: b, panels: Some(this) };
         }
-        self.data.clear();
-        self.data.resize(panels * k * NR, 0.0);
+        let data = self.data.zeroed(panels * k * NR);
         let bf = as_f32(b);
         for p in 0..panels {
             let (j0, j1) = (p * NR, (p * NR + NR).min(n));
-            let panel = &mut self.data[p * k * NR..(p + 1) * k * NR];
+            let panel = &mut data[p * k * NR..(p + 1) * k * NR];
             for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
                 for (o, j) in row.iter_mut().zip(j0..j1) {
                     *o = bf[[kk, j]];
@@ -216,7 +216,7 @@ impl PanelMatrix {
         for p in range {
             let j0 = (p - first) * NR;
             let cols = (self.n - p * NR).min(NR);
-            let panel = self.data[p * k * NR..(p + 1) * k * NR].as_ptr();
+            let panel = self.data.as_slice()[p * k * NR..(p + 1) * k * NR].as_ptr();
             // row blocks of near-equal height ≤ MR (32 rows: 11 + 11 + 10, not 12 + 12 + 8)
             let blocks = m.div_ceil(MR);
             let mut r = 0;
