@@ -6,7 +6,7 @@
 use ndarray::{ArrayView2, ArrayViewMut2, Zip};
 
 use crate::names::named_enum;
-use crate::tensor::Real;
+use crate::tensor::{Real, zip_tiled};
 
 named_enum! {
     /// How the recurrent layers' weights are quantized (docs/SPEC.md §2).
@@ -52,16 +52,16 @@ fn sign(x: f64) -> f64 {
 
 /// Write Q(w) into `out` (same shape as `w`). `d` is the loss-aware curvature
 /// sqrt(v) + 1e-8 for lab/lat (None: d = 1).
-pub fn quantize_block<T: Real>(q: Quantizer, w: ArrayView2<T>, d: Option<ArrayView2<T>>, mut out: ArrayViewMut2<T>) {
+pub fn quantize_block<T: Real>(q: Quantizer, w: ArrayView2<T>, d: Option<ArrayView2<T>>, out: ArrayViewMut2<T>) {
     let n = w.len() as f64;
     let mean_abs = || w.iter().map(|x| x.f64().abs()).sum::<f64>() / n;
     let dw = |x: T, d: T| (x.f64(), d.f64());
     match q {
-        Quantizer::Fp => out.assign(&w),
-        Quantizer::Bc => Zip::from(&mut out).and(&w).for_each(|o, &x| *o = T::r(sign(x.f64()))),
+        Quantizer::Fp => zip_tiled(out, w, |o, &x| *o = x),
+        Quantizer::Bc => zip_tiled(out, w, |o, &x| *o = T::r(sign(x.f64()))),
         Quantizer::Bwn => {
             let alpha = mean_abs();
-            Zip::from(&mut out).and(&w).for_each(|o, &x| *o = T::r(alpha * sign(x.f64())));
+            zip_tiled(out, w, |o, &x| *o = T::r(alpha * sign(x.f64())));
         }
         Quantizer::Lab => {
             // α = Σ d⊙|w| / Σ d
@@ -72,11 +72,11 @@ pub fn quantize_block<T: Real>(q: Quantizer, w: ArrayView2<T>, d: Option<ArrayVi
                 den += d;
             });
             let alpha = num / den;
-            Zip::from(&mut out).and(&w).for_each(|o, &x| *o = T::r(alpha * sign(x.f64())));
+            zip_tiled(out, w, |o, &x| *o = T::r(alpha * sign(x.f64())));
         }
         Quantizer::Tc => {
             let delta = 0.7 * mean_abs();
-            Zip::from(&mut out).and(&w).for_each(|o, &x| *o = T::r(ternary(x.f64(), delta)));
+            zip_tiled(out, w, |o, &x| *o = T::r(ternary(x.f64(), delta)));
         }
         Quantizer::Twn => {
             let delta = 0.7 * mean_abs();
@@ -88,11 +88,11 @@ pub fn quantize_block<T: Real>(q: Quantizer, w: ArrayView2<T>, d: Option<ArrayVi
                 }
             }
             let alpha = if count > 0 { sum / count as f64 } else { 0.0 };
-            Zip::from(&mut out).and(&w).for_each(|o, &x| *o = T::r(alpha * ternary(x.f64(), delta)));
+            zip_tiled(out, w, |o, &x| *o = T::r(alpha * ternary(x.f64(), delta)));
         }
         Quantizer::Lat => {
             let (alpha, _) = lat_fixed_point(w, d);
-            Zip::from(&mut out).and(&w).for_each(|o, &x| *o = T::r(alpha * ternary(x.f64(), alpha / 2.0)));
+            zip_tiled(out, w, |o, &x| *o = T::r(alpha * ternary(x.f64(), alpha / 2.0)));
         }
     }
 }

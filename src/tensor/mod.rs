@@ -11,6 +11,7 @@ mod param;
 mod real;
 mod reduce;
 mod simd;
+mod tiled;
 
 pub use amx::{Precision, amx_bf16};
 pub use gemm::{flush_denormals, gemm, gemm_with, set_threads, threads};
@@ -20,6 +21,7 @@ pub use real::{Real, expf, tanhf};
 pub use reduce::{exp_shift_sum, max, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum};
 pub use simd::{Simd, simd};
 pub(crate) use simd::{simd_kernel, simd_method};
+pub use tiled::zip_tiled;
 
 use ndarray::Array2;
 

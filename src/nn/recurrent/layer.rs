@@ -14,7 +14,7 @@ use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
-use crate::tensor::{FixedRhs, Group, PanelMatrix, Param, Precision, Real, ensure_shape, gemm};
+use crate::tensor::{FixedRhs, Group, PanelMatrix, Param, Precision, Real, ensure_shape, gemm, zip_tiled};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
 #[derive(Clone, Copy)]
@@ -543,6 +543,6 @@ fn backward_one<T: Real>(w: &mut Param<T>, gain: Option<&mut Param<T>>, q_t: &Ar
                 w.grad.view_mut().reversed_axes(),
             );
         }
-        None => w.grad.zip_mut_with(&d_eff_t.t(), |a, &b| *a += b),
+        None => zip_tiled(w.grad.view_mut(), d_eff_t.t(), |a, &b| *a += b),
     }
 }

@@ -1,0 +1,38 @@
+//! Element-wise passes between a matrix and a transposed one (the effective weights are kept
+//! as Wᵀ for the products, the latent ones as W), in tiles: one of the two is read or written
+//! with a stride of a whole row, and element by element over the whole matrix every access
+//! of that one misses L1 (W_h of PTB-char: 8 KB apart); in 32 × 32 tiles its lines stay in L1.
+
+use ndarray::{ArrayView2, ArrayViewMut2, Zip, s};
+
+/// Tile side, in elements.
+const TILE: usize = 32;
+
+/// f(out[i, j], x[i, j]) for every element (same shape), tile by tile.
+pub fn zip_tiled<T, U>(mut out: ArrayViewMut2<T>, x: ArrayView2<U>, mut f: impl FnMut(&mut T, &U)) {
+    assert_eq!(out.dim(), x.dim(), "zip_tiled: shapes differ");
+    let (rows, cols) = out.dim();
+    for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
+        for c0 in (0..cols).step_by(TILE) {
+            let c1 = (c0 + TILE).min(cols);
+            Zip::from(out.slice_mut(s![r0..r1, c0..c1])).and(x.slice(s![r0..r1, c0..c1])).for_each(&mut f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn tiles_cover_every_element_of_a_transposed_pair() {
+        for (r, c) in [(1, 1), (31, 33), (64, 32), (70, 5), (100, 400)] {
+            let w = Array2::from_shape_fn((r, c), |(i, j)| (i * 1000 + j) as f64);
+            let mut out_t = Array2::<f64>::zeros((c, r));
+            zip_tiled(out_t.view_mut().reversed_axes(), w.view(), |o, &v| *o = v + 0.5);
+            assert_eq!(out_t, w.t().mapv(|v| v + 0.5));
+        }
+    }
+}
