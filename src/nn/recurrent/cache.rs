@@ -44,9 +44,10 @@ pub struct Cache<T> {
     pub(super) z: Array2<T>,
     pub(super) xhat_x: Array2<T>,
     pub(super) rstd_x: Array2<T>,
-    /// Whether x̂_x holds every step (else backward recomputes it), and what the forward ran
-    /// with (train: batch or running statistics; t0: the first step's in-window index).
-    pub(super) xhat_x_kept: bool,
+    /// Where backward finds x̂_x (every step kept, recomputed, or a table of W_x's rows), and
+    /// what the forward ran with (train: batch or running statistics; t0: the first step's
+    /// in-window index).
+    pub(super) xhat_x_source: super::input_norm::XhatX,
     pub(super) train: bool,
     pub(super) t0: usize,
     pub(super) xhat_h: Array2<T>,

@@ -8,6 +8,11 @@
 //! normalization itself, so nothing window-sized is kept: forward and backward both recompute a
 //! step's x̂ from x_t, into (B, G·H) scratch (125 MB less at T = 784, B = 100, H = 100). Both
 //! give bit-identical numbers: the same product, then the same normalizer kernels.
+//!
+//! Where the input is token ids and the normalizer is layer norm (row-local), a row's x̂ is a
+//! function of its token alone: the window keeps x̂ of each vocabulary row of W_x (a table,
+//! vocab × G·H: PTB-char's 50 rows instead of 6,400), adds each row's γ ⊙ x̂ + β from it, and
+//! backward gathers a step's x̂ from it — again the same kernels on the same numbers.
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
 
@@ -21,9 +26,31 @@ use crate::tensor::{Real, ensure_shape};
 /// the product's cost per element (≤ 8 multiply-adds) is below the normalization's own.
 pub(super) const RECOMPUTE_MAX_INPUT: usize = 8;
 
-/// Does the window keep x̂_x for every step (false: recompute it from the input)?
-pub(super) fn keeps_window<T>(input: &LayerInput<T>) -> bool {
-    !matches!(input, LayerInput::Dense(x) if x.ncols() <= RECOMPUTE_MAX_INPUT)
+/// Where backward finds each step's x̂_x.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum XhatX {
+    /// The window holds x̂_x for every step.
+    #[default]
+    Kept,
+    /// Recomputed from a narrow dense input (nothing window-sized kept).
+    Recomputed,
+    /// Gathered by token from x̂ of W_x's rows (one-hot input, layer norm).
+    Table,
+}
+
+/// A vocabulary's table pays where it has at most this share of the window's rows.
+const TABLE_MAX_SHARE: usize = 4;
+
+impl XhatX {
+    fn of<T: Real>(input: &LayerInput<T>, nx: &Normalizer<T>, frozen: bool, vocab: usize) -> XhatX {
+        match input {
+            LayerInput::Dense(x) if x.ncols() <= RECOMPUTE_MAX_INPUT => XhatX::Recomputed,
+            LayerInput::OneHot(ids) if nx.row_local() && !frozen && vocab * TABLE_MAX_SHARE <= ids.len() => {
+                XhatX::Table
+            }
+            _ => XhatX::Kept,
+        }
+    }
 }
 
 /// Forward of N_x over the window: `cache.gates` holds the bias on entry and gets N_x(X·W_xᵀ)
@@ -40,10 +67,15 @@ pub(super) fn forward<T: Real>(
 ) {
     let (steps, batch, g) = (cache.steps, cache.batch, nx.blocks * nx.hidden);
     let (rows, rr) = (steps * batch, nx.rstd_rows_per_step(batch));
-    let keep = keeps_window(&input);
-    cache.xhat_x_kept = keep;
+    let source = XhatX::of(&input, nx, frozen.is_some(), cache.wx_t.nrows());
+    cache.xhat_x_source = source;
     cache.train = train;
     cache.t0 = t0;
+    if source == XhatX::Table {
+        let LayerInput::OneHot(ids) = input else { unreachable!("a table is for token ids") };
+        return table_forward(nx, ids, cache);
+    }
+    let keep = source == XhatX::Kept;
     let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, wx_t, .. } = cache;
     let wx_t = wx_t.view();
     // out = X·W_xᵀ (ndarray views are invariant in their lifetime: no one WeightsRef for both)
@@ -121,6 +153,35 @@ pub(super) fn forward<T: Real>(
     }
 }
 
+/// Forward of layer-norm N_x for token ids through the table: x̂ and 1/σ of every row of W_x
+/// (`layer_forward` on the rows the window would have gathered), then each window row gets its
+/// token's γ ⊙ x̂ + β added to G and its 1/σ copied, in the order `layer_forward` adds them.
+fn table_forward<T: Real>(nx: &Normalizer<T>, ids: &[u32], cache: &mut Cache<T>) {
+    let Cache { xhat_x, rstd_x, gates, wx_t, z, .. } = cache;
+    let (vocab, g) = wx_t.dim();
+    ensure_shape(xhat_x, vocab, g);
+    ensure_shape(rstd_x, ids.len(), nx.rstd_cols());
+    // the table's 1/σ and its γ ⊙ x̂ + β, in the step scratch
+    ensure_shape(z, 2 * vocab, g.max(nx.rstd_cols()));
+    let (mut rstd_tab, y_tab) = z.view_mut().split_at(Axis(0), vocab);
+    let mut rstd_tab = rstd_tab.slice_mut(s![.., ..nx.rstd_cols()]);
+    let mut y_tab = y_tab.slice_move(s![.., ..g]);
+    // (forward_rows adds its output into y_tab; overwritten below, element by element as
+    // `layer_forward` computes γ ⊙ x̂ + β, not as 0 + that)
+    nx.forward_rows(wx_t.view(), xhat_x.view_mut(), rstd_tab.view_mut(), y_tab.view_mut());
+    let (gain, bias) = (nx.gain.value.as_slice().unwrap(), nx.bias.value.as_slice().unwrap());
+    for (mut y, x) in y_tab.outer_iter_mut().zip(xhat_x.outer_iter()) {
+        for (((y, &x), &gs), &bs) in y.iter_mut().zip(x.iter()).zip(gain).zip(bias) {
+            *y = gs * x + bs;
+        }
+    }
+    for ((mut row, mut inv), &id) in gates.outer_iter_mut().zip(rstd_x.outer_iter_mut()).zip(ids) {
+        let id = id as usize;
+        row.zip_mut_with(&y_tab.row(id), |o, &y| *o += y);
+        inv.assign(&rstd_tab.row(id));
+    }
+}
+
 /// Backward of N_x: ∂L/∂(W_x·x) into `dz` from ∂L/∂(its output) `dy`, both (T·B, G·H), and
 /// γ, β's gradients. `scratch` holds what recomputing a step's x̂ needs (unused when the
 /// window kept x̂_x).
@@ -134,7 +195,7 @@ pub(super) fn backward<T: Real>(
 ) {
     let (steps, batch, g) = (cache.steps, cache.batch, nx.blocks * nx.hidden);
     let rr = nx.rstd_rows_per_step(batch);
-    let keep = cache.xhat_x_kept;
+    let keep = cache.xhat_x_source == XhatX::Kept;
     let recompute = Recompute::new(cache, input);
     // per half: z, x̂ and a discarded output, (B, G·H) each, and one step's 1/σ
     let scratch_rows = 3 * batch + rr;
@@ -200,10 +261,12 @@ fn dense_rows<T>(input: LayerInput<'_, T>) -> ArrayView2<'_, T> {
     }
 }
 
-/// Recomputes step t's x̂ from the input, as the forward computed it.
+/// Recomputes step t's x̂ from the input, as the forward computed it (or gathers it from the
+/// table of W_x's rows, `XhatX::Table`).
 struct Recompute<'c, 'x, T> {
     wx: ArrayView2<'c, T>,
     x: ArrayView2<'x, T>,
+    table: Option<(ArrayView2<'c, T>, &'x [u32])>,
     batch: usize,
     train: bool,
     t0: usize,
@@ -211,7 +274,18 @@ struct Recompute<'c, 'x, T> {
 
 impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
     fn new(cache: &'c Cache<T>, input: LayerInput<'x, T>) -> Self {
-        Recompute { wx: cache.wx_t.view(), x: dense_rows(input), batch: cache.batch, train: cache.train, t0: cache.t0 }
+        let table = match (cache.xhat_x_source, input) {
+            (XhatX::Table, LayerInput::OneHot(ids)) => Some((cache.xhat_x.view(), ids)),
+            _ => None,
+        };
+        Recompute {
+            wx: cache.wx_t.view(),
+            x: dense_rows(input),
+            table,
+            batch: cache.batch,
+            train: cache.train,
+            t0: cache.t0,
+        }
     }
 
     /// x̂ of step t, in `scratch` (rows: z, x̂, a discarded output, 1/σ); returns its view.
@@ -225,6 +299,13 @@ impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
         let b = self.batch;
         let (mut z, rest) = scratch.split_at(Axis(0), b);
         let (mut xhat, rest) = rest.split_at(Axis(0), b);
+        if let Some((table, ids)) = self.table {
+            for (mut row, &id) in xhat.outer_iter_mut().zip(&ids[t * b..(t + 1) * b]) {
+                row.assign(&table.row(id as usize));
+            }
+            let shape = xhat.dim();
+            return ArrayView2::from_shape(shape, &*xhat.into_slice().expect("scratch rows are contiguous")).unwrap();
+        }
         let (mut out, mut rstd) = rest.split_at(Axis(0), b);
         crate::tensor::gemm_with(
             z.view_mut(),
@@ -274,6 +355,44 @@ mod tests {
         layer.backward(&mut cache, &mut grads, LayerInput::Dense(x.view()), OutputGrad::EveryStep(d_out.view()), None);
         let gain = layer.norm_x.as_ref().unwrap().gain.grad.clone();
         (cache.xhat_x.nrows(), cache.output().to_owned(), gain)
+    }
+
+    /// A window of token ids under layer norm, W_x with `vocab` rows of which the ids use the
+    /// first three: x̂_x's rows kept, and the output and every gradient.
+    fn one_hot_window(vocab: usize, cell: CellKind) -> (usize, Array2<f64>, Vec<Array2<f64>>) {
+        let (steps, batch, hidden) = (6, 3, 4);
+        let mut layer = Layer::<f64>::new("l", cell, vocab, hidden, Quantizer::Fp, Normalization::Layer, steps);
+        let wave = |i: usize| ((i * 7919) % 23) as f64 / 23.0 - 0.5;
+        // W_x (G·H, vocab): columns 0..3 the same whatever the vocabulary's size
+        layer.w_x.value.indexed_iter_mut().for_each(|((r, c), w)| *w = wave(r * 13 + c));
+        layer.w_h.value.iter_mut().enumerate().for_each(|(i, w)| *w = wave(i + 101));
+        let ids: Vec<u32> = (0..steps * batch).map(|n| ((n * 5) % 3) as u32).collect();
+        let (h0, c0) = (Array2::zeros((batch, hidden)), Array2::zeros((batch, hidden)));
+        let (mut cache, mut grads) = (Cache::default(), Grads::default());
+        layer.prepare_weights(&mut cache);
+        layer.forward(&mut cache, LayerInput::OneHot(&ids), h0.view(), c0.view(), true, 0);
+        let d_out = Array2::from_shape_fn((steps * batch, hidden), |(n, j)| wave(n * hidden + j + 3));
+        layer.backward(&mut cache, &mut grads, LayerInput::OneHot(&ids), OutputGrad::EveryStep(d_out.view()), None);
+        let nx = layer.norm_x.as_ref().unwrap();
+        let grads = vec![
+            layer.w_x.grad.slice(ndarray::s![.., ..3]).to_owned(),
+            layer.w_h.grad.clone(),
+            nx.gain.grad.clone(),
+            nx.bias.grad.clone(),
+        ];
+        (cache.xhat_x.nrows(), cache.output().to_owned(), grads)
+    }
+
+    #[test]
+    fn token_ids_under_layer_norm_use_a_table_and_give_the_same_numbers() {
+        for cell in [CellKind::Lstm, CellKind::Gru] {
+            let (table_rows, table_out, table_grads) = one_hot_window(3, cell);
+            let (kept_rows, kept_out, kept_grads) = one_hot_window(40, cell);
+            assert_eq!(table_rows, 3, "{cell:?}: three tokens, 18 rows: a table of three rows");
+            assert_eq!(kept_rows, 18, "{cell:?}: 40 tokens for 18 rows: every row kept");
+            assert_eq!(table_out, kept_out, "{cell:?}: forward");
+            assert_eq!(table_grads, kept_grads, "{cell:?}: ∂L/∂W_x (used columns), ∂L/∂W_h, N_x's γ and β");
+        }
     }
 
     #[test]
