@@ -48,6 +48,9 @@ pub struct Cache<T> {
     /// what the forward ran with (train: batch or running statistics; t0: the first step's
     /// in-window index).
     pub(super) xhat_x_source: super::input_norm::XhatX,
+    /// With `XhatX::Table`: γ ⊙ x̂ + β and 1/σ of each row of W_x (x̂ itself is in `xhat_x`).
+    pub(super) table_x: Array2<T>,
+    pub(super) rstd_table_x: Array2<T>,
     pub(super) train: bool,
     pub(super) t0: usize,
     pub(super) xhat_h: Array2<T>,

@@ -157,15 +157,13 @@ pub(super) fn forward<T: Real>(
 /// (`layer_forward` on the rows the window would have gathered), then each window row gets its
 /// token's γ ⊙ x̂ + β added to G and its 1/σ copied, in the order `layer_forward` adds them.
 fn table_forward<T: Real>(nx: &Normalizer<T>, ids: &[u32], cache: &mut Cache<T>) {
-    let Cache { xhat_x, rstd_x, gates, wx_t, z, .. } = cache;
+    let Cache { xhat_x, rstd_x, gates, wx_t, table_x, rstd_table_x, .. } = cache;
     let (vocab, g) = wx_t.dim();
     ensure_shape(xhat_x, vocab, g);
     ensure_shape(rstd_x, ids.len(), nx.rstd_cols());
-    // the table's 1/σ and its γ ⊙ x̂ + β, in the step scratch
-    ensure_shape(z, 2 * vocab, g.max(nx.rstd_cols()));
-    let (mut rstd_tab, y_tab) = z.view_mut().split_at(Axis(0), vocab);
-    let mut rstd_tab = rstd_tab.slice_mut(s![.., ..nx.rstd_cols()]);
-    let mut y_tab = y_tab.slice_move(s![.., ..g]);
+    ensure_shape(table_x, vocab, g);
+    ensure_shape(rstd_table_x, vocab, nx.rstd_cols());
+    let (y_tab, rstd_tab) = (table_x, rstd_table_x);
     // (forward_rows adds its output into y_tab; overwritten below, element by element as
     // `layer_forward` computes γ ⊙ x̂ + β, not as 0 + that)
     nx.forward_rows(wx_t.view(), xhat_x.view_mut(), rstd_tab.view_mut(), y_tab.view_mut());
