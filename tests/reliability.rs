@@ -52,6 +52,21 @@ fn wait_for(path: &Path, secs: u64) -> bool {
     false
 }
 
+/// Start `qlstm run` with `sets`, send `signals` once its first checkpoint exists, and check
+/// that it stopped cleanly: exit 130, an `interrupted` summary, the hint to resume.
+fn stop_at_first_checkpoint(out: &Path, sets: &[&str], dir: &Path, signals: &[&str]) {
+    let child = bin().args(run_args(out, sets)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(wait_for(&dir.join("checkpoint.safetensors"), 120), "no checkpoint appeared");
+    for sig in signals {
+        send(child.id(), sig);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(summary.contains(",interrupted,"), "{summary}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+}
+
 const BASE: [&str; 4] = ["model.hidden=32", "train.epochs=2", "train.max_steps=1200", "train.checkpoint_every=100"];
 
 #[test]
@@ -67,14 +82,7 @@ fn sigint_then_resume_equals_an_uninterrupted_run() {
     let mut sets: Vec<&str> = BASE.to_vec();
     sets.push("name=resumed");
     let dir = out.join("resumed");
-    let child = bin().args(run_args(&out, &sets)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    assert!(wait_for(&dir.join("checkpoint.safetensors"), 120), "no checkpoint appeared");
-    send(child.id(), "-INT");
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
-    assert!(summary.contains(",interrupted,"), "{summary}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    stop_at_first_checkpoint(&out, &sets, &dir, &["-INT"]);
 
     let mut args = run_args(&out, &sets);
     args.push("--resume".into());
@@ -135,17 +143,7 @@ fn a_stop_request_beside_a_signal_still_stops_cleanly() {
     let out = scratch("request");
     let mut sets: Vec<&str> = BASE.to_vec();
     sets.extend(["name=request", "model.hidden=256", "train.checkpoint_every=5"]);
-    let dir = out.join("request");
-    let child = bin().args(run_args(&out, &sets)).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    assert!(wait_for(&dir.join("checkpoint.safetensors"), 120));
-    send(child.id(), "-TERM");
-    send(child.id(), "-USR1");
-    send(child.id(), "-USR1");
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
-    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
-    assert!(summary.contains(",interrupted,"), "{summary}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    stop_at_first_checkpoint(&out, &sets, &out.join("request"), &["-TERM", "-USR1", "-USR1"]);
     let _ = std::fs::remove_dir_all(&out);
 }
 
