@@ -53,6 +53,9 @@ run word_2layer_dropout ptb_word --set model.hidden=64 --set model.embedding=64 
 # sequential MNIST, binarized with layer norm (learned h0/c0, noise on them in training)
 run mnist_bc_layer seq_mnist --set model.hidden=32 --set model.quantizer=bc --set model.normalization=layer \
   --set train.epochs=1 --set train.max_steps=4 --set train.eval_batch_size=500
+# and without an input normalizer (its one-pixel product written step by step in the time loop)
+run mnist_tc_weight seq_mnist --set model.hidden=32 --set model.quantizer=tc --set model.normalization=weight \
+  --set train.epochs=1 --set train.max_steps=4 --set train.eval_batch_size=500
 
 # Two threads: each half of the batch on its own thread (the split paths: no normalizer, layer
 # norm, batch norm exchanging statistics at every step, N_x over the window's halves). Their
@@ -66,6 +69,11 @@ THREADS=2 run t2_word_2layer_bc_layer ptb_word --set model.hidden=64 --set model
   --set model.quantizer=bc --set model.normalization=layer --set train.epochs=1 --set train.max_steps=12
 THREADS=2 run t2_char_gru_bc_batch_shared ptb_char --set model.cell=gru --set model.quantizer=bc \
   --set model.normalization=batch_shared --set model.hidden=64 --set train.epochs=1 --set train.max_steps=12
+for qn in fp:none bc:layer; do
+  q="${qn%%:*}" n="${qn##*:}"
+  THREADS=2 run "t2_mnist_${q}_${n}" seq_mnist --set model.hidden=32 --set "model.quantizer=$q" \
+    --set "model.normalization=$n" --set train.epochs=1 --set train.max_steps=3 --set train.eval_batch_size=500
+done
 THREADS=2 run t2_mnist_tc_batch_separate seq_mnist --set model.hidden=32 --set model.quantizer=tc \
   --set model.normalization=batch_separate --set train.epochs=1 --set train.max_steps=3 --set train.eval_batch_size=500
 

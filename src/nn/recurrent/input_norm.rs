@@ -7,14 +7,16 @@
 //! product. Where it is narrow — sequential MNIST's one pixel — the product costs less than the
 //! normalization itself, so nothing window-sized is kept: forward and backward both recompute a
 //! step's x̂ from x_t, into (B, G·H) scratch (125 MB less at T = 784, B = 100, H = 100). Both
-//! give bit-identical numbers: the same product, then the same normalizer kernels.
+//! give bit-identical numbers: the same product, then the same normalizer kernels. With layer
+//! norm (row-local) the forward then runs inside the time loop, one step at a time
+//! (`steps::StepInput`), so that G_t is still in cache for the recurrent product and the cell.
 //!
 //! Where the input is token ids and the normalizer is layer norm (row-local), a row's x̂ is a
 //! function of its token alone: the window keeps x̂ of each vocabulary row of W_x (a table,
-//! vocab × G·H: PTB-char's 50 rows instead of 6,400), adds each row's γ ⊙ x̂ + β from it, and
-//! backward gathers a step's x̂ from it — again the same kernels on the same numbers.
+//! vocab × G·H: PTB-char's 50 rows instead of 6,400), the time loop adds each row's γ ⊙ x̂ + β
+//! from it, and backward gathers a step's x̂ from it — again the same kernels on the same numbers.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, s};
 
 use super::steps;
 use super::{Cache, LayerInput};
@@ -53,29 +55,41 @@ impl XhatX {
     }
 }
 
-/// Forward of N_x over the window: `cache.gates` holds the bias on entry and gets N_x(X·W_xᵀ)
-/// added; `cache.steps`, `cache.batch` are set. The product uses the window's effective W_x,
-/// or `frozen` (an exported layer's). Training batch norm updates the running statistics after
-/// the window, step by step in time order.
+/// Forward of N_x: G = b + N_x(X·W_xᵀ) into `cache.gates` for the whole window, or, where a
+/// row-local normalizer's x̂_x is tabled or recomputed, only what the time loop needs to do it
+/// step by step (`steps::StepInput`: the table, the scratch); returns whether it left G to the
+/// time loop. `cache.steps`, `cache.batch` are set. The product uses the window's effective
+/// W_x, or `frozen` (an exported layer's). Training batch norm updates the running statistics
+/// after the window, step by step in time order.
 pub(super) fn forward<T: Real>(
     nx: &mut Normalizer<T>,
     frozen: Option<WeightsRef<T>>,
     input: LayerInput<T>,
+    bias: ArrayView1<T>,
     cache: &mut Cache<T>,
     train: bool,
     t0: usize,
-) {
+) -> bool {
     let (steps, batch, g) = (cache.steps, cache.batch, nx.blocks * nx.hidden);
     let (rows, rr) = (steps * batch, nx.rstd_rows_per_step(batch));
     let source = XhatX::of(&input, nx, frozen.is_some(), cache.wx_t.nrows());
     cache.xhat_x_source = source;
     cache.train = train;
     cache.t0 = t0;
-    if source == XhatX::Table {
-        let LayerInput::OneHot(ids) = input else { unreachable!("a table is for token ids") };
-        return table_forward(nx, ids, cache);
-    }
     let keep = source == XhatX::Kept;
+    if source == XhatX::Table {
+        table(nx, rows, cache);
+        return true;
+    }
+    // x̂ recomputed by a row-local normalizer: each step on its own, in the time loop, into a
+    // step's rows of scratch (z's second B rows, x̂_x's first)
+    if !keep && nx.row_local() {
+        ensure_shape(&mut cache.z, 2 * batch, g);
+        ensure_shape(&mut cache.xhat_x, 2 * batch, g);
+        ensure_shape(&mut cache.rstd_x, steps * rr, nx.rstd_cols());
+        return true;
+    }
+    cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
     let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, wx_t, .. } = cache;
     let wx_t = wx_t.view();
     // out = X·W_xᵀ (ndarray views are invariant in their lifetime: no one WeightsRef for both)
@@ -151,16 +165,18 @@ pub(super) fn forward<T: Real>(
     if stats {
         nx.apply_running(cache.bn_stats_x.view(), t0, batch);
     }
+    false
 }
 
-/// Forward of layer-norm N_x for token ids through the table: x̂ and 1/σ of every row of W_x
-/// (`layer_forward` on the rows the window would have gathered), then each window row gets its
-/// token's γ ⊙ x̂ + β added to G and its 1/σ copied, in the order `layer_forward` adds them.
-fn table_forward<T: Real>(nx: &Normalizer<T>, ids: &[u32], cache: &mut Cache<T>) {
-    let Cache { xhat_x, rstd_x, gates, wx_t, table_x, rstd_table_x, .. } = cache;
+/// Layer-norm N_x's table for token ids: x̂ and 1/σ of every row of W_x (`layer_forward` on the
+/// rows the window would have gathered) and γ ⊙ x̂ + β of each, which the time loop adds to
+/// each row's G_t by its token (`steps::StepInput::TokenTable`, in the order `layer_forward`
+/// adds them), copying the row's 1/σ into `rstd_x` for backward.
+fn table<T: Real>(nx: &Normalizer<T>, rows: usize, cache: &mut Cache<T>) {
+    let Cache { xhat_x, rstd_x, wx_t, table_x, rstd_table_x, .. } = cache;
     let (vocab, g) = wx_t.dim();
     ensure_shape(xhat_x, vocab, g);
-    ensure_shape(rstd_x, ids.len(), nx.rstd_cols());
+    ensure_shape(rstd_x, rows, nx.rstd_cols());
     ensure_shape(table_x, vocab, g);
     ensure_shape(rstd_table_x, vocab, nx.rstd_cols());
     let (y_tab, rstd_tab) = (table_x, rstd_table_x);
@@ -172,11 +188,6 @@ fn table_forward<T: Real>(nx: &Normalizer<T>, ids: &[u32], cache: &mut Cache<T>)
         for (((y, &x), &gs), &bs) in y.iter_mut().zip(x.iter()).zip(gain).zip(bias) {
             *y = gs * x + bs;
         }
-    }
-    for ((mut row, mut inv), &id) in gates.outer_iter_mut().zip(rstd_x.outer_iter_mut()).zip(ids) {
-        let id = id as usize;
-        row.zip_mut_with(&y_tab.row(id), |o, &y| *o += y);
-        inv.assign(&rstd_tab.row(id));
     }
 }
 

@@ -1,14 +1,15 @@
 //! One recurrent layer over a BPTT window: forward, backward, and the cache between them.
 //!
-//! What can be batched over the window is one GEMM: the input projection X·W_xᵀ, the weight
+//! What can be batched over the window is one GEMM: the input projection X·W_xᵀ (of a wide
+//! input; token rows and a narrow input are cheaper per step, `steps::StepInput`), the weight
 //! gradients dGᵀ·X and dGᵀ·H_prev, and dX = dG·W_x. Only h_{t-1}·W_hᵀ and its backward run per
 //! step (`steps.rs`), into buffers allocated before the time loop. Weights enter the window
 //! through `prepare_weights` (quantize, then weight-normalize), once per window, in the
 //! transposed layout (in, G·H) the GEMMs want.
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis, s};
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
-use super::steps::{self, GradWindowRows, StepNorm, WindowRows};
+use super::steps::{self, GradWindowRows, StepInput, StepNorm, WindowRows};
 use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm, OutputGrad, StepsGrad, input_norm};
 use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
@@ -269,27 +270,53 @@ impl<T: Real> Layer<T> {
             cache.cs.slice_mut(s![..batch, ..]).assign(&c0);
         }
 
-        // Input projection for the whole window: G = N_x(X·W_xᵀ) + b. Without a normalizer the
-        // product goes straight into G; with one, `input_norm` adds N_x's output into G = b.
+        // The input side G = b + N_x(X·W_xᵀ). Where its product is cheap (token rows, a narrow
+        // dense input) the time loop writes each step's own, just before that step's recurrent
+        // product (`steps::StepInput`); otherwise one pass over the window here. Without a
+        // normalizer the product goes straight into G; with one, `input_norm` adds N_x's output
+        // into G = b.
         let bias = self.bias.value.row(0);
         let frozen = self.frozen.as_ref().map(|f| f.x.weights());
-        match &mut self.norm_x {
+        let per_step = match &mut self.norm_x {
             None => {
-                let wx = frozen.unwrap_or(WeightsRef::dense(cache.wx_t.view()));
-                match input {
-                    LayerInput::OneHot(ids) => wx.gather(cache.gates.view_mut(), ids),
-                    LayerInput::Dense(x) => wx.product(cache.gates.view_mut(), false, x, true),
+                let per_step = match input {
+                    LayerInput::OneHot(_) => true,
+                    LayerInput::Dense(x) => x.ncols() <= input_norm::RECOMPUTE_MAX_INPUT,
+                };
+                if !per_step {
+                    let LayerInput::Dense(x) = input else { unreachable!("token ids go step by step") };
+                    // (ndarray views are invariant in their lifetime: no one WeightsRef for both)
+                    match frozen {
+                        Some(w) => w.product(cache.gates.view_mut(), false, x, true),
+                        None => WeightsRef::dense(cache.wx_t.view()).product(cache.gates.view_mut(), false, x, true),
+                    }
+                    cache.gates += &bias;
                 }
-                cache.gates += &bias;
+                per_step
             }
-            Some(nx) => {
-                cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
-                input_norm::forward(nx, frozen, input, cache, train, t0);
-            }
-        }
+            Some(nx) => input_norm::forward(nx, frozen, input, bias, cache, train, t0),
+        };
 
         // The recurrence: the per-step product W_h·h_{t-1}, its normalizer and the cell.
-        let Cache { wh_t, wh_panels, gates, hs, cs, aux, rec, z, xhat_h, rstd_h, bn_stats_h, .. } = cache;
+        let Cache {
+            wh_t,
+            wh_panels,
+            wx_t,
+            gates,
+            hs,
+            cs,
+            aux,
+            rec,
+            z,
+            xhat_h,
+            rstd_h,
+            bn_stats_h,
+            xhat_x,
+            rstd_x,
+            table_x,
+            rstd_table_x,
+            ..
+        } = cache;
         // batch norm in training on two halves records each step's statistics for the running
         // ones, which are updated after the window (both halves only read the normalizer)
         let bn_split = train && steps::splits(batch) && self.norm_h.as_ref().is_some_and(|n| !n.row_local());
@@ -308,6 +335,36 @@ impl<T: Real> Layer<T> {
             None => (0, 0),
         };
         let normed = self.norm_h.is_some();
+        // the scratch z: N_h's step product in its first B rows, N_x's (recomputed) in the next
+        let z_rows = z.nrows();
+        let (z_h, z_x) = z.view_mut().split_at(Axis(0), batch.min(z_rows));
+        let input = if per_step {
+            let wx = frozen.unwrap_or(WeightsRef::dense(wx_t.view()));
+            let bias = self.bias.value.as_slice().expect("a contiguous bias");
+            let ids = |ids| ArrayView2::from_shape((steps, batch), ids).expect("T·B token ids");
+            match (&self.norm_x, input) {
+                (None, LayerInput::OneHot(i)) => StepInput::Tokens { wx, ids: ids(i), bias },
+                (None, LayerInput::Dense(x)) => StepInput::Narrow { wx, x: by_step(x, steps, batch), bias },
+                (Some(nx), LayerInput::OneHot(i)) => StepInput::TokenTable {
+                    table: table_x.view(),
+                    rstd_table: rstd_table_x.view(),
+                    ids: ids(i),
+                    bias,
+                    rstd: rstd_x.view_mut().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
+                },
+                (Some(nx), LayerInput::Dense(x)) => StepInput::NarrowNormed {
+                    wx,
+                    x: by_step(x, steps, batch),
+                    bias,
+                    norm: nx,
+                    z: z_x,
+                    xhat: xhat_x.slice_mut(s![..batch, ..]),
+                    rstd: rstd_x.view_mut().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
+                },
+            }
+        } else {
+            StepInput::Window
+        };
         let window = WindowRows {
             gates: gates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),
             hs: hs.view_mut().into_shape_with_order((steps + 1, batch, h)).unwrap(),
@@ -315,9 +372,10 @@ impl<T: Real> Layer<T> {
             aux: aux.view_mut().into_shape_with_order((steps, batch, ha)).unwrap(),
             rec: rec.view_mut(),
             rec_bias: self.bias_hn.as_ref().map_or(&[], |b| b.value.as_slice().unwrap()),
+            input,
             norm: StepNorm::new(self.norm_h.as_mut(), train, Some(&exchange)),
             t0,
-            z: if normed { z.slice_mut(s![..batch, ..]) } else { empty2() },
+            z: if normed { z_h } else { empty2() },
             xhat: if normed {
                 xhat_h.view_mut().into_shape_with_order((steps, batch, g)).unwrap()
             } else {
@@ -475,6 +533,12 @@ impl<T: Real> Layer<T> {
         backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);
         backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh_t);
     }
+}
+
+/// A dense input's rows (T·B, in) as (T, B, in).
+fn by_step<T>(x: ArrayView2<'_, T>, steps: usize, batch: usize) -> ArrayView3<'_, T> {
+    let w = x.ncols();
+    x.into_shape_with_order((steps, batch, w)).expect("T·B contiguous input rows")
 }
 
 /// A (0, 0) view, for the normalizer scratch of a layer without one.

@@ -4,8 +4,9 @@
 //!   cell(G_t, state_{t-1}) → state_t
 //! and backward, from the last step to the first:
 //!   cell⁻¹ → ∂L/∂G_t (and ∂L/∂R_t);   ∂L/∂h_{t-1} (+)= N_h⁻¹(∂L/∂G_t or ∂L/∂R_t) · W_h
-//! Everything that can be batched over the window (the input projection, the weight
-//! gradients) happens outside, in `layer.rs`: only this product and the cell are per step.
+//! Everything that can be batched over the window (the input projection of a wide input, the
+//! weight gradients) happens outside, in `layer.rs`: only this product, the cell and, where
+//! its product is cheap, the input side of G_t (`StepInput`) are per step.
 //!
 //! With two threads each thread takes half of the batch through the whole window. When the
 //! rows of a step never interact (no recurrent normalizer, or a row-local one such as layer
@@ -79,6 +80,116 @@ impl<'a, T: Real> StepNorm<'a, T> {
     }
 }
 
+/// The input side of G_t, b + N_x(x_t·W_xᵀ), where the time loop writes it one step at a time,
+/// just before the recurrent product adds into G_t. For inputs whose product is cheap (token
+/// rows, a narrow dense input) the step's G_t is then still in cache for the product and the
+/// cell, instead of read back from a window-wide pass written long before (sequential MNIST's
+/// window is 125 MB). Each variant computes G_t with the kernels and in the order the window
+/// pass would, so the numbers are the same.
+pub(super) enum StepInput<'a, T> {
+    /// `layer.rs` wrote G = b + N_x(X·W_xᵀ) for the whole window (wide inputs, whose product is
+    /// a real GEMM; batch norm of the input product, whose statistics are the window's).
+    Window,
+    /// Token ids, (T, rows): G_t = W_x[id] + b.
+    Tokens { wx: WeightsRef<'a, T>, ids: ArrayView2<'a, u32>, bias: &'a [T] },
+    /// Token ids through layer norm's table of W_x's rows (`input_norm.rs`): G_t = b + (γ ⊙ x̂ +
+    /// β)[id], and the row's 1/σ into `rstd`, (T, rows, blocks).
+    TokenTable {
+        table: ArrayView2<'a, T>,
+        rstd_table: ArrayView2<'a, T>,
+        ids: ArrayView2<'a, u32>,
+        bias: &'a [T],
+        rstd: ArrayViewMut3<'a, T>,
+    },
+    /// A narrow dense input x, (T, rows, in): G_t = x_t·W_xᵀ + b.
+    Narrow { wx: WeightsRef<'a, T>, x: ArrayView3<'a, T>, bias: &'a [T] },
+    /// The same through a row-local normalizer (layer norm), whose x̂ backward recomputes: the
+    /// step's product into `z`, its x̂ into `xhat` (scratch, (rows, G·H) each), 1/σ into `rstd`,
+    /// (T, rows, blocks), and G_t = b, then += γ ⊙ x̂ + β.
+    NarrowNormed {
+        wx: WeightsRef<'a, T>,
+        x: ArrayView3<'a, T>,
+        bias: &'a [T],
+        norm: &'a Normalizer<T>,
+        z: ArrayViewMut2<'a, T>,
+        xhat: ArrayViewMut2<'a, T>,
+        rstd: ArrayViewMut3<'a, T>,
+    },
+}
+
+impl<T: Real> StepInput<'_, T> {
+    /// Write step t's input side into `gates` (the step's rows of G).
+    fn write(&mut self, t: usize, mut gates: ArrayViewMut2<T>) {
+        let set_bias = |gates: &mut ArrayViewMut2<T>, bias: &[T]| {
+            for mut row in gates.rows_mut() {
+                row.as_slice_mut().expect("contiguous rows").copy_from_slice(bias);
+            }
+        };
+        let add_bias = |gates: &mut ArrayViewMut2<T>, bias: &[T]| {
+            for mut row in gates.rows_mut() {
+                row.iter_mut().zip(bias).for_each(|(g, &b)| *g += b);
+            }
+        };
+        match self {
+            StepInput::Window => {}
+            StepInput::Tokens { wx, ids, bias } => {
+                wx.gather(gates.view_mut(), ids.row(t).to_slice().expect("a step's ids are contiguous"));
+                add_bias(&mut gates, bias);
+            }
+            StepInput::TokenTable { table, rstd_table, ids, bias, rstd } => {
+                set_bias(&mut gates, bias);
+                let mut rstd = rstd.index_axis_mut(Axis(0), t);
+                for ((mut row, mut inv), &id) in gates.rows_mut().into_iter().zip(rstd.rows_mut()).zip(ids.row(t)) {
+                    row.zip_mut_with(&table.row(id as usize), |o, &y| *o += y);
+                    inv.assign(&rstd_table.row(id as usize));
+                }
+            }
+            StepInput::Narrow { wx, x, bias } => {
+                wx.product(gates.view_mut(), false, x.index_axis(Axis(0), t), false);
+                add_bias(&mut gates, bias);
+            }
+            StepInput::NarrowNormed { wx, x, bias, norm, z, xhat, rstd } => {
+                set_bias(&mut gates, bias);
+                wx.product(z.view_mut(), false, x.index_axis(Axis(0), t), false);
+                norm.forward_rows(z.view(), xhat.view_mut(), rstd.index_axis_mut(Axis(0), t), gates);
+            }
+        }
+    }
+
+    /// The input side of the first `m` rows and of the rest.
+    fn split(self, m: usize) -> (Self, Self) {
+        match self {
+            StepInput::Window => (StepInput::Window, StepInput::Window),
+            StepInput::Tokens { wx, ids, bias } => {
+                let (i0, i1) = ids.split_at(Axis(1), m);
+                (StepInput::Tokens { wx, ids: i0, bias }, StepInput::Tokens { wx, ids: i1, bias })
+            }
+            StepInput::TokenTable { table, rstd_table, ids, bias, rstd } => {
+                let (i0, i1) = ids.split_at(Axis(1), m);
+                let (r0, r1) = rstd.split_at(Axis(1), m);
+                (
+                    StepInput::TokenTable { table, rstd_table, ids: i0, bias, rstd: r0 },
+                    StepInput::TokenTable { table, rstd_table, ids: i1, bias, rstd: r1 },
+                )
+            }
+            StepInput::Narrow { wx, x, bias } => {
+                let (x0, x1) = x.split_at(Axis(1), m);
+                (StepInput::Narrow { wx, x: x0, bias }, StepInput::Narrow { wx, x: x1, bias })
+            }
+            StepInput::NarrowNormed { wx, x, bias, norm, z, xhat, rstd } => {
+                let (x0, x1) = x.split_at(Axis(1), m);
+                let (z0, z1) = z.split_at(Axis(0), m);
+                let (h0, h1) = xhat.split_at(Axis(0), m);
+                let (r0, r1) = rstd.split_at(Axis(1), m);
+                (
+                    StepInput::NarrowNormed { wx, x: x0, bias, norm, z: z0, xhat: h0, rstd: r0 },
+                    StepInput::NarrowNormed { wx, x: x1, bias, norm, z: z1, xhat: h1, rstd: r1 },
+                )
+            }
+        }
+    }
+}
+
 /// Some rows of the batch (all, or one half) over the whole window, as 3-D views
 /// (time, row, ·): what the forward touches.
 pub(super) struct WindowRows<'a, T> {
@@ -91,6 +202,8 @@ pub(super) struct WindowRows<'a, T> {
     /// The step's recurrent product for a cell that takes it apart, (rows, G·H); empty otherwise.
     pub rec: ArrayViewMut2<'a, T>,
     pub rec_bias: &'a [T],
+    /// The input side of G, when the loop writes it step by step.
+    pub input: StepInput<'a, T>,
     pub norm: StepNorm<'a, T>,
     /// The in-window time index of the first step (batch norm's statistics slot).
     pub t0: usize,
@@ -193,6 +306,7 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
             }
         };
         let (g0, g1) = self.gates.split_at(Axis(1), m);
+        let (i0, i1) = self.input.split(m);
         let (h0, h1) = self.hs.split_at(Axis(1), m);
         let (c0, c1) = self.cs.split_at(Axis(1), m);
         let (a0, a1) = self.aux.split_at(Axis(1), m);
@@ -212,6 +326,7 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
                 aux: a0,
                 rec: q0,
                 rec_bias: b,
+                input: i0,
                 norm: norm0,
                 t0,
                 z: z0,
@@ -226,6 +341,7 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
                 aux: a1,
                 rec: q1,
                 rec_bias: b,
+                input: i1,
                 norm: norm1,
                 t0,
                 z: z1,
@@ -345,6 +461,7 @@ pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh: WeightsRef<T>,
         let (h_prev, mut h_next) = r.hs.view_mut().split_at(Axis(0), t + 1);
         let (c_prev, mut c_next) = r.cs.view_mut().split_at(Axis(0), t + 1);
         let h_prev = h_prev.index_axis(Axis(0), t);
+        r.input.write(t, gates.view_mut());
         // G_t += N_h(h_{t-1}·W_hᵀ): without a normalizer the product goes straight into G_t; a
         // cell that takes it apart gets it in R_t (the normalizer adds into a zeroed R_t).
         let mut target = if C::PRODUCT_APART { r.rec.view_mut() } else { gates.view_mut() };
