@@ -3,7 +3,8 @@
 //! whole batch: loss, every gradient and the running statistics agree to rounding, in f64, for
 //! both batch norms, both cells, two windows with carried state (the running statistics of the
 //! first window feed nothing in training, so they are compared after both), and the evaluation
-//! forward on running statistics. A test binary of its own: the thread count is global.
+//! forward on running statistics; without batch statistics the two agree bit for bit. A test
+//! binary of its own: the thread count is global.
 
 use ndarray::Array2;
 use qlstm::model::{Input, Model};
@@ -18,7 +19,11 @@ struct Outcome {
     grads: Vec<(String, Array2<f64>)>,
 }
 
+/// The tests of this binary run one at a time: the thread count is global.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(cell: CellKind, norm: Normalization, threads: usize) -> Outcome {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     qlstm::tensor::set_threads(threads);
     assert_eq!(qlstm::tensor::threads(), threads);
     let (vocab, batch, steps) = (11, 32, 6);
@@ -82,6 +87,25 @@ fn batch_norm_on_two_halves_equals_the_whole_batch() {
             // the running statistics moved off their initial 0 and 1
             let rm = &one.tensors.iter().find(|(n, _)| n.ends_with("norm_h.running_mean")).unwrap().1;
             assert!(rm.iter().any(|&v| v.abs() > 1e-3), "{what}: running mean updated");
+        }
+    }
+}
+
+/// Without batch statistics the halves never exchange sums, and the recurrent layer norm's
+/// ∂L/∂γ, ∂L/∂β are summed per half of the rows whether one thread runs both halves or two
+/// threads one each (`param_groups`): one and two threads give the same bits.
+#[test]
+fn row_local_normalizers_on_two_halves_are_bit_identical() {
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        for norm in [Normalization::None, Normalization::Layer] {
+            let one = run(cell, norm, 1);
+            let two = run(cell, norm, 2);
+            let what = format!("{cell:?} {norm:?}");
+            assert_eq!(one.losses, two.losses, "{what}: training losses");
+            assert_eq!(one.eval_loss, two.eval_loss, "{what}: eval loss");
+            for ((name, a), (_, b)) in one.grads.iter().zip(&two.grads) {
+                assert_eq!(a, b, "{what}: {name} differs between one thread and two");
+            }
         }
     }
 }

@@ -233,6 +233,58 @@ impl<T: Real> Normalizer<T> {
     }
 
     crate::tensor::simd_method! {
+        /// `input_grad_rows` in place, for the recurrent product's steps: `xz` holds x̂ on entry
+        /// and ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are added to its group's sums in
+        /// `sums` (rows before `split_at` to the first 2·G·H entries, γ's then β's; the rest to
+        /// the next 2·G·H): the step's part of ∂L/∂γ and ∂L/∂β, read from the same pass.
+        pub fn input_grad_rows_in_place(
+            &self,
+            dy: ArrayView2<T>,
+            xz: ArrayViewMut2<T>,
+            rstd: ArrayView2<T>,
+            split_at: usize,
+            sums: &mut [T],
+        ) => input_grad_rows_in_place_impl, input_grad_rows_in_place_avx512, input_grad_rows_in_place_avx2
+    }
+
+    #[inline(always)]
+    fn input_grad_rows_in_place_impl(
+        &self,
+        dy: ArrayView2<T>,
+        mut xz: ArrayViewMut2<T>,
+        rstd: ArrayView2<T>,
+        split_at: usize,
+        sums: &mut [T],
+    ) {
+        let (gain, h) = (self.gain.value.as_slice().unwrap(), self.hidden);
+        let (hn, g) = (T::r(h as f64), dy.ncols());
+        for r in 0..dy.nrows() {
+            let dr = dy.row(r).to_slice().unwrap();
+            let zr = xz.row_mut(r).into_slice().unwrap();
+            let group = if r < split_at { 0 } else { 2 * g };
+            let (sg, sb) = sums[group..group + 2 * g].split_at_mut(g);
+            for k in 0..g / h {
+                let blk = k * h..(k + 1) * h;
+                // the means over the block exactly as `layer_input_grad` takes them
+                let (mut m1, mut m2) = (T::zero(), T::zero());
+                for j in blk.clone() {
+                    let dx = gain[j] * dr[j];
+                    m1 += dx;
+                    m2 += dx * zr[j];
+                }
+                let (m1, m2) = (m1 / hn, m2 / hn);
+                let inv = rstd[[r, k]];
+                for j in blk {
+                    let (d, x) = (dr[j], zr[j]);
+                    sg[j] += d * x;
+                    sb[j] += d;
+                    zr[j] = inv * (gain[j] * d - m1 - x * m2);
+                }
+            }
+        }
+    }
+
+    crate::tensor::simd_method! {
         /// Backward of `forward` in training mode: from ∂L/∂out `dy` to ∂L/∂z (written to `dz`),
         /// accumulating ∂L/∂γ = Σ dy ⊙ x̂ and ∂L/∂β = Σ dy. With dx̂ = γ ⊙ dy and means over the
         /// normalized set (a gate block of a row, or a column of the batch):
@@ -386,6 +438,51 @@ impl<T: Real> Normalizer<T> {
     }
 }
 
+impl<T: Real> Normalizer<T> {
+    /// Add to ∂L/∂γ and ∂L/∂β the sums that the in-place steps accumulated: one row per group
+    /// of the batch's rows, γ's G·H sums then β's, the groups added in order.
+    pub(crate) fn add_param_sums(&mut self, sums: ArrayView2<T>) {
+        let g = sums.ncols() / 2;
+        let dgain = self.gain.grad.as_slice_mut().unwrap();
+        let dbias = self.bias.grad.as_slice_mut().unwrap();
+        for j in 0..g {
+            let (mut sg, mut sb) = (T::zero(), T::zero());
+            for row in sums.rows() {
+                sg += row[j];
+                sb += row[g + j];
+            }
+            dgain[j] += sg;
+            dbias[j] += sb;
+        }
+    }
+
+    /// `input_grad_part` in place, for the recurrent product's steps: `xz` holds x̂ on entry and
+    /// ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are added to its group's sums in `sums`
+    /// (as `input_grad_rows_in_place`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn input_grad_part_in_place(
+        &self,
+        dy: ArrayView2<T>,
+        xz: ArrayViewMut2<T>,
+        inv_r: &[T],
+        peer: Option<&mut crate::nn::recurrent::Peer<T>>,
+        rows_total: usize,
+        work: &mut PartWork<T>,
+        split_at: usize,
+        sums: &mut [T],
+    ) {
+        let g = dy.ncols();
+        work.size(2 * g);
+        let gain = self.gain.value.as_slice().unwrap();
+        col_grad_sums(gain, dy, xz.view(), &mut work.mine);
+        join(peer, &work.mine, &mut work.total);
+        let n = T::r(rows_total as f64);
+        work.total.iter_mut().for_each(|m| *m /= n);
+        let (m1, m2) = work.total.split_at(g);
+        batch_input_grad_in_place(gain, inv_r, m1, m2, dy, xz, split_at, sums);
+    }
+}
+
 /// The whole batch's sums from this part's: joined with the other half's through `peer`, or
 /// this part's alone when it is the whole batch (`peer` None).
 fn join<T: Real>(peer: Option<&mut crate::nn::recurrent::Peer<T>>, mine: &[T], total: &mut [T]) {
@@ -478,6 +575,36 @@ crate::tensor::simd_kernel! {
             let zr = dz.row_mut(r).into_slice().unwrap();
             for j in 0..zr.len() {
                 zr[j] = inv[j] * (gain[j] * dr[j] - m1[j] - xr[j] * m2[j]);
+            }
+        }
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// `batch_input_grad` with x̂ in `xz` overwritten by ∂L/∂z, and dy ⊙ x̂, dy added to the
+    /// row's group's sums (`Normalizer::input_grad_part_in_place`).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_input_grad_in_place<T: Real>(
+        gain: &[T],
+        inv: &[T],
+        m1: &[T],
+        m2: &[T],
+        dy: ArrayView2<T>,
+        xz: ArrayViewMut2<T>,
+        split_at: usize,
+        sums: &mut [T],
+    ) {
+        let (mut xz, g) = (xz, gain.len());
+        for r in 0..dy.nrows() {
+            let dr = dy.row(r).to_slice().unwrap();
+            let zr = xz.row_mut(r).into_slice().unwrap();
+            let group = if r < split_at { 0 } else { 2 * g };
+            let (sg, sb) = sums[group..group + 2 * g].split_at_mut(g);
+            for j in 0..g {
+                let (d, x) = (dr[j], zr[j]);
+                sg[j] += d * x;
+                sb[j] += d;
+                zr[j] = inv[j] * (gain[j] * d - m1[j] - x * m2[j]);
             }
         }
     }

@@ -53,6 +53,9 @@ pub struct Cache<T> {
     pub(super) rstd_table_x: Array2<T>,
     pub(super) train: bool,
     pub(super) t0: usize,
+    /// x̂ of the recurrent product, (T·B, G·H); the backward overwrites it step by step with
+    /// ∂L/∂z_h, the raw product's gradient, which the window's dW_h reads, and then with N_x's
+    /// ∂L/∂z_x for dW_x (so no window-sized gradient buffer of its own).
     pub(super) xhat_h: Array2<T>,
     pub(super) rstd_h: Array2<T>,
     /// Batch norm of W_h·h split over two threads in training: each step's μ and σ², (T, 2·G·H),
@@ -141,8 +144,10 @@ impl<T: Real> Cache<T> {
 pub struct Grads<T> {
     /// ∂L/∂(recurrent product) for a cell that takes it apart (GRU), (T·B, G·H).
     pub(super) dg_rec: Array2<T>,
-    /// ∂L/∂(raw products) under layer/batch norm, (T·B, G·H).
-    pub(super) dz: Array2<T>,
+    /// N_h's ∂L/∂γ, ∂L/∂β summed over the window by the steps, per group of rows
+    /// (`steps::param_groups`), (groups, 2·G·H). (∂L/∂ of the raw products themselves go into
+    /// the cache's x̂_h, which the backward spends.)
+    pub(super) norm_sums: Array2<T>,
     /// Scratch of N_x's backward where it recomputes x̂_x (`input_norm.rs`).
     pub(super) xnorm_scratch: Array2<T>,
     /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.

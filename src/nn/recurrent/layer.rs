@@ -423,7 +423,6 @@ impl<T: Real> Layer<T> {
         let rows = steps * batch;
         assert!(!cache.gates_hold_grads, "backward twice after one forward: the cache's gate activations are spent");
         ensure_shape(&mut grads.dg_rec, if apart { rows } else { 0 }, g);
-        ensure_shape(&mut grads.dz, rows, g);
         ensure_shape(&mut grads.dh, batch, h);
         ensure_shape(&mut grads.dc, batch, hc);
         grads.dh.fill(T::zero());
@@ -432,7 +431,7 @@ impl<T: Real> Layer<T> {
         grads.h_grad_norms.resize(steps, 0.0);
 
         // The recurrence backwards, on one or two halves of the batch as in the forward.
-        let Grads { dg_rec, dz, dh, dc, h_grad_norms, wh, wh_panels, .. } = grads;
+        let Grads { dg_rec, dh, dc, h_grad_norms, wh, wh_panels, norm_sums, .. } = grads;
         // ∂L/∂h_{t-1} = ∂L/∂z_t · W_h at every step: W_h (G·H, H) packed once for the window's
         // steps, or (where the panels do not apply) copied row-major for faer, which would pack
         // a transposed view again at every step (143 vs 220 GFLOP/s on char's
@@ -447,8 +446,9 @@ impl<T: Real> Layer<T> {
         };
         let normed = self.norm_h.is_some();
         let (rr, rc) = self.norm_h.as_ref().map_or((0, 0), |n| (n.rstd_rows_per_step(batch), n.rstd_cols()));
-        // batch norm on two halves leaves its γ, β gradients to the window-wide sum below
-        let bn_split = steps::splits(batch) && self.norm_h.as_ref().is_some_and(|n| !n.row_local());
+        // N_h's γ, β gradients: summed by the steps, per group of rows (see `param_groups`)
+        ensure_shape(norm_sums, if normed { steps::param_groups(batch) } else { 0 }, 2 * g);
+        norm_sums.fill(T::zero());
         let exchange = Exchange::new();
         cache.gates_hold_grads = true;
         let window = GradWindowRows {
@@ -465,17 +465,17 @@ impl<T: Real> Layer<T> {
                 empty3(steps)
             },
             norm: StepNorm::new(self.norm_h.as_mut(), true, Some(&exchange)),
-            xhat: if normed {
-                cache.xhat_h.view().into_shape_with_order((steps, batch, g)).unwrap()
+            xz: if normed {
+                cache.xhat_h.view_mut().into_shape_with_order((steps, batch, g)).unwrap()
             } else {
-                empty_view3(steps)
+                empty3(steps)
             },
             rstd: if normed {
                 cache.rstd_h.view().into_shape_with_order((steps, rr, rc)).unwrap()
             } else {
                 empty_view3(steps)
             },
-            dz: if normed { dz.view_mut().into_shape_with_order((steps, batch, g)).unwrap() } else { empty3(steps) },
+            sums: norm_sums.view_mut(),
         };
         let sq = std::sync::Mutex::new(vec![0.0f64; steps]);
         with_cell!(self.cell, C => steps::split_batch(window, batch, &|r: GradWindowRows<T>, par| {
@@ -493,23 +493,23 @@ impl<T: Real> Layer<T> {
             let db = d_rec.slice(s![.., 2 * h..3 * h]).sum_axis(Axis(0));
             b.grad.row_mut(0).zip_mut_with(&db, |a, &d| *a += d);
         }
-        // A row-local normalizer's γ, β gradients, for the whole window at once (its steps may
-        // have run on two halves of the batch), and a batch normalizer's that ran on halves; one
-        // that ran on the whole batch summed them step by step.
-        if let Some(nh) = self.norm_h.as_mut().filter(|n| n.row_local() || bn_split) {
-            nh.param_grads(d_rec, cache.xhat_h.view());
+        if let Some(nh) = &mut self.norm_h {
+            nh.add_param_sums(grads.norm_sums.view());
         }
 
-        // Window-batched weight gradients w.r.t. the effective (transposed) weights.
+        // Window-batched weight gradients w.r.t. the effective (transposed) weights; with a
+        // normalizer, the steps left ∂L/∂z_h in x̂_h's place.
         ensure_shape(&mut grads.dwh_t, h, g);
-        let d_zh = if self.norm_h.is_some() { grads.dz.view() } else { d_rec };
+        let d_zh = if normed { cache.xhat_h.view() } else { d_rec };
         let hs_t = cache.hs.slice(s![..rows, ..]).reversed_axes();
         grads.dz_panels.gemm_once(self.precision, grads.dwh_t.view_mut(), false, hs_t, d_zh);
-        // ∂L/∂(W_x·x): through N_x when there is one (dz is free again now).
+        // ∂L/∂(W_x·x): through N_x when there is one, into x̂_h's buffer (free again now)
         if let Some(nx) = &mut self.norm_x {
-            input_norm::backward(nx, input, cache, cache.gates.view(), grads.dz.view_mut(), &mut grads.xnorm_scratch);
+            let mut dz = std::mem::take(&mut cache.xhat_h);
+            input_norm::backward(nx, input, cache, cache.gates.view(), dz.view_mut(), &mut grads.xnorm_scratch);
+            cache.xhat_h = dz;
         }
-        let d_zx = if self.norm_x.is_some() { grads.dz.view() } else { cache.gates.view() };
+        let d_zx = if self.norm_x.is_some() { cache.xhat_h.view() } else { cache.gates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
         match input {
             LayerInput::OneHot(ids) => {

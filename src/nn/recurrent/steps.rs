@@ -230,9 +230,14 @@ pub(super) struct GradWindowRows<'a, T> {
     /// ∂L/∂(recurrent product) for a cell that takes it apart, (T, rows, G·H); empty otherwise.
     pub dg_rec: ArrayViewMut3<'a, T>,
     pub norm: StepNorm<'a, T>,
-    pub xhat: ArrayView3<'a, T>,
+    /// With a normalizer: each step's x̂ (T, rows, G·H), overwritten by the step with ∂L/∂z,
+    /// the gradient of the raw product (x̂ is spent once the step has its gradient), and
+    /// 1/σ as in the forward.
+    pub xz: ArrayViewMut3<'a, T>,
     pub rstd: ArrayView3<'a, T>,
-    pub dz: ArrayViewMut3<'a, T>,
+    /// With a normalizer: Σ over the window of dy ⊙ x̂ and of dy (∂L/∂γ, ∂L/∂β), per group of
+    /// rows (`param_groups`): (groups, 2·G·H), γ's then β's; empty without.
+    pub sums: ArrayViewMut2<'a, T>,
 }
 
 /// ∂L/∂h_t from above as the time loop reads it: (T, rows, H), or the last step's (rows, H).
@@ -376,11 +381,12 @@ impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
         let (dh, dh1) = self.dh.split_at(Axis(0), m);
         let (dc, dc1) = self.dc.split_at(Axis(0), m);
         let (dg_rec, dg_rec1) = split_rows3(self.dg_rec, m);
-        let (xhat, xhat1) = split_view3(self.xhat, m);
+        let (xz, xz1) = split_rows3(self.xz, m);
         let (rstd, rstd1) = if shared_rstd { (self.rstd, self.rstd) } else { split_view3(self.rstd, m) };
-        let (dz, dz1) = split_rows3(self.dz, m);
+        // a half is one group of rows (`param_groups`)
+        let (sums, sums1) = split_rows2(self.sums, 1);
         Ok((
-            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg_rec, norm: norm0, xhat, rstd, dz },
+            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg_rec, norm: norm0, xz, rstd, sums },
             GradWindowRows {
                 gates: gates1,
                 hs: hs1,
@@ -391,9 +397,9 @@ impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
                 dc: dc1,
                 dg_rec: dg_rec1,
                 norm: norm1,
-                xhat: xhat1,
+                xz: xz1,
                 rstd: rstd1,
-                dz: dz1,
+                sums: sums1,
             },
         ))
     }
@@ -418,6 +424,13 @@ fn split_view3<T>(v: ArrayView3<'_, T>, m: usize) -> (ArrayView3<'_, T>, ArrayVi
 
 /// Batches at least this large are split in two halves, one per thread.
 const SPLIT_MIN_BATCH: usize = 16;
+
+/// The groups of a batch's rows whose ∂L/∂γ, ∂L/∂β sums the backward keeps apart: the two
+/// halves `split_batch` would run (rows before `batch / 2`, the rest) whether or not it does,
+/// so that one thread and two add the same numbers in the same order.
+pub(super) fn param_groups(batch: usize) -> usize {
+    if batch >= SPLIT_MIN_BATCH { 2 } else { 1 }
+}
 
 /// Whether `split_batch` will run a batch of `batch` rows as two halves (when the normalizer
 /// allows it).
@@ -523,7 +536,9 @@ pub(super) fn forward<C: Cell, T: Real>(mut r: WindowRows<T>, wh: WeightsRef<T>,
 }
 
 /// The backward time loop over some rows; returns Σ (∂L/∂h_t)² over those rows for every t.
-/// `wh` is the effective W_h, (G·H, H).
+/// `wh` is the effective W_h, (G·H, H). A recurrent normalizer's ∂L/∂γ, ∂L/∂β are summed step
+/// by step into `r.sums` (each step's rows first, then into the window's sum: shorter chains
+/// than one sum over all T·B rows).
 pub(super) fn backward<C: Cell, T: Real>(
     mut r: GradWindowRows<T>,
     wh: FixedRhs<T>,
@@ -531,8 +546,13 @@ pub(super) fn backward<C: Cell, T: Real>(
     par: bool,
 ) -> Vec<f64> {
     let steps = r.gates.len_of(Axis(0));
+    let rows = r.gates.len_of(Axis(1));
     let mut sq = vec![0.0; steps];
     let zeros = ndarray::Array2::zeros(r.d_out.shape());
+    // this part's groups of rows (two when one thread runs both halves) and a step's sums
+    let split_at = if r.sums.nrows() == 2 { rows / 2 } else { rows };
+    let mut step_sums = vec![T::zero(); r.sums.len()];
+    let mut work = PartWork::default();
     for t in (0..steps).rev() {
         // the step's activations in, ∂L/∂G_t out
         let mut dg = r.gates.index_axis_mut(Axis(0), t);
@@ -554,26 +574,38 @@ pub(super) fn backward<C: Cell, T: Real>(
         // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through the normalizer's backward if any; added
         // to the direct part the cell left in dh, for a cell that has one.
         let dy = if C::PRODUCT_APART { dg_rec.view() } else { dg.view() };
-        let (xhat, rstd) = (r.xhat.index_axis(Axis(0), t), r.rstd.index_axis(Axis(0), t));
+        if matches!(r.norm, StepNorm::None) {
+            wh.product(r.dh.view_mut(), C::PRODUCT_APART, dy, par);
+            continue;
+        }
+        let (mut dz, rstd) = (r.xz.index_axis_mut(Axis(0), t), r.rstd.index_axis(Axis(0), t));
+        step_sums.iter_mut().for_each(|s| *s = T::zero());
         match &mut r.norm {
-            StepNorm::None => wh.product(r.dh.view_mut(), C::PRODUCT_APART, dy, par),
-            StepNorm::Rows(n) => {
-                let mut dz = r.dz.index_axis_mut(Axis(0), t);
-                n.input_grad_rows(dy, xhat, rstd, dz.view_mut());
-                wh.product(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), par);
-            }
+            StepNorm::None => unreachable!("handled above"),
+            StepNorm::Rows(n) => n.input_grad_rows_in_place(dy, dz.view_mut(), rstd, split_at, &mut step_sums),
             StepNorm::Batch { norm, .. } => {
-                let mut dz = r.dz.index_axis_mut(Axis(0), t);
-                norm.backward(dy, xhat, rstd, dz.view_mut());
-                wh.product(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), par);
+                let inv_r = rstd.row(0).to_slice().unwrap();
+                norm.input_grad_part_in_place(
+                    dy,
+                    dz.view_mut(),
+                    inv_r,
+                    None,
+                    rows,
+                    &mut work,
+                    split_at,
+                    &mut step_sums,
+                );
             }
             StepNorm::BatchPart { norm, peer, rows_total, work, .. } => {
-                let mut dz = r.dz.index_axis_mut(Axis(0), t);
                 let inv_r = rstd.row(0).to_slice().unwrap();
-                norm.input_grad_part(dy, xhat, inv_r, Some(peer), *rows_total, work, dz.view_mut());
-                wh.product(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), par);
+                let (p, n) = (Some(peer), *rows_total);
+                norm.input_grad_part_in_place(dy, dz.view_mut(), inv_r, p, n, work, split_at, &mut step_sums);
             }
         }
+        for (acc, &s) in r.sums.iter_mut().zip(&step_sums) {
+            *acc += s;
+        }
+        wh.product(r.dh.view_mut(), C::PRODUCT_APART, dz.view(), par);
     }
     sq
 }
