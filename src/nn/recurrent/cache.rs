@@ -148,6 +148,9 @@ pub struct Grads<T> {
     /// (`steps::param_groups`), (groups, 2·G·H). (∂L/∂ of the raw products themselves go into
     /// the cache's x̂_h, which the backward spends.)
     pub(super) norm_sums: Array2<T>,
+    /// ∂L/∂W_xᵀ's rows then ∂L/∂b, per group of rows, where the steps sum them
+    /// (`steps::StepInputGrad`), (groups, (in + 1)·G·H).
+    pub(super) input_sums: Array2<T>,
     /// Scratch of N_x's backward where it recomputes x̂_x (`input_norm.rs`).
     pub(super) xnorm_scratch: Array2<T>,
     /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.

@@ -41,7 +41,7 @@ pub(super) enum XhatX {
 }
 
 /// A vocabulary's table pays where it has at most this share of the window's rows.
-const TABLE_MAX_SHARE: usize = 4;
+pub(super) const TABLE_MAX_SHARE: usize = 4;
 
 impl XhatX {
     fn of<T: Real>(input: &LayerInput<T>, nx: &Normalizer<T>, frozen: bool, vocab: usize) -> XhatX {

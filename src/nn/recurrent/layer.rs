@@ -9,7 +9,7 @@
 
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
-use super::steps::{self, GradWindowRows, StepInput, StepNorm, WindowRows};
+use super::steps::{self, GradWindowRows, StepInput, StepInputGrad, StepNorm, WindowRows};
 use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm, OutputGrad, StepsGrad, input_norm};
 use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
@@ -431,7 +431,7 @@ impl<T: Real> Layer<T> {
         grads.h_grad_norms.resize(steps, 0.0);
 
         // The recurrence backwards, on one or two halves of the batch as in the forward.
-        let Grads { dg_rec, dh, dc, h_grad_norms, wh, wh_panels, norm_sums, .. } = grads;
+        let Grads { dg_rec, dh, dc, h_grad_norms, wh, wh_panels, norm_sums, input_sums, .. } = grads;
         // ∂L/∂h_{t-1} = ∂L/∂z_t · W_h at every step: W_h (G·H, H) packed once for the window's
         // steps, or (where the panels do not apply) copied row-major for faer, which would pack
         // a transposed view again at every step (143 vs 220 GFLOP/s on char's
@@ -449,6 +449,26 @@ impl<T: Real> Layer<T> {
         // N_h's γ, β gradients: summed by the steps, per group of rows (see `param_groups`)
         ensure_shape(norm_sums, if normed { steps::param_groups(batch) } else { 0 }, 2 * g);
         norm_sums.fill(T::zero());
+        // The input side's ∂L/∂W_x and ∂L/∂b step by step, while ∂L/∂G_t is in cache, where the
+        // forward wrote it step by step and no N_x stands between: token rows (a vocabulary
+        // small beside the window, as for N_x's table) and a narrow dense input of which no
+        // ∂L/∂x is asked; per group of rows, ∂L/∂W_xᵀ's rows then ∂L/∂b.
+        let groups = steps::param_groups(batch);
+        let stepwise = self.norm_x.is_none()
+            && match input {
+                LayerInput::OneHot(ids) => self.input_size * input_norm::TABLE_MAX_SHARE <= ids.len(),
+                LayerInput::Dense(x) => x.ncols() <= input_norm::RECOMPUTE_MAX_INPUT && d_input.is_none(),
+            };
+        ensure_shape(input_sums, if stepwise { groups } else { 0 }, (self.input_size + 1) * g);
+        input_sums.fill(T::zero());
+        let input_grad = match input {
+            _ if !stepwise => StepInputGrad::Window,
+            LayerInput::OneHot(ids) => StepInputGrad::Tokens {
+                ids: ArrayView2::from_shape((steps, batch), ids).expect("T·B token ids"),
+                sums: input_sums.view_mut(),
+            },
+            LayerInput::Dense(x) => StepInputGrad::Narrow { x: by_step(x, steps, batch), sums: input_sums.view_mut() },
+        };
         let exchange = Exchange::new();
         cache.gates_hold_grads = true;
         let window = GradWindowRows {
@@ -464,6 +484,8 @@ impl<T: Real> Layer<T> {
             } else {
                 empty3(steps)
             },
+            groups,
+            input: input_grad,
             norm: StepNorm::new(self.norm_h.as_mut(), true, Some(&exchange)),
             xz: if normed {
                 cache.xhat_h.view_mut().into_shape_with_order((steps, batch, g)).unwrap()
@@ -512,6 +534,19 @@ impl<T: Real> Layer<T> {
         let d_zx = if self.norm_x.is_some() { cache.xhat_h.view() } else { cache.gates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
         match input {
+            // summed by the steps, per group: the groups added in order
+            _ if stepwise => {
+                let (wx_len, sums) = (self.input_size * g, &grads.input_sums);
+                let dwx = grads.dwx_t.as_slice_mut().expect("a standard-layout gradient");
+                let mut db = vec![T::zero(); g];
+                dwx.fill(T::zero());
+                for row in sums.rows() {
+                    let row = row.to_slice().expect("contiguous sums");
+                    dwx.iter_mut().zip(&row[..wx_len]).for_each(|(d, &v)| *d += v);
+                    db.iter_mut().zip(&row[wx_len..]).for_each(|(d, &v)| *d += v);
+                }
+                self.bias.grad.row_mut(0).iter_mut().zip(&db).for_each(|(a, &b)| *a += b);
+            }
             LayerInput::OneHot(ids) => {
                 grads.dwx_t.fill(T::zero());
                 for (row, &id) in d_zx.outer_iter().zip(ids) {
@@ -526,8 +561,10 @@ impl<T: Real> Layer<T> {
                 }
             }
         }
-        let db = cache.gates.sum_axis(Axis(0));
-        self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
+        if !stepwise {
+            let db = cache.gates.sum_axis(Axis(0));
+            self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
+        }
 
         // Back through weight norm, then straight through the quantizer to the latent weights.
         backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx_t);

@@ -190,6 +190,92 @@ impl<T: Real> StepInput<'_, T> {
     }
 }
 
+/// The input side's gradients where the backward loop takes them step by step, while ∂L/∂G_t
+/// is in cache: ∂L/∂b = Σ ∂L/∂G and ∂L/∂W_x = Σ x ⊗ ∂L/∂G for token rows and a narrow dense
+/// input without an input normalizer (`StepInput::Tokens`, `Narrow`). `sums` holds, per group
+/// of rows (`param_groups`), ∂L/∂W_xᵀ's `in` rows of G·H, then ∂L/∂b's G·H.
+pub(super) enum StepInputGrad<'a, T> {
+    /// `layer.rs` takes them over the window, after the loop.
+    Window,
+    /// Token ids, (T, rows): a row's ∂L/∂G_t is added to its token's row of ∂L/∂W_xᵀ.
+    Tokens { ids: ArrayView2<'a, u32>, sums: ArrayViewMut2<'a, T> },
+    /// A narrow dense input, (T, rows, in).
+    Narrow { x: ArrayView3<'a, T>, sums: ArrayViewMut2<'a, T> },
+}
+
+impl<T: Real> StepInputGrad<'_, T> {
+    /// Add step t's part, from its ∂L/∂G_t `dg` (this part's rows), rows before `split_at` to
+    /// the first group. The bias (and a narrow input's W_x) take the step's sum first, then add
+    /// it to the window's; a token's row of W_x adds each row directly (a per-step sum of all
+    /// `in` rows would cost a pass over vocab × G·H per step).
+    fn add_step(&mut self, t: usize, dg: ArrayView2<T>, split_at: usize, step: &mut [T]) {
+        let g = dg.ncols();
+        step.iter_mut().for_each(|v| *v = T::zero());
+        match self {
+            StepInputGrad::Window => {}
+            StepInputGrad::Tokens { ids, sums } => {
+                let width = sums.ncols();
+                let ids = ids.row(t);
+                for (r, (d, &id)) in dg.rows().into_iter().zip(ids).enumerate() {
+                    let (group, d) = (usize::from(r >= split_at), d.to_slice().expect("contiguous rows"));
+                    let mut row = sums.row_mut(group);
+                    let row = row.as_slice_mut().expect("contiguous sums");
+                    let w = &mut row[id as usize * g..(id as usize + 1) * g];
+                    w.iter_mut().zip(d).for_each(|(w, &v)| *w += v);
+                    let db = &mut step[group * g..(group + 1) * g];
+                    db.iter_mut().zip(d).for_each(|(b, &v)| *b += v);
+                }
+                for (group, mut row) in sums.rows_mut().into_iter().enumerate() {
+                    let db = &mut row.as_slice_mut().expect("contiguous sums")[width - g..];
+                    db.iter_mut().zip(&step[group * g..(group + 1) * g]).for_each(|(b, &v)| *b += v);
+                }
+            }
+            StepInputGrad::Narrow { x, sums } => {
+                let width = sums.ncols();
+                let x = x.index_axis(Axis(0), t);
+                for (r, (d, xr)) in dg.rows().into_iter().zip(x.rows()).enumerate() {
+                    let (group, d) = (usize::from(r >= split_at), d.to_slice().expect("contiguous rows"));
+                    let part = &mut step[group * width..(group + 1) * width];
+                    for (k, &xk) in xr.iter().enumerate() {
+                        let w = &mut part[k * g..(k + 1) * g];
+                        w.iter_mut().zip(d).for_each(|(w, &v)| *w += xk * v);
+                    }
+                    let db = &mut part[width - g..];
+                    db.iter_mut().zip(d).for_each(|(b, &v)| *b += v);
+                }
+                for (acc, &v) in sums.iter_mut().zip(step.iter()) {
+                    *acc += v;
+                }
+            }
+        }
+    }
+
+    /// The length of the step scratch `add_step` needs, for G·H = `g`.
+    fn step_len(&self, g: usize) -> usize {
+        match self {
+            StepInputGrad::Window => 0,
+            StepInputGrad::Tokens { sums, .. } => sums.nrows() * g,
+            StepInputGrad::Narrow { sums, .. } => sums.len(),
+        }
+    }
+
+    fn split(self, m: usize) -> (Self, Self) {
+        match self {
+            StepInputGrad::Window => (StepInputGrad::Window, StepInputGrad::Window),
+            StepInputGrad::Tokens { ids, sums } => {
+                let (i0, i1) = ids.split_at(Axis(1), m);
+                let (s0, s1) = split_rows2(sums, 1);
+                (StepInputGrad::Tokens { ids: i0, sums: s0 }, StepInputGrad::Tokens { ids: i1, sums: s1 })
+            }
+            StepInputGrad::Narrow { x, sums } => {
+                let (x0, x1) = x.split_at(Axis(1), m);
+                let (s0, s1) = split_rows2(sums, 1);
+                (StepInputGrad::Narrow { x: x0, sums: s0 }, StepInputGrad::Narrow { x: x1, sums: s1 })
+            }
+        }
+    }
+}
+
 /// Some rows of the batch (all, or one half) over the whole window, as 3-D views
 /// (time, row, ·): what the forward touches.
 pub(super) struct WindowRows<'a, T> {
@@ -229,6 +315,11 @@ pub(super) struct GradWindowRows<'a, T> {
     pub dc: ArrayViewMut2<'a, T>,
     /// ∂L/∂(recurrent product) for a cell that takes it apart, (T, rows, G·H); empty otherwise.
     pub dg_rec: ArrayViewMut3<'a, T>,
+    /// The groups of rows whose sums (γ, β, the input side's) are kept apart: `param_groups`
+    /// of the batch for all rows, 1 for a half.
+    pub groups: usize,
+    /// The input side's gradients, when the loop takes them step by step.
+    pub input: StepInputGrad<'a, T>,
     pub norm: StepNorm<'a, T>,
     /// With a normalizer: each step's x̂ (T, rows, G·H), overwritten by the step with ∂L/∂z,
     /// the gradient of the raw product (x̂ is spent once the step has its gradient), and
@@ -381,12 +472,13 @@ impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
         let (dh, dh1) = self.dh.split_at(Axis(0), m);
         let (dc, dc1) = self.dc.split_at(Axis(0), m);
         let (dg_rec, dg_rec1) = split_rows3(self.dg_rec, m);
+        let (input, input1) = self.input.split(m);
         let (xz, xz1) = split_rows3(self.xz, m);
         let (rstd, rstd1) = if shared_rstd { (self.rstd, self.rstd) } else { split_view3(self.rstd, m) };
         // a half is one group of rows (`param_groups`)
         let (sums, sums1) = split_rows2(self.sums, 1);
         Ok((
-            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg_rec, norm: norm0, xz, rstd, sums },
+            GradWindowRows { gates, hs, cs, aux, d_out, dh, dc, dg_rec, groups: 1, input, norm: norm0, xz, rstd, sums },
             GradWindowRows {
                 gates: gates1,
                 hs: hs1,
@@ -396,6 +488,8 @@ impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
                 dh: dh1,
                 dc: dc1,
                 dg_rec: dg_rec1,
+                groups: 1,
+                input: input1,
                 norm: norm1,
                 xz: xz1,
                 rstd: rstd1,
@@ -550,8 +644,9 @@ pub(super) fn backward<C: Cell, T: Real>(
     let mut sq = vec![0.0; steps];
     let zeros = ndarray::Array2::zeros(r.d_out.shape());
     // this part's groups of rows (two when one thread runs both halves) and a step's sums
-    let split_at = if r.sums.nrows() == 2 { rows / 2 } else { rows };
+    let split_at = if r.groups == 2 { rows / 2 } else { rows };
     let mut step_sums = vec![T::zero(); r.sums.len()];
+    let mut step_input = vec![T::zero(); r.input.step_len(r.gates.len_of(Axis(2)))];
     let mut work = PartWork::default();
     for t in (0..steps).rev() {
         // the step's activations in, ∂L/∂G_t out
@@ -571,6 +666,7 @@ pub(super) fn backward<C: Cell, T: Real>(
             },
             hidden,
         );
+        r.input.add_step(t, dg.view(), split_at, &mut step_input);
         // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through the normalizer's backward if any; added
         // to the direct part the cell left in dh, for a cell that has one.
         let dy = if C::PRODUCT_APART { dg_rec.view() } else { dg.view() };
