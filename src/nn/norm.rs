@@ -265,14 +265,7 @@ impl<T: Real> Normalizer<T> {
             let (sg, sb) = sums[group..group + 2 * g].split_at_mut(g);
             for k in 0..g / h {
                 let blk = k * h..(k + 1) * h;
-                // the means over the block exactly as `layer_input_grad` takes them
-                let (mut m1, mut m2) = (T::zero(), T::zero());
-                for j in blk.clone() {
-                    let dx = gain[j] * dr[j];
-                    m1 += dx;
-                    m2 += dx * zr[j];
-                }
-                let (m1, m2) = (m1 / hn, m2 / hn);
+                let (m1, m2) = block_means(gain, dr, zr, blk.clone(), hn);
                 let inv = rstd[[r, k]];
                 for j in blk {
                     let (d, x) = (dr[j], zr[j]);
@@ -646,6 +639,19 @@ fn layer_forward<T: Real>(
     }
 }
 
+/// mean(dx̂) and mean(dx̂ ⊙ x̂) over one gate block of a row, dx̂ = γ ⊙ dy: one chain each, in
+/// column order (both layer-norm backwards take them here, so they agree bit for bit).
+#[inline(always)]
+fn block_means<T: Real>(gain: &[T], dy: &[T], xhat: &[T], blk: std::ops::Range<usize>, hn: T) -> (T, T) {
+    let (mut m1, mut m2) = (T::zero(), T::zero());
+    for j in blk {
+        let dx = gain[j] * dy[j];
+        m1 += dx;
+        m2 += dx * xhat[j];
+    }
+    (m1 / hn, m2 / hn)
+}
+
 /// ∂L/∂z of layer norm: per row and gate block, (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)).
 #[inline(always)]
 fn layer_input_grad<T: Real>(
@@ -662,13 +668,7 @@ fn layer_input_grad<T: Real>(
         let zr = dz.row_mut(r).into_slice().unwrap();
         for k in 0..zr.len() / h {
             let blk = k * h..(k + 1) * h;
-            let (mut m1, mut m2) = (T::zero(), T::zero());
-            for j in blk.clone() {
-                let dx = gain[j] * dr[j];
-                m1 += dx;
-                m2 += dx * xr[j];
-            }
-            let (m1, m2) = (m1 / hn, m2 / hn);
+            let (m1, m2) = block_means(gain, dr, xr, blk.clone(), hn);
             let inv = rstd[[r, k]];
             let (zs, gs, ds, xs) = (&mut zr[blk.clone()], &gain[blk.clone()], &dr[blk.clone()], &xr[blk]);
             for (((z, &g), &d), &x) in zs.iter_mut().zip(gs).zip(ds).zip(xs) {
