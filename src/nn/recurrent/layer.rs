@@ -9,7 +9,7 @@
 
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
-use super::steps::{self, GradWindowRows, StepInput, StepInputGrad, StepNorm, WindowRows};
+use super::steps::{self, GradWindowRows, InputRows, StepInput, StepInputGrad, StepNorm, WindowRows};
 use super::{Cache, CellKind, Exchange, Grads, Gru, Lstm, OutputGrad, StepsGrad, input_norm};
 use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
@@ -449,25 +449,44 @@ impl<T: Real> Layer<T> {
         // N_h's γ, β gradients: summed by the steps, per group of rows (see `param_groups`)
         ensure_shape(norm_sums, if normed { steps::param_groups(batch) } else { 0 }, 2 * g);
         norm_sums.fill(T::zero());
-        // The input side's ∂L/∂W_x and ∂L/∂b step by step, while ∂L/∂G_t is in cache, where the
-        // forward wrote it step by step and no N_x stands between: token rows (a vocabulary
-        // small beside the window, as for N_x's table) and a narrow dense input of which no
-        // ∂L/∂x is asked; per group of rows, ∂L/∂W_xᵀ's rows then ∂L/∂b.
+        // The input side's gradients step by step, while ∂L/∂G_t is in cache, where the forward
+        // wrote the input side step by step: token rows (a vocabulary small beside the window,
+        // as for N_x's table) and a narrow dense input of which no ∂L/∂x is asked, with no N_x
+        // or a layer norm whose x̂_x is tabled or recomputed (`steps::StepInputGrad`).
         let groups = steps::param_groups(batch);
-        let stepwise = self.norm_x.is_none()
-            && match input {
-                LayerInput::OneHot(ids) => self.input_size * input_norm::TABLE_MAX_SHARE <= ids.len(),
-                LayerInput::Dense(x) => x.ncols() <= input_norm::RECOMPUTE_MAX_INPUT && d_input.is_none(),
-            };
-        ensure_shape(input_sums, if stepwise { groups } else { 0 }, (self.input_size + 1) * g);
+        let stepwise = match (&self.norm_x, input) {
+            (None, LayerInput::OneHot(ids)) => self.input_size * input_norm::TABLE_MAX_SHARE <= ids.len(),
+            (None, LayerInput::Dense(x)) => x.ncols() <= input_norm::RECOMPUTE_MAX_INPUT && d_input.is_none(),
+            (Some(nx), _) => input_norm::steps_take_backward(nx, cache.xhat_x_source) && d_input.is_none(),
+        };
+        ensure_shape(input_sums, if stepwise { groups } else { 0 }, (self.input_size + 3) * g);
         input_sums.fill(T::zero());
-        let input_grad = match input {
-            _ if !stepwise => StepInputGrad::Window,
-            LayerInput::OneHot(ids) => StepInputGrad::Tokens {
-                ids: ArrayView2::from_shape((steps, batch), ids).expect("T·B token ids"),
-                sums: input_sums.view_mut(),
+        let step_nx = match &self.norm_x {
+            Some(nx) if stepwise => {
+                let table = match input {
+                    LayerInput::OneHot(_) => cache.xhat_x.view(),
+                    LayerInput::Dense(_) => cache.wx_t.view(),
+                };
+                ensure_shape(&mut grads.xnorm_scratch, 4 * batch, g);
+                Some(steps::StepNx {
+                    norm: nx,
+                    table,
+                    rstd: cache.rstd_x.view().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
+                    scratch: grads.xnorm_scratch.view_mut().into_shape_with_order((4, batch, g)).unwrap(),
+                })
+            }
+            _ => None,
+        };
+        let input_grad = StepInputGrad {
+            rows: match input {
+                _ if !stepwise => None,
+                LayerInput::OneHot(ids) => {
+                    Some(InputRows::Tokens(ArrayView2::from_shape((steps, batch), ids).expect("T·B token ids")))
+                }
+                LayerInput::Dense(x) => Some(InputRows::Narrow(by_step(x, steps, batch))),
             },
-            LayerInput::Dense(x) => StepInputGrad::Narrow { x: by_step(x, steps, batch), sums: input_sums.view_mut() },
+            nx: step_nx,
+            sums: input_sums.view_mut(),
         };
         let exchange = Exchange::new();
         cache.gates_hold_grads = true;
@@ -525,8 +544,9 @@ impl<T: Real> Layer<T> {
         let d_zh = if normed { cache.xhat_h.view() } else { d_rec };
         let hs_t = cache.hs.slice(s![..rows, ..]).reversed_axes();
         grads.dz_panels.gemm_once(self.precision, grads.dwh_t.view_mut(), false, hs_t, d_zh);
-        // ∂L/∂(W_x·x): through N_x when there is one, into x̂_h's buffer (free again now)
-        if let Some(nx) = &mut self.norm_x {
+        // ∂L/∂(W_x·x): through N_x when there is one, into x̂_h's buffer (free again now),
+        // unless the steps took it
+        if let Some(nx) = self.norm_x.as_mut().filter(|_| !stepwise) {
             let mut dz = std::mem::take(&mut cache.xhat_h);
             input_norm::backward(nx, input, cache, cache.gates.view(), dz.view_mut(), &mut grads.xnorm_scratch);
             cache.xhat_h = dz;
@@ -543,9 +563,12 @@ impl<T: Real> Layer<T> {
                 for row in sums.rows() {
                     let row = row.to_slice().expect("contiguous sums");
                     dwx.iter_mut().zip(&row[..wx_len]).for_each(|(d, &v)| *d += v);
-                    db.iter_mut().zip(&row[wx_len..]).for_each(|(d, &v)| *d += v);
+                    db.iter_mut().zip(&row[wx_len..wx_len + g]).for_each(|(d, &v)| *d += v);
                 }
                 self.bias.grad.row_mut(0).iter_mut().zip(&db).for_each(|(a, &b)| *a += b);
+                if let Some(nx) = &mut self.norm_x {
+                    nx.add_param_sums(sums.slice(s![.., wx_len + g..]));
+                }
             }
             LayerInput::OneHot(ids) => {
                 grads.dwx_t.fill(T::zero());

@@ -15,7 +15,7 @@
 //! exchange their column sums at every step (`exchange.rs`: two short waits forward, one
 //! backward). One thread runs the whole batch, as before.
 
-use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
 use super::exchange::{Exchange, Peer};
 use super::{Cell, StepGradRows, StepRows};
@@ -191,88 +191,163 @@ impl<T: Real> StepInput<'_, T> {
 }
 
 /// The input side's gradients where the backward loop takes them step by step, while ∂L/∂G_t
-/// is in cache: ∂L/∂b = Σ ∂L/∂G and ∂L/∂W_x = Σ x ⊗ ∂L/∂G for token rows and a narrow dense
-/// input without an input normalizer (`StepInput::Tokens`, `Narrow`). `sums` holds, per group
-/// of rows (`param_groups`), ∂L/∂W_xᵀ's `in` rows of G·H, then ∂L/∂b's G·H.
-pub(super) enum StepInputGrad<'a, T> {
-    /// `layer.rs` takes them over the window, after the loop.
-    Window,
-    /// Token ids, (T, rows): a row's ∂L/∂G_t is added to its token's row of ∂L/∂W_xᵀ.
-    Tokens { ids: ArrayView2<'a, u32>, sums: ArrayViewMut2<'a, T> },
+/// is in cache (for the inputs the forward wrote step by step, `StepInput`): ∂L/∂b = Σ ∂L/∂G,
+/// N_x's backward if it is layer norm (x̂_x from the table or recomputed, then ∂L/∂z_x and
+/// Σ dy ⊙ x̂, Σ dy for γ_x, β_x), and ∂L/∂W_x = Σ x ⊗ ∂L/∂z_x (∂L/∂G without N_x). `sums`
+/// holds, per group of rows (`param_groups`), ∂L/∂W_xᵀ's `in` rows of G·H, ∂L/∂b's G·H, then
+/// γ_x's and β_x's G·H each (zero without N_x). `rows` None: `layer.rs` takes all of it over
+/// the window, after the loop.
+pub(super) struct StepInputGrad<'a, T> {
+    pub rows: Option<InputRows<'a, T>>,
+    pub nx: Option<StepNx<'a, T>>,
+    pub sums: ArrayViewMut2<'a, T>,
+}
+
+/// A layer's input as the steps read it.
+pub(super) enum InputRows<'a, T> {
+    /// Token ids, (T, rows): a row's gradient is added to its token's row of ∂L/∂W_xᵀ.
+    Tokens(ArrayView2<'a, u32>),
     /// A narrow dense input, (T, rows, in).
-    Narrow { x: ArrayView3<'a, T>, sums: ArrayViewMut2<'a, T> },
+    Narrow(ArrayView3<'a, T>),
+}
+
+/// N_x's backward one step at a time (layer norm; `input_norm.rs` has the window's version).
+pub(super) struct StepNx<'a, T> {
+    pub norm: &'a Normalizer<T>,
+    /// x̂ of W_x's rows, (vocab, G·H), for token ids; W_xᵀ, (in, G·H), to recompute a narrow
+    /// input's product.
+    pub table: ArrayView2<'a, T>,
+    /// The forward's 1/σ, (T, rows, blocks).
+    pub rstd: ArrayView3<'a, T>,
+    /// (4, rows, G·H): the recomputed product z, x̂ (then ∂L/∂z_x in its place), the
+    /// normalizer's discarded output, and its discarded 1/σ in the first `blocks` columns.
+    pub scratch: ArrayViewMut3<'a, T>,
 }
 
 impl<T: Real> StepInputGrad<'_, T> {
     /// Add step t's part, from its ∂L/∂G_t `dg` (this part's rows), rows before `split_at` to
-    /// the first group. The bias (and a narrow input's W_x) take the step's sum first, then add
-    /// it to the window's; a token's row of W_x adds each row directly (a per-step sum of all
-    /// `in` rows would cost a pass over vocab × G·H per step).
-    fn add_step(&mut self, t: usize, dg: ArrayView2<T>, split_at: usize, step: &mut [T]) {
-        let g = dg.ncols();
+    /// the first group. ∂L/∂b (and a narrow input's ∂L/∂W_x, and γ_x's, β_x's) take the step's
+    /// sum first, then add it to the window's; a token's row of W_x adds each row directly (a
+    /// per-step sum of all `in` rows would cost a pass over vocab × G·H per step).
+    /// `step` holds `step_len` values, `step_norm` 2·G·H per group.
+    fn add_step(&mut self, t: usize, dg: ArrayView2<T>, split_at: usize, step: &mut [T], step_norm: &mut [T]) {
+        let StepInputGrad { rows: Some(input), nx, sums } = self else { return };
+        let (g, width) = (dg.ncols(), sums.ncols());
+        let wx_len = width - 3 * g;
+        let group = |r: usize| usize::from(r >= split_at);
         step.iter_mut().for_each(|v| *v = T::zero());
-        match self {
-            StepInputGrad::Window => {}
-            StepInputGrad::Tokens { ids, sums } => {
-                let width = sums.ncols();
-                let ids = ids.row(t);
-                for (r, (d, &id)) in dg.rows().into_iter().zip(ids).enumerate() {
-                    let (group, d) = (usize::from(r >= split_at), d.to_slice().expect("contiguous rows"));
-                    let mut row = sums.row_mut(group);
-                    let row = row.as_slice_mut().expect("contiguous sums");
-                    let w = &mut row[id as usize * g..(id as usize + 1) * g];
-                    w.iter_mut().zip(d).for_each(|(w, &v)| *w += v);
-                    let db = &mut step[group * g..(group + 1) * g];
-                    db.iter_mut().zip(d).for_each(|(b, &v)| *b += v);
-                }
-                for (group, mut row) in sums.rows_mut().into_iter().enumerate() {
-                    let db = &mut row.as_slice_mut().expect("contiguous sums")[width - g..];
-                    db.iter_mut().zip(&step[group * g..(group + 1) * g]).for_each(|(b, &v)| *b += v);
-                }
-            }
-            StepInputGrad::Narrow { x, sums } => {
-                let width = sums.ncols();
-                let x = x.index_axis(Axis(0), t);
-                for (r, (d, xr)) in dg.rows().into_iter().zip(x.rows()).enumerate() {
-                    let (group, d) = (usize::from(r >= split_at), d.to_slice().expect("contiguous rows"));
-                    let part = &mut step[group * width..(group + 1) * width];
-                    for (k, &xk) in xr.iter().enumerate() {
-                        let w = &mut part[k * g..(k + 1) * g];
-                        w.iter_mut().zip(d).for_each(|(w, &v)| *w += xk * v);
+        // per group: a narrow input's ∂L/∂W_x then ∂L/∂b; ∂L/∂b alone for token ids
+        let step_width = step.len() / sums.nrows();
+        for (r, d) in dg.rows().into_iter().enumerate() {
+            let db = &mut step[(group(r) + 1) * step_width - g..(group(r) + 1) * step_width];
+            db.iter_mut().zip(d.to_slice().expect("contiguous rows")).for_each(|(b, &v)| *b += v);
+        }
+        // ∂L/∂(W_x·x): through N_x when the steps take it
+        let d_in = match nx {
+            None => dg,
+            Some(nx) => {
+                let (mut z, mut xz, mut out, mut rs) =
+                    nx.scratch.multi_slice_mut((s![0, .., ..], s![1, .., ..], s![2, .., ..], s![3, .., ..]));
+                match input {
+                    InputRows::Tokens(ids) => {
+                        for (mut row, &id) in xz.rows_mut().into_iter().zip(ids.row(t)) {
+                            row.assign(&nx.table.row(id as usize));
+                        }
                     }
-                    let db = &mut part[width - g..];
-                    db.iter_mut().zip(d).for_each(|(b, &v)| *b += v);
+                    InputRows::Narrow(x) => {
+                        // as the forward (and `input_norm`'s window backward) computed x̂
+                        crate::tensor::gemm_with(
+                            z.view_mut(),
+                            false,
+                            x.index_axis(Axis(0), t),
+                            nx.table,
+                            T::one(),
+                            false,
+                        );
+                        out.fill(T::zero());
+                        let cols = nx.norm.rstd_cols();
+                        nx.norm.forward_rows(z.view(), xz.view_mut(), rs.slice_mut(s![.., ..cols]), out);
+                    }
                 }
-                for (acc, &v) in sums.iter_mut().zip(step.iter()) {
-                    *acc += v;
+                step_norm.iter_mut().for_each(|v| *v = T::zero());
+                nx.norm.input_grad_rows_in_place(
+                    dg,
+                    xz.view_mut(),
+                    nx.rstd.index_axis(Axis(0), t),
+                    split_at,
+                    step_norm,
+                );
+                for (k, mut row) in sums.rows_mut().into_iter().enumerate() {
+                    let acc = &mut row.as_slice_mut().expect("contiguous sums")[wx_len + g..];
+                    acc.iter_mut().zip(&step_norm[k * 2 * g..(k + 1) * 2 * g]).for_each(|(a, &v)| *a += v);
+                }
+                let shape = xz.dim();
+                ArrayView2::from_shape(shape, &*xz.into_slice().expect("a step's scratch rows are contiguous")).unwrap()
+            }
+        };
+        // ∂L/∂W_xᵀ
+        match input {
+            InputRows::Tokens(ids) => {
+                for (r, (d, &id)) in d_in.rows().into_iter().zip(ids.row(t)).enumerate() {
+                    let mut row = sums.row_mut(group(r));
+                    let w = &mut row.as_slice_mut().expect("contiguous sums")[id as usize * g..(id as usize + 1) * g];
+                    w.iter_mut().zip(d.to_slice().expect("contiguous rows")).for_each(|(w, &v)| *w += v);
                 }
             }
+            InputRows::Narrow(x) => {
+                for (r, (d, xr)) in d_in.rows().into_iter().zip(x.index_axis(Axis(0), t).rows()).enumerate() {
+                    let part = &mut step[group(r) * step_width..];
+                    let d = d.to_slice().expect("contiguous rows");
+                    for (k, &xk) in xr.iter().enumerate() {
+                        part[k * g..(k + 1) * g].iter_mut().zip(d).for_each(|(w, &v)| *w += xk * v);
+                    }
+                }
+            }
+        }
+        // the step's sums into the window's: ∂L/∂W_xᵀ (narrow input) and ∂L/∂b
+        for (k, mut row) in sums.rows_mut().into_iter().enumerate() {
+            let row = row.as_slice_mut().expect("contiguous sums");
+            let part = &step[k * step_width..(k + 1) * step_width];
+            let at = wx_len + g - step_width;
+            row[at..wx_len + g].iter_mut().zip(part).for_each(|(a, &v)| *a += v);
         }
     }
 
     /// The length of the step scratch `add_step` needs, for G·H = `g`.
     fn step_len(&self, g: usize) -> usize {
-        match self {
-            StepInputGrad::Window => 0,
-            StepInputGrad::Tokens { sums, .. } => sums.nrows() * g,
-            StepInputGrad::Narrow { sums, .. } => sums.len(),
+        let groups = self.sums.nrows();
+        match &self.rows {
+            None => 0,
+            Some(InputRows::Tokens(_)) => groups * g,
+            Some(InputRows::Narrow(_)) => groups * (self.sums.ncols() - 2 * g),
         }
     }
 
     fn split(self, m: usize) -> (Self, Self) {
-        match self {
-            StepInputGrad::Window => (StepInputGrad::Window, StepInputGrad::Window),
-            StepInputGrad::Tokens { ids, sums } => {
+        let (rows0, rows1) = match self.rows {
+            None => (None, None),
+            Some(InputRows::Tokens(ids)) => {
                 let (i0, i1) = ids.split_at(Axis(1), m);
-                let (s0, s1) = split_rows2(sums, 1);
-                (StepInputGrad::Tokens { ids: i0, sums: s0 }, StepInputGrad::Tokens { ids: i1, sums: s1 })
+                (Some(InputRows::Tokens(i0)), Some(InputRows::Tokens(i1)))
             }
-            StepInputGrad::Narrow { x, sums } => {
+            Some(InputRows::Narrow(x)) => {
                 let (x0, x1) = x.split_at(Axis(1), m);
-                let (s0, s1) = split_rows2(sums, 1);
-                (StepInputGrad::Narrow { x: x0, sums: s0 }, StepInputGrad::Narrow { x: x1, sums: s1 })
+                (Some(InputRows::Narrow(x0)), Some(InputRows::Narrow(x1)))
             }
-        }
+        };
+        let (nx0, nx1) = match self.nx {
+            None => (None, None),
+            Some(StepNx { norm, table, rstd, scratch }) => {
+                let (r0, r1) = rstd.split_at(Axis(1), m);
+                let (s0, s1) = scratch.split_at(Axis(1), m);
+                (
+                    Some(StepNx { norm, table, rstd: r0, scratch: s0 }),
+                    Some(StepNx { norm, table, rstd: r1, scratch: s1 }),
+                )
+            }
+        };
+        let (s0, s1) = split_rows2(self.sums, 1);
+        (StepInputGrad { rows: rows0, nx: nx0, sums: s0 }, StepInputGrad { rows: rows1, nx: nx1, sums: s1 })
     }
 }
 
@@ -646,7 +721,9 @@ pub(super) fn backward<C: Cell, T: Real>(
     // this part's groups of rows (two when one thread runs both halves) and a step's sums
     let split_at = if r.groups == 2 { rows / 2 } else { rows };
     let mut step_sums = vec![T::zero(); r.sums.len()];
-    let mut step_input = vec![T::zero(); r.input.step_len(r.gates.len_of(Axis(2)))];
+    let g = r.gates.len_of(Axis(2));
+    let mut step_input = vec![T::zero(); r.input.step_len(g)];
+    let mut step_input_norm = vec![T::zero(); if r.input.nx.is_some() { r.input.sums.nrows() * 2 * g } else { 0 }];
     let mut work = PartWork::default();
     for t in (0..steps).rev() {
         // the step's activations in, ∂L/∂G_t out
@@ -666,7 +743,7 @@ pub(super) fn backward<C: Cell, T: Real>(
             },
             hidden,
         );
-        r.input.add_step(t, dg.view(), split_at, &mut step_input);
+        r.input.add_step(t, dg.view(), split_at, &mut step_input, &mut step_input_norm);
         // ∂L/∂h_{t-1} = ∂L/∂(W_h·h_{t-1}) · W_h, through the normalizer's backward if any; added
         // to the direct part the cell left in dh, for a cell that has one.
         let dy = if C::PRODUCT_APART { dg_rec.view() } else { dg.view() };
