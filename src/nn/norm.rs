@@ -44,10 +44,14 @@ pub enum NormKind {
 
 /// The layer or batch normalizer of one product, over its gate blocks of `hidden` features.
 ///
-/// One API for both kinds: `forward`/`backward` run a whole step (batch norm needs every row of
-/// it, and updates its running statistics); a row-local normalizer (layer norm, see
-/// `row_local`) can also run on any subset of a step's rows from several threads at once, through
-/// `forward_rows`/`input_grad_rows`, with its γ, β gradients summed afterwards by `param_grads`.
+/// One API for both kinds: `forward` runs a whole step (batch norm needs every row of it, and
+/// updates its running statistics); a row-local normalizer (layer norm, see `row_local`) can
+/// also run on any subset of a step's rows from several threads at once (`forward_rows`).
+/// Backward, with dx̂ = γ ⊙ dy and means over the normalized set (a gate block of a row, or a
+/// column of the batch): ∂L/∂z = (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)), ∂L/∂γ = Σ dy ⊙ x̂,
+/// ∂L/∂β = Σ dy — into a separate ∂L/∂z with γ, β from `param_grads` (`input_grad_rows`,
+/// `input_grad_part`: the input product's window pass), or over x̂ with γ, β's sums taken in
+/// the same pass (`input_grad_rows_in_place`, `input_grad_part_in_place`: the time loop's).
 pub struct Normalizer<T> {
     pub kind: NormKind,
     pub hidden: usize,
@@ -273,34 +277,6 @@ impl<T: Real> Normalizer<T> {
                     sb[j] += d;
                     zr[j] = inv * (gain[j] * d - m1 - x * m2);
                 }
-            }
-        }
-    }
-
-    crate::tensor::simd_method! {
-        /// Backward of `forward` in training mode: from ∂L/∂out `dy` to ∂L/∂z (written to `dz`),
-        /// accumulating ∂L/∂γ = Σ dy ⊙ x̂ and ∂L/∂β = Σ dy. With dx̂ = γ ⊙ dy and means over the
-        /// normalized set (a gate block of a row, or a column of the batch):
-        ///   ∂L/∂z = (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂))
-        pub fn backward(
-            &mut self,
-            dy: ArrayView2<T>,
-            xhat: ArrayView2<T>,
-            rstd: ArrayView2<T>,
-            dz: ArrayViewMut2<T>,
-        ) => backward_impl, backward_avx512, backward_avx2
-    }
-
-    #[inline(always)]
-    fn backward_impl(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
-        self.param_grads(dy, xhat);
-        match self.kind {
-            NormKind::Layer => layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz),
-            NormKind::Batch { .. } => {
-                let mut work = std::mem::take(&mut self.work);
-                let inv_r = rstd.row(0).to_slice().unwrap();
-                self.input_grad_part(dy, xhat, inv_r, None, dy.nrows(), &mut work, dz);
-                self.work = work;
             }
         }
     }

@@ -6,7 +6,8 @@
 //!   cell⁻¹ → ∂L/∂G_t (and ∂L/∂R_t);   ∂L/∂h_{t-1} (+)= N_h⁻¹(∂L/∂G_t or ∂L/∂R_t) · W_h
 //! Everything that can be batched over the window (the input projection of a wide input, the
 //! weight gradients) happens outside, in `layer.rs`: only this product, the cell and, where
-//! its product is cheap, the input side of G_t (`StepInput`) are per step.
+//! its product is cheap, the input side of G_t (`StepInput`; its gradients, `StepInputGrad`)
+//! are per step.
 //!
 //! With two threads each thread takes half of the batch through the whole window. When the
 //! rows of a step never interact (no recurrent normalizer, or a row-local one such as layer
@@ -27,16 +28,17 @@ use crate::tensor::{FixedRhs, Real, threads};
 pub(super) enum StepNorm<'a, T> {
     /// No normalizer: G_t += h_{t-1}·W_hᵀ straight from the GEMM.
     None,
-    /// A row-local normalizer (layer norm): runs on any rows, from any thread, and leaves its
-    /// γ, β gradients to be summed over the window afterwards.
+    /// A row-local normalizer (layer norm): runs on any rows, from any thread. (Every
+    /// normalizer's γ, β gradients are summed by the backward's steps into the window's
+    /// `GradWindowRows::sums`, per group of rows, which the layer adds afterwards.)
     Rows(&'a Normalizer<T>),
     /// A normalizer whose statistics need the whole batch of a step (batch norm), on all rows:
-    /// it updates its running statistics (in training) and its γ, β gradients step by step.
-    /// `exchange` lets it be split into two `BatchPart`s.
+    /// it updates its running statistics step by step (in training). `exchange` lets it be
+    /// split into two `BatchPart`s.
     Batch { norm: &'a mut Normalizer<T>, train: bool, exchange: Option<&'a Exchange<T>> },
     /// Batch norm on one half of the rows, its statistics joined with the other half's through
-    /// `peer` (in training); γ, β gradients and the running statistics are left to the layer,
-    /// after the window (`Normalizer::forward_part`).
+    /// `peer` (in training); the running statistics are left to the layer, after the window
+    /// (`Normalizer::forward_part`).
     BatchPart { norm: &'a Normalizer<T>, train: bool, peer: Peer<'a, T>, rows_total: usize, work: PartWork<T> },
 }
 
