@@ -148,10 +148,11 @@ pub struct Grads<T> {
     /// (`steps::param_groups`), (groups, 2·G·H). (∂L/∂ of the raw products themselves go into
     /// the cache's x̂_h, which the backward spends.)
     pub(super) norm_sums: Array2<T>,
-    /// ∂L/∂W_xᵀ's rows then ∂L/∂b, per group of rows, where the steps sum them
-    /// (`steps::StepInputGrad`), (groups, (in + 1)·G·H).
+    /// ∂L/∂W_xᵀ's rows, ∂L/∂b, then N_x's ∂L/∂γ and ∂L/∂β, per group of rows, where the steps
+    /// sum them (`steps::StepInputGrad`), (groups, (in + 3)·G·H).
     pub(super) input_sums: Array2<T>,
-    /// Scratch of N_x's backward where it recomputes x̂_x (`input_norm.rs`).
+    /// Scratch of N_x's backward where it recomputes x̂_x: the window pass's (`input_norm.rs`)
+    /// or the steps' ((4, B, G·H) as `steps::StepNx` lays it out).
     pub(super) xnorm_scratch: Array2<T>,
     /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.
     pub(super) dh: Array2<T>,
