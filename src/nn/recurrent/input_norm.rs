@@ -79,16 +79,16 @@ pub(super) fn forward<T: Real>(
     cache.train = train;
     cache.t0 = t0;
     let keep = source == XhatX::Kept;
-    if source == XhatX::Table {
-        table(nx, rows, cache);
-        return true;
-    }
-    // x̂ recomputed by a row-local normalizer: each step on its own, in the time loop, into a
-    // step's rows of scratch (z's second B rows, x̂_x's first)
-    if !keep && nx.row_local() {
-        ensure_shape(&mut cache.z, 2 * batch, g);
-        ensure_shape(&mut cache.xhat_x, 2 * batch, g);
-        ensure_shape(&mut cache.rstd_x, steps * rr, nx.rstd_cols());
+    if runs_in_time_loop(nx, source) {
+        if source == XhatX::Table {
+            table(nx, rows, cache);
+        } else {
+            // x̂ recomputed: each step on its own, into a step's rows of scratch (z's second B
+            // rows, x̂_x's first)
+            ensure_shape(&mut cache.z, 2 * batch, g);
+            ensure_shape(&mut cache.xhat_x, 2 * batch, g);
+            ensure_shape(&mut cache.rstd_x, steps * rr, nx.rstd_cols());
+        }
         return true;
     }
     cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
@@ -170,10 +170,11 @@ pub(super) fn forward<T: Real>(
     false
 }
 
-/// Whether the backward's time loop takes N_x's backward step by step (`steps::StepNx`), as the
-/// forward's did: a row-local normalizer whose x̂_x is tabled or recomputed. (`layer.rs` also
-/// asks that no ∂L/∂x be needed, which only the window's pass gives.)
-pub(super) fn steps_take_backward<T: Real>(nx: &Normalizer<T>, source: XhatX) -> bool {
+/// Whether the time loop runs N_x step by step (`steps::StepInput`, and in the backward
+/// `steps::StepNx`): a row-local normalizer whose x̂_x is tabled or recomputed, so nothing
+/// window-wide stands between steps. (`layer.rs`'s backward also asks that no ∂L/∂x be needed,
+/// which only the window's pass gives.)
+pub(super) fn runs_in_time_loop<T: Real>(nx: &Normalizer<T>, source: XhatX) -> bool {
     nx.row_local() && source != XhatX::Kept
 }
 

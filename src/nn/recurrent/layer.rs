@@ -457,7 +457,7 @@ impl<T: Real> Layer<T> {
         let stepwise = match (&self.norm_x, input) {
             (None, LayerInput::OneHot(ids)) => self.input_size * input_norm::TABLE_MAX_SHARE <= ids.len(),
             (None, LayerInput::Dense(x)) => x.ncols() <= input_norm::RECOMPUTE_MAX_INPUT && d_input.is_none(),
-            (Some(nx), _) => input_norm::steps_take_backward(nx, cache.xhat_x_source) && d_input.is_none(),
+            (Some(nx), _) => input_norm::runs_in_time_loop(nx, cache.xhat_x_source) && d_input.is_none(),
         };
         ensure_shape(input_sums, if stepwise { groups } else { 0 }, (self.input_size + 3) * g);
         input_sums.fill(T::zero());
