@@ -395,15 +395,26 @@ impl<T: Real> Normalizer<T> {
         work: &mut PartWork<T>,
         dz: ArrayViewMut2<T>,
     ) {
-        let g = dy.ncols();
-        work.size(2 * g);
-        let gain = self.gain.value.as_slice().unwrap();
-        col_grad_sums(gain, dy, xhat, &mut work.mine);
+        self.grad_means(dy, xhat, peer, rows_total, work);
+        let (m1, m2) = work.total.split_at(dy.ncols());
+        batch_input_grad(self.gain.value.as_slice().unwrap(), inv_r, m1, m2, dy, xhat, dz);
+    }
+
+    /// The column means of dx̂ = γ ⊙ dy and of dx̂ ⊙ x̂ over the whole batch of `rows_total`
+    /// rows (this part's sums joined with the other half's), into `work.total`: m1 then m2.
+    fn grad_means(
+        &self,
+        dy: ArrayView2<T>,
+        xhat: ArrayView2<T>,
+        peer: Option<&mut crate::nn::recurrent::Peer<T>>,
+        rows_total: usize,
+        work: &mut PartWork<T>,
+    ) {
+        work.size(2 * dy.ncols());
+        col_grad_sums(self.gain.value.as_slice().unwrap(), dy, xhat, &mut work.mine);
         join(peer, &work.mine, &mut work.total);
         let n = T::r(rows_total as f64);
         work.total.iter_mut().for_each(|m| *m /= n);
-        let (m1, m2) = work.total.split_at(g);
-        batch_input_grad(gain, inv_r, m1, m2, dy, xhat, dz);
     }
 }
 
@@ -440,15 +451,9 @@ impl<T: Real> Normalizer<T> {
         split_at: usize,
         sums: &mut [T],
     ) {
-        let g = dy.ncols();
-        work.size(2 * g);
-        let gain = self.gain.value.as_slice().unwrap();
-        col_grad_sums(gain, dy, xz.view(), &mut work.mine);
-        join(peer, &work.mine, &mut work.total);
-        let n = T::r(rows_total as f64);
-        work.total.iter_mut().for_each(|m| *m /= n);
-        let (m1, m2) = work.total.split_at(g);
-        batch_input_grad_in_place(gain, inv_r, m1, m2, dy, xz, split_at, sums);
+        self.grad_means(dy, xz.view(), peer, rows_total, work);
+        let (m1, m2) = work.total.split_at(dy.ncols());
+        batch_input_grad_in_place(self.gain.value.as_slice().unwrap(), inv_r, m1, m2, dy, xz, split_at, sums);
     }
 }
 
