@@ -49,9 +49,10 @@ pub enum NormKind {
 /// also run on any subset of a step's rows from several threads at once (`forward_rows`).
 /// Backward, with dx̂ = γ ⊙ dy and means over the normalized set (a gate block of a row, or a
 /// column of the batch): ∂L/∂z = (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)), ∂L/∂γ = Σ dy ⊙ x̂,
-/// ∂L/∂β = Σ dy — into a separate ∂L/∂z with γ, β from `param_grads` (`input_grad_rows`,
-/// `input_grad_part`: the input product's window pass), or over x̂ with γ, β's sums taken in
-/// the same pass (`input_grad_rows_in_place`, `input_grad_part_in_place`: the time loop's).
+/// ∂L/∂β = Σ dy — written over x̂, with γ, β's sums taken in the same pass, per group of rows
+/// (`input_grad_rows_in_place`, `input_grad_part_in_place`), added to the gradients at the end
+/// of the window (`add_param_sums`). Both products' backwards use these, in the time loop or
+/// over the window (`recurrent::input_norm`).
 pub struct Normalizer<T> {
     pub kind: NormKind,
     pub hidden: usize,
@@ -200,45 +201,8 @@ impl<T: Real> Normalizer<T> {
     }
 
     crate::tensor::simd_method! {
-        /// ∂L/∂γ += Σ dy ⊙ x̂, ∂L/∂β += Σ dy over the rows (a whole window at once is fine).
-        /// Column sums, row after row: every vector width gives the same numbers.
-        pub fn param_grads(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>) => param_grads_impl, param_grads_avx512, param_grads_avx2
-    }
-
-    #[inline(always)]
-    fn param_grads_impl(&mut self, dy: ArrayView2<T>, xhat: ArrayView2<T>) {
-        let g = dy.ncols();
-        let dgain = self.gain.grad.as_slice_mut().unwrap();
-        let dbias = self.bias.grad.as_slice_mut().unwrap();
-        for r in 0..dy.nrows() {
-            let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
-            for j in 0..g {
-                dgain[j] += dr[j] * xr[j];
-                dbias[j] += dr[j];
-            }
-        }
-    }
-
-    crate::tensor::simd_method! {
-        /// ∂L/∂z of layer norm for some rows, without touching `self` (see `forward_rows`);
-        /// the gain and bias gradients come from `param_grads`.
-        pub fn input_grad_rows(
-            &self,
-            dy: ArrayView2<T>,
-            xhat: ArrayView2<T>,
-            rstd: ArrayView2<T>,
-            dz: ArrayViewMut2<T>,
-        ) => input_grad_rows_impl, input_grad_rows_avx512, input_grad_rows_avx2
-    }
-
-    #[inline(always)]
-    fn input_grad_rows_impl(&self, dy: ArrayView2<T>, xhat: ArrayView2<T>, rstd: ArrayView2<T>, dz: ArrayViewMut2<T>) {
-        layer_input_grad(self.gain.value.as_slice().unwrap(), self.hidden, dy, xhat, rstd, dz)
-    }
-
-    crate::tensor::simd_method! {
-        /// `input_grad_rows` in place, for the recurrent product's steps: `xz` holds x̂ on entry
-        /// and ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are added to its group's sums in
+        /// ∂L/∂z of layer norm for some rows, without touching `self` (see `forward_rows`), in
+        /// place: `xz` holds x̂ on entry and ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are added to its group's sums in
         /// `sums` (rows before `split_at` to the first 2·G·H entries, γ's then β's; the rest to
         /// the next 2·G·H): the step's part of ∂L/∂γ and ∂L/∂β, read from the same pass.
         pub fn input_grad_rows_in_place(
@@ -282,7 +246,8 @@ impl<T: Real> Normalizer<T> {
     }
 }
 
-/// One thread's scratch for `Normalizer::forward_part` / `input_grad_part` (sized on first use).
+/// One thread's scratch for `Normalizer::forward_part` / `input_grad_part_in_place` (sized on
+/// first use).
 #[derive(Default)]
 pub struct PartWork<T> {
     mine: Vec<T>,
@@ -303,8 +268,8 @@ impl<T: Real> PartWork<T> {
 /// each run half of the batch (`steps.rs`), or on a whole step among steps that two threads
 /// share (the input product, `layer.rs`; `peer` None). The column statistics of the whole batch are joined through
 /// `recurrent::exchange` (sums of each half, added in a fixed order, so both halves hold the
-/// same μ and σ), γ and β are read-only (their gradients are summed over the window
-/// afterwards, `param_grads`), and the running statistics are updated after the window from
+/// same μ and σ), γ and β are read-only (their gradients are summed per group of rows,
+/// `add_param_sums`), and the running statistics are updated after the window from
 /// the statistics `forward_part` records (`apply_running`).
 impl<T: Real> Normalizer<T> {
     /// As `forward` on this half's rows `z` of a step of `rows_total` rows, without the
@@ -382,24 +347,6 @@ impl<T: Real> Normalizer<T> {
         }
     }
 
-    /// ∂L/∂z of batch norm for this half's rows (the backward of `forward_part`), the column
-    /// means of dx̂ and dx̂ ⊙ x̂ joined over the whole batch of `rows_total` rows.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn input_grad_part(
-        &self,
-        dy: ArrayView2<T>,
-        xhat: ArrayView2<T>,
-        inv_r: &[T],
-        peer: Option<&mut crate::nn::recurrent::Peer<T>>,
-        rows_total: usize,
-        work: &mut PartWork<T>,
-        dz: ArrayViewMut2<T>,
-    ) {
-        self.grad_means(dy, xhat, peer, rows_total, work);
-        let (m1, m2) = work.total.split_at(dy.ncols());
-        batch_input_grad(self.gain.value.as_slice().unwrap(), inv_r, m1, m2, dy, xhat, dz);
-    }
-
     /// The column means of dx̂ = γ ⊙ dy and of dx̂ ⊙ x̂ over the whole batch of `rows_total`
     /// rows (this part's sums joined with the other half's), into `work.total`: m1 then m2.
     fn grad_means(
@@ -419,8 +366,9 @@ impl<T: Real> Normalizer<T> {
 }
 
 impl<T: Real> Normalizer<T> {
-    /// Add to ∂L/∂γ and ∂L/∂β the sums that the in-place steps accumulated: one row per group
-    /// of the batch's rows, γ's G·H sums then β's, the groups added in order.
+    /// Add to ∂L/∂γ and ∂L/∂β the sums that the in-place backwards accumulated: one row per
+    /// group of rows (of the batch, or of the window's steps), γ's G·H sums then β's, the groups
+    /// added in order.
     pub(crate) fn add_param_sums(&mut self, sums: ArrayView2<T>) {
         let g = sums.ncols() / 2;
         let dgain = self.gain.grad.as_slice_mut().unwrap();
@@ -436,8 +384,9 @@ impl<T: Real> Normalizer<T> {
         }
     }
 
-    /// `input_grad_part` in place, for the recurrent product's steps: `xz` holds x̂ on entry and
-    /// ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are added to its group's sums in `sums`
+    /// ∂L/∂z of batch norm for this half's rows (the backward of `forward_part`), the column
+    /// means of dx̂ and dx̂ ⊙ x̂ joined over the whole batch of `rows_total` rows, in place: `xz`
+    /// holds x̂ on entry and ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are added to its group's sums in `sums`
     /// (as `input_grad_rows_in_place`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn input_grad_part_in_place(
@@ -533,30 +482,8 @@ crate::tensor::simd_kernel! {
 }
 
 crate::tensor::simd_kernel! {
-    /// ∂L/∂z = (1/σ)·(γ ⊙ dy − m1 − x̂ ⊙ m2), m1, m2 the column means of dx̂ and dx̂ ⊙ x̂.
-    fn batch_input_grad<T: Real>(
-        gain: &[T],
-        inv: &[T],
-        m1: &[T],
-        m2: &[T],
-        dy: ArrayView2<T>,
-        xhat: ArrayView2<T>,
-        dz: ArrayViewMut2<T>,
-    ) {
-        let mut dz = dz;
-        for r in 0..dy.nrows() {
-            let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
-            let zr = dz.row_mut(r).into_slice().unwrap();
-            for j in 0..zr.len() {
-                zr[j] = inv[j] * (gain[j] * dr[j] - m1[j] - xr[j] * m2[j]);
-            }
-        }
-    }
-}
-
-crate::tensor::simd_kernel! {
-    /// `batch_input_grad` with x̂ in `xz` overwritten by ∂L/∂z, and dy ⊙ x̂, dy added to the
-    /// row's group's sums (`Normalizer::input_grad_part_in_place`).
+    /// ∂L/∂z = (1/σ)·(γ ⊙ dy − m1 − x̂ ⊙ m2) over x̂ in `xz` (m1, m2 the column means of dx̂
+    /// and dx̂ ⊙ x̂), and dy ⊙ x̂, dy added to the row's group's sums (`Normalizer::input_grad_part_in_place`).
     #[allow(clippy::too_many_arguments)]
     fn batch_input_grad_in_place<T: Real>(
         gain: &[T],
@@ -621,7 +548,7 @@ fn layer_forward<T: Real>(
 }
 
 /// mean(dx̂) and mean(dx̂ ⊙ x̂) over one gate block of a row, dx̂ = γ ⊙ dy: one chain each, in
-/// column order (both layer-norm backwards take them here, so they agree bit for bit).
+/// column order.
 #[inline(always)]
 fn block_means<T: Real>(gain: &[T], dy: &[T], xhat: &[T], blk: std::ops::Range<usize>, hn: T) -> (T, T) {
     let (mut m1, mut m2) = (T::zero(), T::zero());
@@ -631,32 +558,6 @@ fn block_means<T: Real>(gain: &[T], dy: &[T], xhat: &[T], blk: std::ops::Range<u
         m2 += dx * xhat[j];
     }
     (m1 / hn, m2 / hn)
-}
-
-/// ∂L/∂z of layer norm: per row and gate block, (1/σ)·(dx̂ − mean(dx̂) − x̂ ⊙ mean(dx̂ ⊙ x̂)).
-#[inline(always)]
-fn layer_input_grad<T: Real>(
-    gain: &[T],
-    h: usize,
-    dy: ArrayView2<T>,
-    xhat: ArrayView2<T>,
-    rstd: ArrayView2<T>,
-    mut dz: ArrayViewMut2<T>,
-) {
-    let hn = T::r(h as f64);
-    for r in 0..dy.nrows() {
-        let (dr, xr) = (dy.row(r).to_slice().unwrap(), xhat.row(r).to_slice().unwrap());
-        let zr = dz.row_mut(r).into_slice().unwrap();
-        for k in 0..zr.len() / h {
-            let blk = k * h..(k + 1) * h;
-            let (m1, m2) = block_means(gain, dr, xr, blk.clone(), hn);
-            let inv = rstd[[r, k]];
-            let (zs, gs, ds, xs) = (&mut zr[blk.clone()], &gain[blk.clone()], &dr[blk.clone()], &xr[blk]);
-            for (((z, &g), &d), &x) in zs.iter_mut().zip(gs).zip(ds).zip(xs) {
-                *z = inv * (g * d - m1 - x * m2);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! same product, then the same normalizer kernels, so the same x̂ and ∂L/∂z. With layer norm
 //! (row-local) forward and backward then run inside the time loop, one step at a time
 //! (`steps::StepInput`, `steps::StepNx`), so that G_t and ∂L/∂G_t are in cache; the backward's
-//! sums (∂L/∂W_x, γ, β) are then taken step by step, in another order than this file's window
-//! pass, which batch norm and inputs that need ∂L/∂x still use.
+//! sums (∂L/∂W_x, γ, β) are then taken step by step, per group of the batch's rows. This file's
+//! window pass (batch norm, and inputs that need ∂L/∂x) takes γ, β's per half of the steps.
 //!
 //! Where the input is token ids and the normalizer is layer norm (row-local), a row's x̂ is a
 //! function of its token alone: the window keeps x̂ of each vocabulary row of W_x (a table,
@@ -201,75 +201,69 @@ fn table<T: Real>(nx: &Normalizer<T>, rows: usize, cache: &mut Cache<T>) {
     }
 }
 
-/// Backward of N_x: ∂L/∂(W_x·x) into `dz` from ∂L/∂(its output) `dy`, both (T·B, G·H), and
-/// γ, β's gradients. `scratch` holds what recomputing a step's x̂ needs (unused when the
-/// window kept x̂_x).
+/// Backward of N_x over the window, for what the time loop does not take (`runs_in_time_loop`):
+/// ∂L/∂(W_x·x) from ∂L/∂(its output) — the gate gradients in `cache.gates`, (T·B, G·H) — left
+/// in `cache.xhat_h` (free once dW_h has read it), and γ, β's gradients. Each step's x̂ is
+/// overwritten by its ∂L/∂z where the window kept it (the buffers are then swapped), or
+/// recomputed straight into the step's rows of ∂L/∂z; the same in-place kernels as the time
+/// loop's take γ, β's sums in that one pass, per half of the steps (two threads take a half
+/// each; one thread both, in order), the halves added in order, so one and two threads give the
+/// same numbers. `scratch` holds what recomputing a step's x̂ needs.
 pub(super) fn backward<T: Real>(
     nx: &mut Normalizer<T>,
     input: LayerInput<T>,
-    cache: &Cache<T>,
-    dy: ArrayView2<T>,
-    mut dz: ArrayViewMut2<T>,
+    cache: &mut Cache<T>,
     scratch: &mut Array2<T>,
 ) {
     let (steps, batch, g) = (cache.steps, cache.batch, nx.blocks * nx.hidden);
-    let rr = nx.rstd_rows_per_step(batch);
     let keep = cache.xhat_x_source == XhatX::Kept;
-    let recompute = Recompute::new(cache, input);
-    // per half: z, x̂ and a discarded output, (B, G·H) each, and one step's 1/σ
-    let scratch_rows = 3 * batch + rr;
+    let rr = nx.rstd_rows_per_step(batch);
+    // per half: z, a discarded output (B, G·H) each, and one step's 1/σ
+    let scratch_rows = 2 * batch + rr;
     ensure_shape(scratch, if keep { 0 } else { 2 * scratch_rows }, g);
-    // ∂L/∂z of step t from its x̂, into `dz` (the step's rows)
-    let step_grad = |norm: &Normalizer<T>,
-                     t: usize,
-                     xhat: ArrayView2<T>,
-                     dy: ArrayView2<T>,
-                     dz: ArrayViewMut2<T>,
-                     work: &mut PartWork<T>| {
-        let rstd = cache.rstd_x.slice(s![norm.rstd_rows(t, batch), ..]);
-        if norm.row_local() {
-            norm.input_grad_rows(dy, xhat, rstd, dz);
-        } else {
-            norm.input_grad_part(dy, xhat, rstd.row(0).to_slice().unwrap(), None, batch, work, dz);
-        }
-    };
-    let kept = |t: usize| cache.xhat_x.slice(s![t * batch..(t + 1) * batch, ..]);
-    let rows = |t: usize| t * batch..(t + 1) * batch;
-    let mut work = PartWork::default();
-    if !(steps::splits(batch) && steps >= 2) {
-        // one thread: each step's x̂ once, for ∂L/∂z and then γ, β (summed over rows in order)
-        for t in 0..steps {
-            let xhat = if keep { kept(t) } else { recompute.step(nx, t, scratch.view_mut(), &mut work) };
-            let dy_t = dy.slice(s![rows(t), ..]);
-            step_grad(nx, t, xhat, dy_t, dz.slice_mut(s![rows(t), ..]), &mut work);
-            nx.param_grads(dy_t, xhat);
-        }
-        return;
+    // γ's then β's sums, one row per half of the steps
+    let mut sums = Array2::<T>::zeros((2, 2 * g));
+    let mut dz = std::mem::take(&mut cache.xhat_h);
+    if keep {
+        std::mem::swap(&mut dz, &mut cache.xhat_x);
     }
-    // two threads, each on half of the steps; then γ, β over the window's rows in order, which
-    // recomputes each step's x̂ a second time where it was not kept
+    ensure_shape(&mut dz, steps * batch, g);
+    let recompute = Recompute::new(cache, input);
+    let (dy, rstd) = (cache.gates.view(), cache.rstd_x.view());
     let norm = &*nx;
-    let run = |first: usize, dy: ArrayView2<T>, mut dz: ArrayViewMut2<T>, mut scratch: ArrayViewMut2<T>| {
+    // steps [first, first + n) of the window: x̂ of each (kept, or recomputed into its rows of
+    // ∂L/∂z), then ∂L/∂z over it, with the step's γ, β sums added to this half's
+    let run = |first: usize, mut xz: ArrayViewMut2<T>, mut scratch: ArrayViewMut2<T>, sums: &mut [T]| {
         let mut work = PartWork::default();
-        for k in 0..dy.nrows() / batch {
+        for k in 0..xz.nrows() / batch {
             let t = first + k;
-            let xhat = if keep { kept(t) } else { recompute.step(norm, t, scratch.view_mut(), &mut work) };
-            step_grad(norm, t, xhat, dy.slice(s![rows(k), ..]), dz.slice_mut(s![rows(k), ..]), &mut work);
+            let mut xz = xz.slice_mut(s![k * batch..(k + 1) * batch, ..]);
+            if !keep {
+                recompute.step(norm, t, xz.view_mut(), scratch.view_mut(), &mut work);
+            }
+            let dy = dy.slice(s![t * batch..(t + 1) * batch, ..]);
+            let rstd = rstd.slice(s![norm.rstd_rows(t, batch), ..]);
+            if norm.row_local() {
+                norm.input_grad_rows_in_place(dy, xz, rstd, batch, sums);
+            } else {
+                let inv_r = rstd.row(0).to_slice().unwrap();
+                norm.input_grad_part_in_place(dy, xz, inv_r, None, batch, &mut work, batch, sums);
+            }
         }
     };
     let half = steps / 2;
-    let (dy0, dy1) = dy.split_at(Axis(0), half * batch);
-    let (dz0, dz1) = dz.view_mut().split_at(Axis(0), half * batch);
+    let (xz0, xz1) = dz.view_mut().split_at(Axis(0), half * batch);
     let (w0, w1) = scratch.view_mut().split_at(Axis(0), if keep { 0 } else { scratch_rows });
-    rayon::join(|| run(0, dy0, dz0, w0), || run(half, dy1, dz1, w1));
-    if keep {
-        nx.param_grads(dy, cache.xhat_x.view());
+    let (s0, s1) = sums.view_mut().split_at(Axis(0), 1);
+    let (s0, s1) = (s0.into_slice().unwrap(), s1.into_slice().unwrap());
+    if steps::splits(batch) {
+        rayon::join(|| run(0, xz0, w0, s0), || run(half, xz1, w1, s1));
     } else {
-        for t in 0..steps {
-            let xhat = recompute.step(nx, t, scratch.view_mut(), &mut work);
-            nx.param_grads(dy.slice(s![rows(t), ..]), xhat);
-        }
+        run(0, xz0, w0, s0);
+        run(half, xz1, w1, s1);
     }
+    nx.add_param_sums(sums.view());
+    cache.xhat_h = dz;
 }
 
 /// A dense input's rows; none for token ids (only a dense input is ever recomputed from).
@@ -307,24 +301,24 @@ impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
         }
     }
 
-    /// x̂ of step t, in `scratch` (rows: z, x̂, a discarded output, 1/σ); returns its view.
-    fn step<'s>(
+    /// x̂ of step t into `xhat` (B, G·H), with `scratch` for the rest (rows: z, a discarded
+    /// output, 1/σ).
+    fn step(
         &self,
         norm: &Normalizer<T>,
         t: usize,
-        scratch: ArrayViewMut2<'s, T>,
+        mut xhat: ArrayViewMut2<T>,
+        scratch: ArrayViewMut2<T>,
         work: &mut PartWork<T>,
-    ) -> ArrayView2<'s, T> {
+    ) {
         let b = self.batch;
-        let (mut z, rest) = scratch.split_at(Axis(0), b);
-        let (mut xhat, rest) = rest.split_at(Axis(0), b);
         if let Some((table, ids)) = self.table {
             for (mut row, &id) in xhat.outer_iter_mut().zip(&ids[t * b..(t + 1) * b]) {
                 row.assign(&table.row(id as usize));
             }
-            let shape = xhat.dim();
-            return ArrayView2::from_shape(shape, &*xhat.into_slice().expect("scratch rows are contiguous")).unwrap();
+            return;
         }
+        let (mut z, rest) = scratch.split_at(Axis(0), b);
         let (mut out, mut rstd) = rest.split_at(Axis(0), b);
         crate::tensor::gemm_with(
             z.view_mut(),
@@ -337,13 +331,11 @@ impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
         out.fill(T::zero());
         if norm.row_local() {
             let rstd = rstd.slice_mut(s![.., ..norm.rstd_cols()]);
-            norm.forward_rows(z.view(), xhat.view_mut(), rstd, out);
+            norm.forward_rows(z.view(), xhat, rstd, out);
         } else {
             let inv_r = rstd.row_mut(0).into_slice().unwrap();
-            norm.forward_part(z.view(), self.t0 + t, self.train, None, b, work, xhat.view_mut(), inv_r, None, out);
+            norm.forward_part(z.view(), self.t0 + t, self.train, None, b, work, xhat, inv_r, None, out);
         }
-        let shape = xhat.dim();
-        ArrayView2::from_shape(shape, &*xhat.into_slice().expect("scratch rows are contiguous")).unwrap()
     }
 }
 

@@ -547,9 +547,7 @@ impl<T: Real> Layer<T> {
         // ∂L/∂(W_x·x): through N_x when there is one, into x̂_h's buffer (free again now),
         // unless the steps took it
         if let Some(nx) = self.norm_x.as_mut().filter(|_| !stepwise) {
-            let mut dz = std::mem::take(&mut cache.xhat_h);
-            input_norm::backward(nx, input, cache, cache.gates.view(), dz.view_mut(), &mut grads.xnorm_scratch);
-            cache.xhat_h = dz;
+            input_norm::backward(nx, input, cache, &mut grads.xnorm_scratch);
         }
         let d_zx = if self.norm_x.is_some() { cache.xhat_h.view() } else { cache.gates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
