@@ -256,6 +256,11 @@ pub struct PartWork<T> {
 }
 
 impl<T: Real> PartWork<T> {
+    /// μ of the last `Normalizer::batch_stats` (or `forward_part`).
+    pub(crate) fn mean(&self) -> &[T] {
+        &self.mean
+    }
+
     fn size(&mut self, n: usize) {
         for v in [&mut self.mine, &mut self.total, &mut self.mean] {
             v.clear();
@@ -274,10 +279,31 @@ impl<T: Real> PartWork<T> {
 impl<T: Real> Normalizer<T> {
     /// As `forward` on this half's rows `z` of a step of `rows_total` rows, without the
     /// running update. `inv_r` receives 1/√(σ² + ε) per feature; `stats`, when given, μ then σ²
-    /// (biased) of every feature, for `apply_running`; in training `work` holds μ and σ² too
-    /// afterwards (`mean`, `total`).
+    /// (biased) of every feature, for `apply_running`; `work` holds μ (`mean`) afterwards, and
+    /// in training σ² (`total`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_part(
+        &self,
+        z: ArrayView2<T>,
+        t: usize,
+        train: bool,
+        peer: Option<&mut crate::nn::recurrent::Peer<T>>,
+        rows_total: usize,
+        work: &mut PartWork<T>,
+        xhat: ArrayViewMut2<T>,
+        inv_r: &mut [T],
+        stats: Option<&mut [T]>,
+        out: ArrayViewMut2<T>,
+    ) {
+        self.batch_stats(z, t, train, peer, rows_total, work, inv_r, stats);
+        self.batch_apply(z, &work.mean, inv_r, xhat, out);
+    }
+
+    /// The statistics half of `forward_part`: μ into `work.mean`, 1/√(σ² + ε) into `inv_r`,
+    /// and `stats` as there — the batch's in training (joined with the other half's through
+    /// `peer`), the running ones of step t's slot otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn batch_stats(
         &self,
         z: ArrayView2<T>,
         t: usize,
@@ -285,10 +311,8 @@ impl<T: Real> Normalizer<T> {
         mut peer: Option<&mut crate::nn::recurrent::Peer<T>>,
         rows_total: usize,
         work: &mut PartWork<T>,
-        xhat: ArrayViewMut2<T>,
         inv_r: &mut [T],
         stats: Option<&mut [T]>,
-        out: ArrayViewMut2<T>,
     ) {
         debug_assert!(!self.row_local());
         let g = z.ncols();
@@ -317,8 +341,25 @@ impl<T: Real> Normalizer<T> {
                 *inv = T::one() / (v + eps).sqrt();
             }
         }
+    }
+
+    /// The normalizing half of `forward_part`, on any rows of a step whose μ and 1/σ are known:
+    /// x̂ = (z − μ)·(1/σ) into `xhat`, out += γ ⊙ x̂ + β.
+    pub(crate) fn batch_apply(
+        &self,
+        z: ArrayView2<T>,
+        mean: &[T],
+        inv_r: &[T],
+        xhat: ArrayViewMut2<T>,
+        out: ArrayViewMut2<T>,
+    ) {
         let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
-        normalize_affine(z, &work.mean, inv_r, gain, bias, xhat, out);
+        normalize_affine(z, mean, inv_r, gain, bias, xhat, out);
+    }
+
+    /// x̂ = (z − μ)·(1/σ) alone, as `batch_apply` computes it: a step's x̂ again, for backward.
+    pub(crate) fn batch_xhat(&self, z: ArrayView2<T>, mean: &[T], inv_r: &[T], xhat: ArrayViewMut2<T>) {
+        normalize(z, mean, inv_r, xhat);
     }
 
     /// The running statistics after a window run by `forward_part`: the in-loop update of
@@ -434,6 +475,20 @@ crate::tensor::simd_kernel! {
         for r in 0..z.nrows() {
             for ((acc, &v), &m) in out.iter_mut().zip(z.row(r).to_slice().unwrap()).zip(mean) {
                 *acc += (v - m) * (v - m);
+            }
+        }
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// x̂ = (z − μ)·(1/σ) (as `normalize_affine` computes it).
+    fn normalize<T: Real>(z: ArrayView2<T>, mean: &[T], inv: &[T], xhat: ArrayViewMut2<T>) {
+        let mut xhat = xhat;
+        for r in 0..z.nrows() {
+            let zr = z.row(r).to_slice().unwrap();
+            let xr = xhat.row_mut(r).into_slice().unwrap();
+            for j in 0..zr.len() {
+                xr[j] = (zr[j] - mean[j]) * inv[j];
             }
         }
     }

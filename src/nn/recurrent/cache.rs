@@ -61,8 +61,11 @@ pub struct Cache<T> {
     /// Batch norm of W_h·h split over two threads in training: each step's μ and σ², (T, 2·G·H),
     /// applied to the running statistics after the window.
     pub(super) bn_stats_h: Array2<T>,
-    /// The same for N_x when its steps run on two threads (`layer.rs`), (T, 2·G·H).
+    /// The same for N_x in training (`input_norm.rs`), (T, 2·G·H).
     pub(super) bn_stats_x: Array2<T>,
+    /// Batch norm of W_x·x whose x̂ is recomputed (`input_norm::XhatX::Recomputed`): each step's
+    /// μ (the batch's, or the running one in evaluation), (T, G·H); 1/σ is in `rstd_x`.
+    pub(super) mean_x: Array2<T>,
 }
 
 impl<T: Real> Cache<T> {

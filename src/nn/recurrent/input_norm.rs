@@ -36,7 +36,8 @@ pub(super) enum XhatX {
     /// The window holds x̂_x for every step.
     #[default]
     Kept,
-    /// Recomputed from a narrow dense input (nothing window-sized kept).
+    /// Recomputed (nothing window-sized kept): from a narrow dense input's product, or, under
+    /// batch norm, from token ids' rows of W_x and the step's μ and 1/σ.
     Recomputed,
     /// Gathered by token from x̂ of W_x's rows (one-hot input, layer norm).
     Table,
@@ -52,17 +53,20 @@ impl XhatX {
             LayerInput::OneHot(ids) if nx.row_local() && !frozen && vocab * TABLE_MAX_SHARE <= ids.len() => {
                 XhatX::Table
             }
+            // a row's x̂ is (W_x[id] − μ_t)/σ_t: a gather, as the kept window's own
+            LayerInput::OneHot(_) if !nx.row_local() && !frozen => XhatX::Recomputed,
             _ => XhatX::Kept,
         }
     }
 }
 
-/// Forward of N_x: G = b + N_x(X·W_xᵀ) into `cache.gates` for the whole window, or, where a
-/// row-local normalizer's x̂_x is tabled or recomputed, only what the time loop needs to do it
-/// step by step (`steps::StepInput`: the table, the scratch); returns whether it left G to the
-/// time loop. `cache.steps`, `cache.batch` are set. The product uses the window's effective
-/// W_x, or `frozen` (an exported layer's). Training batch norm updates the running statistics
-/// after the window, step by step in time order.
+/// Forward of N_x: G = b + N_x(X·W_xᵀ) into `cache.gates` for the whole window, or, where x̂_x
+/// is tabled or recomputed, only what the time loop needs to do it step by step
+/// (`steps::StepInput`: the table, the scratch, and batch norm's per-step μ and 1/σ, which
+/// need the whole batch of a step and so are taken here, before the loop splits the batch);
+/// returns whether it left G to the time loop. `cache.steps`, `cache.batch` are set. The
+/// product uses the window's effective W_x, or `frozen` (an exported layer's). Training batch
+/// norm updates the running statistics after the window, step by step in time order.
 pub(super) fn forward<T: Real>(
     nx: &mut Normalizer<T>,
     frozen: Option<WeightsRef<T>>,
@@ -78,66 +82,76 @@ pub(super) fn forward<T: Real>(
     cache.xhat_x_source = source;
     cache.train = train;
     cache.t0 = t0;
-    let keep = source == XhatX::Kept;
-    if runs_in_time_loop(nx, source) {
-        if source == XhatX::Table {
-            table(nx, rows, cache);
-        } else {
-            // x̂ recomputed: each step on its own, into a step's rows of scratch (z's second B
-            // rows, x̂_x's first)
-            ensure_shape(&mut cache.z, 2 * batch, g);
-            ensure_shape(&mut cache.xhat_x, 2 * batch, g);
-            ensure_shape(&mut cache.rstd_x, steps * rr, nx.rstd_cols());
-        }
+    if source == XhatX::Table {
+        table(nx, rows, cache);
         return true;
     }
-    cache.gates.assign(&bias.broadcast((rows, g)).unwrap());
-    let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, wx_t, .. } = cache;
+    let keep = source == XhatX::Kept;
+    // the time loop normalizes each step's rows; batch norm's statistics are taken below
+    let in_loop = !keep;
+    let Cache { z, xhat_x, rstd_x, mean_x, gates, bn_stats_x, wx_t, .. } = cache;
+    // two steps' rows of scratch: one per half (or the time loop's product and x̂)
+    ensure_shape(z, 2 * batch, g);
+    ensure_shape(xhat_x, if keep { rows } else { 2 * batch }, g);
+    ensure_shape(rstd_x, steps * rr, nx.rstd_cols());
+    if in_loop && nx.row_local() {
+        return true;
+    }
+    let stats = train && !nx.row_local();
+    ensure_shape(bn_stats_x, if stats { steps } else { 0 }, 2 * g);
+    ensure_shape(mean_x, if in_loop { steps } else { 0 }, g);
+    if !in_loop {
+        gates.assign(&bias.broadcast((rows, g)).unwrap());
+    }
     let wx_t = wx_t.view();
-    // out = X·W_xᵀ (ndarray views are invariant in their lifetime: no one WeightsRef for both)
+    // out = X·W_xᵀ, or the rows of W_x of the ids (ndarray views are invariant in their
+    // lifetime: no one WeightsRef for both)
     let product = |out: ArrayViewMut2<T>, x: ArrayView2<T>, par: bool| match &frozen {
         Some(w) => w.product(out, false, x, par),
         None => WeightsRef::dense(wx_t.view()).product(out, false, x, par),
     };
-    // two steps' rows of scratch: one per half
-    ensure_shape(z, 2 * batch, g);
-    ensure_shape(xhat_x, if keep { rows } else { 2 * batch }, g);
-    ensure_shape(rstd_x, steps * rr, nx.rstd_cols());
+    let gather = |out: ArrayViewMut2<T>, ids: &[u32]| match &frozen {
+        Some(w) => w.gather(out, ids),
+        None => WeightsRef::dense(wx_t.view()).gather(out, ids),
+    };
     if keep {
         // the raw product for the whole window, which the normalizer overwrites step by step
-        match (input, &frozen) {
-            (LayerInput::OneHot(ids), Some(w)) => w.gather(xhat_x.view_mut(), ids),
-            (LayerInput::OneHot(ids), None) => WeightsRef::dense(wx_t.view()).gather(xhat_x.view_mut(), ids),
-            (LayerInput::Dense(x), _) => product(xhat_x.view_mut(), x, true),
+        match input {
+            LayerInput::OneHot(ids) => gather(xhat_x.view_mut(), ids),
+            LayerInput::Dense(x) => product(xhat_x.view_mut(), x, true),
         }
     }
-    let stats = train && !nx.row_local();
-    ensure_shape(bn_stats_x, if stats { steps } else { 0 }, 2 * g);
-    let x = dense_rows(input);
     let norm = &*nx;
     // steps [first, first + n) of the window, on one thread: a step's raw product into z (copied
-    // from the kept x̂_x, or computed from x_t), normalized into x̂, γ⊙x̂ + β added into G_t
+    // from the kept x̂_x, or computed from x_t), then normalized into x̂ with γ⊙x̂ + β added into
+    // G_t — or, for the time loop, only the step's batch statistics
     let run = |first: usize,
                mut z: ArrayViewMut2<T>,
                mut xhat: ArrayViewMut2<T>,
                mut rstd: ArrayViewMut2<T>,
                mut out: ArrayViewMut2<T>,
-               mut st: ArrayViewMut2<T>| {
+               mut st: ArrayViewMut2<T>,
+               mut mean: ArrayViewMut2<T>| {
         let mut work = PartWork::default();
-        for k in 0..out.nrows() / batch {
+        for k in 0..rstd.nrows() / rr {
             let (t, r) = (first + k, k * batch..(k + 1) * batch);
-            let xr = if keep { r.clone() } else { 0..batch };
-            if keep {
-                z.assign(&xhat.slice(s![xr.clone(), ..]));
-            } else {
-                product(z.view_mut(), x.slice(s![t * batch..(t + 1) * batch, ..]), false);
+            match input {
+                _ if keep => z.assign(&xhat.slice(s![r.clone(), ..])),
+                LayerInput::OneHot(ids) => gather(z.view_mut(), &ids[t * batch..(t + 1) * batch]),
+                LayerInput::Dense(x) => product(z.view_mut(), x.slice(s![t * batch..(t + 1) * batch, ..]), false),
             }
-            let (xhat, out) = (xhat.slice_mut(s![xr, ..]), out.slice_mut(s![r, ..]));
             if norm.row_local() {
+                let (xhat, out) = (xhat.slice_mut(s![r.clone(), ..]), out.slice_mut(s![r, ..]));
                 norm.forward_rows(z.view(), xhat, rstd.slice_mut(s![norm.rstd_rows(k, batch), ..]), out);
+                continue;
+            }
+            let stats = (st.nrows() > 0).then(|| st.row_mut(k).into_slice().unwrap());
+            let inv_r = rstd.row_mut(k).into_slice().unwrap();
+            if in_loop {
+                norm.batch_stats(z.view(), t0 + t, train, None, batch, &mut work, inv_r, stats);
+                mean.row_mut(k).as_slice_mut().unwrap().copy_from_slice(work.mean());
             } else {
-                let stats = (st.nrows() > 0).then(|| st.row_mut(k).into_slice().unwrap());
-                let inv_r = rstd.row_mut(k).into_slice().unwrap();
+                let (xhat, out) = (xhat.slice_mut(s![r.clone(), ..]), out.slice_mut(s![r, ..]));
                 norm.forward_part(z.view(), t0 + t, train, None, batch, &mut work, xhat, inv_r, stats, out);
             }
         }
@@ -145,36 +159,29 @@ pub(super) fn forward<T: Real>(
     if steps::splits(batch) && steps >= 2 {
         let half = steps / 2;
         let (z0, z1) = z.view_mut().split_at(Axis(0), batch);
-        let (x0, x1) = if keep {
-            xhat_x.view_mut().split_at(Axis(0), half * batch)
-        } else {
-            xhat_x.view_mut().split_at(Axis(0), batch)
-        };
+        let (x0, x1) = xhat_x.view_mut().split_at(Axis(0), if keep { half * batch } else { 0 });
         let (r0, r1) = rstd_x.view_mut().split_at(Axis(0), half * rr);
-        let (g0, g1) = gates.view_mut().split_at(Axis(0), half * batch);
+        let (g0, g1) = gates.view_mut().split_at(Axis(0), if in_loop { 0 } else { half * batch });
         let (s0, s1) = bn_stats_x.view_mut().split_at(Axis(0), if stats { half } else { 0 });
-        rayon::join(|| run(0, z0, x0, r0, g0, s0), || run(half, z1, x1, r1, g1, s1));
+        let (m0, m1) = mean_x.view_mut().split_at(Axis(0), if in_loop { half } else { 0 });
+        rayon::join(|| run(0, z0, x0, r0, g0, s0, m0), || run(half, z1, x1, r1, g1, s1, m1));
     } else {
-        run(
-            0,
-            z.slice_mut(s![..batch, ..]),
-            xhat_x.view_mut(),
-            rstd_x.view_mut(),
-            gates.view_mut(),
-            bn_stats_x.view_mut(),
-        );
+        let gates = if in_loop { gates.slice_mut(s![..0, ..]) } else { gates.view_mut() };
+        let z = z.slice_mut(s![..batch, ..]);
+        run(0, z, xhat_x.view_mut(), rstd_x.view_mut(), gates, bn_stats_x.view_mut(), mean_x.view_mut());
     }
     if stats {
         nx.apply_running(cache.bn_stats_x.view(), t0, batch);
     }
-    false
+    in_loop
 }
 
-/// Whether the time loop runs N_x step by step (`steps::StepInput`, and in the backward
-/// `steps::StepNx`): a row-local normalizer whose x̂_x is tabled or recomputed, so nothing
-/// window-wide stands between steps. (`layer.rs`'s backward also asks that no ∂L/∂x be needed,
-/// which only the window's pass gives.)
-pub(super) fn runs_in_time_loop<T: Real>(nx: &Normalizer<T>, source: XhatX) -> bool {
+/// Whether the backward's time loop runs N_x step by step (`steps::StepNx`; the forward's does
+/// wherever x̂_x is not kept, `forward`): a row-local normalizer whose x̂_x is tabled or
+/// recomputed, so nothing window-wide stands between steps. Batch norm's backward needs the
+/// column means of the whole batch's ∂L/∂G_t, which the window pass has. (`layer.rs`'s
+/// backward also asks that no ∂L/∂x be needed, which only the window's pass gives.)
+pub(super) fn backward_in_time_loop<T: Real>(nx: &Normalizer<T>, source: XhatX) -> bool {
     nx.row_local() && source != XhatX::Kept
 }
 
@@ -201,7 +208,7 @@ fn table<T: Real>(nx: &Normalizer<T>, rows: usize, cache: &mut Cache<T>) {
     }
 }
 
-/// Backward of N_x over the window, for what the time loop does not take (`runs_in_time_loop`):
+/// Backward of N_x over the window, for what the time loop does not take (`backward_in_time_loop`):
 /// ∂L/∂(W_x·x) from ∂L/∂(its output) — the gate gradients in `cache.gates`, (T·B, G·H) — left
 /// in `cache.xhat_h` (free once dW_h has read it), and γ, β's gradients. Each step's x̂ is
 /// overwritten by its ∂L/∂z where the window kept it (the buffers are then swapped), or
@@ -239,7 +246,7 @@ pub(super) fn backward<T: Real>(
             let t = first + k;
             let mut xz = xz.slice_mut(s![k * batch..(k + 1) * batch, ..]);
             if !keep {
-                recompute.step(norm, t, xz.view_mut(), scratch.view_mut(), &mut work);
+                recompute.step(norm, t, xz.view_mut(), scratch.view_mut());
             }
             let dy = dy.slice(s![t * batch..(t + 1) * batch, ..]);
             let rstd = rstd.slice(s![norm.rstd_rows(t, batch), ..]);
@@ -266,75 +273,56 @@ pub(super) fn backward<T: Real>(
     cache.xhat_h = dz;
 }
 
-/// A dense input's rows; none for token ids (only a dense input is ever recomputed from).
-fn dense_rows<T>(input: LayerInput<'_, T>) -> ArrayView2<'_, T> {
-    match input {
-        LayerInput::Dense(x) => x,
-        LayerInput::OneHot(_) => ArrayView2::from_shape((0, 0), &[]).unwrap(),
-    }
-}
-
 /// Recomputes step t's x̂ from the input, as the forward computed it (or gathers it from the
 /// table of W_x's rows, `XhatX::Table`).
 struct Recompute<'c, 'x, T> {
     wx: ArrayView2<'c, T>,
-    x: ArrayView2<'x, T>,
-    table: Option<(ArrayView2<'c, T>, &'x [u32])>,
+    input: LayerInput<'x, T>,
+    table: Option<ArrayView2<'c, T>>,
+    /// Batch norm's μ and 1/σ of every step (the forward's).
+    mean: ArrayView2<'c, T>,
+    rstd: ArrayView2<'c, T>,
     batch: usize,
-    train: bool,
-    t0: usize,
 }
 
 impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
     fn new(cache: &'c Cache<T>, input: LayerInput<'x, T>) -> Self {
-        let table = match (cache.xhat_x_source, input) {
-            (XhatX::Table, LayerInput::OneHot(ids)) => Some((cache.xhat_x.view(), ids)),
-            _ => None,
-        };
         Recompute {
             wx: cache.wx_t.view(),
-            x: dense_rows(input),
-            table,
+            input,
+            table: (cache.xhat_x_source == XhatX::Table).then(|| cache.xhat_x.view()),
+            mean: cache.mean_x.view(),
+            rstd: cache.rstd_x.view(),
             batch: cache.batch,
-            train: cache.train,
-            t0: cache.t0,
         }
     }
 
     /// x̂ of step t into `xhat` (B, G·H), with `scratch` for the rest (rows: z, a discarded
     /// output, 1/σ).
-    fn step(
-        &self,
-        norm: &Normalizer<T>,
-        t: usize,
-        mut xhat: ArrayViewMut2<T>,
-        scratch: ArrayViewMut2<T>,
-        work: &mut PartWork<T>,
-    ) {
-        let b = self.batch;
-        if let Some((table, ids)) = self.table {
-            for (mut row, &id) in xhat.outer_iter_mut().zip(&ids[t * b..(t + 1) * b]) {
+    fn step(&self, norm: &Normalizer<T>, t: usize, mut xhat: ArrayViewMut2<T>, scratch: ArrayViewMut2<T>) {
+        let (b, rows) = (self.batch, t * self.batch..(t + 1) * self.batch);
+        if let (Some(table), LayerInput::OneHot(ids)) = (self.table, self.input) {
+            for (mut row, &id) in xhat.outer_iter_mut().zip(&ids[rows]) {
                 row.assign(&table.row(id as usize));
             }
             return;
         }
         let (mut z, rest) = scratch.split_at(Axis(0), b);
-        let (mut out, mut rstd) = rest.split_at(Axis(0), b);
-        crate::tensor::gemm_with(
-            z.view_mut(),
-            false,
-            self.x.slice(s![t * b..(t + 1) * b, ..]),
-            self.wx,
-            T::one(),
-            false,
-        );
-        out.fill(T::zero());
+        // the raw product as the forward formed it
+        match self.input {
+            LayerInput::OneHot(ids) => WeightsRef::dense(self.wx).gather(z.view_mut(), &ids[rows]),
+            LayerInput::Dense(x) => {
+                WeightsRef::dense(self.wx).product(z.view_mut(), false, x.slice(s![rows, ..]), false)
+            }
+        }
         if norm.row_local() {
+            let (mut out, mut rstd) = rest.split_at(Axis(0), b);
+            out.fill(T::zero());
             let rstd = rstd.slice_mut(s![.., ..norm.rstd_cols()]);
             norm.forward_rows(z.view(), xhat, rstd, out);
         } else {
-            let inv_r = rstd.row_mut(0).into_slice().unwrap();
-            norm.forward_part(z.view(), self.t0 + t, self.train, None, b, work, xhat, inv_r, None, out);
+            let (mean, inv_r) = (self.mean.row(t), self.rstd.row(t));
+            norm.batch_xhat(z.view(), mean.to_slice().unwrap(), inv_r.to_slice().unwrap(), xhat);
         }
     }
 }

@@ -313,6 +313,7 @@ impl<T: Real> Layer<T> {
             bn_stats_h,
             xhat_x,
             rstd_x,
+            mean_x,
             table_x,
             rstd_table_x,
             ..
@@ -345,6 +346,19 @@ impl<T: Real> Layer<T> {
             match (&self.norm_x, input) {
                 (None, LayerInput::OneHot(i)) => StepInput::Tokens { wx, ids: ids(i), bias },
                 (None, LayerInput::Dense(x)) => StepInput::Narrow { wx, x: by_step(x, steps, batch), bias },
+                (Some(nx), input) if !nx.row_local() => StepInput::BatchNormed {
+                    wx,
+                    input: match input {
+                        LayerInput::OneHot(i) => InputRows::Tokens(ids(i)),
+                        LayerInput::Dense(x) => InputRows::Narrow(by_step(x, steps, batch)),
+                    },
+                    bias,
+                    norm: nx,
+                    mean: mean_x.view(),
+                    rstd: rstd_x.view(),
+                    z: z_x,
+                    xhat: xhat_x.slice_mut(s![..batch, ..]),
+                },
                 (Some(nx), LayerInput::OneHot(i)) => StepInput::TokenTable {
                     table: table_x.view(),
                     rstd_table: rstd_table_x.view(),
@@ -457,7 +471,7 @@ impl<T: Real> Layer<T> {
         let stepwise = match (&self.norm_x, input) {
             (None, LayerInput::OneHot(ids)) => self.input_size * input_norm::TABLE_MAX_SHARE <= ids.len(),
             (None, LayerInput::Dense(x)) => x.ncols() <= input_norm::RECOMPUTE_MAX_INPUT && d_input.is_none(),
-            (Some(nx), _) => input_norm::runs_in_time_loop(nx, cache.xhat_x_source) && d_input.is_none(),
+            (Some(nx), _) => input_norm::backward_in_time_loop(nx, cache.xhat_x_source) && d_input.is_none(),
         };
         ensure_shape(input_sums, if stepwise { groups } else { 0 }, (self.input_size + 3) * g);
         input_sums.fill(T::zero());
