@@ -17,6 +17,14 @@
 //! function of its token alone: the window keeps x̂ of each vocabulary row of W_x (a table,
 //! vocab × G·H: PTB-char's 50 rows instead of 6,400), the time loop adds each row's γ ⊙ x̂ + β
 //! from it, and backward gathers a step's x̂ from it — again the same kernels on the same x̂.
+//!
+//! Batch norm's x̂ at step t needs the batch's μ_t and σ_t, and the time loop splits the batch
+//! between two threads. Where the product is cheap to form twice (token ids' rows of W_x, a
+//! narrow input) the statistics are taken here, in a pass over the steps that writes only μ_t
+//! and 1/σ_t (T × G·H each); the time loop then forms the product again and normalizes each
+//! row with them (`steps::StepInput::BatchNormed`), and backward forms it a third time for x̂
+//! — nothing window-sized kept for N_x. Its backward stays a window pass here: ∂L/∂z needs
+//! column means of the whole batch's ∂L/∂G_t.
 
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis, s};
 
