@@ -429,4 +429,46 @@ mod tests {
             }
         }
     }
+
+    /// A window of token ids under batch norm, given as ids or as the same one-hot rows dense
+    /// (12 wide, so kept whole): x̂_x's rows kept, the output in training and in evaluation
+    /// (running statistics), and the gradients of W_h, γ_x, β_x and W_x.
+    fn batch_norm_tokens(norm: Normalization, as_ids: bool) -> (usize, [Array2<f64>; 2], Vec<Array2<f64>>) {
+        let (steps, batch, hidden, vocab) = (5, 4, 3, 12);
+        let mut layer = Layer::<f64>::new("l", CellKind::Lstm, vocab, hidden, Quantizer::Fp, norm, steps);
+        let wave = |i: usize| ((i * 7919) % 23) as f64 / 23.0 - 0.5;
+        layer.w_x.value.indexed_iter_mut().for_each(|((r, c), w)| *w = wave(r * 13 + c));
+        layer.w_h.value.iter_mut().enumerate().for_each(|(i, w)| *w = wave(i + 101));
+        let ids: Vec<u32> = (0..steps * batch).map(|n| ((n * 5 + n / 3) % vocab) as u32).collect();
+        let dense = Array2::from_shape_fn((steps * batch, vocab), |(n, j)| f64::from(ids[n] == j as u32));
+        let input = || if as_ids { LayerInput::OneHot(&ids) } else { LayerInput::Dense(dense.view()) };
+        let (h0, c0) = (Array2::zeros((batch, hidden)), Array2::zeros((batch, hidden)));
+        let (mut cache, mut grads) = (Cache::default(), Grads::default());
+        layer.prepare_weights(&mut cache);
+        layer.forward(&mut cache, input(), h0.view(), c0.view(), true, 0);
+        let (kept, out) = (cache.xhat_x.nrows(), cache.output().to_owned());
+        let d_out = Array2::from_shape_fn((steps * batch, hidden), |(n, j)| wave(n * hidden + j + 3));
+        layer.backward(&mut cache, &mut grads, input(), OutputGrad::EveryStep(d_out.view()), None);
+        let nx = layer.norm_x.as_ref().unwrap();
+        let g = vec![layer.w_h.grad.clone(), nx.gain.grad.clone(), nx.bias.grad.clone(), layer.w_x.grad.clone()];
+        layer.prepare_weights(&mut cache);
+        layer.forward(&mut cache, input(), h0.view(), c0.view(), false, 0);
+        (kept, [out, cache.output().to_owned()], g)
+    }
+
+    #[test]
+    fn token_ids_under_batch_norm_keep_no_window_of_xhat_and_give_the_same_numbers() {
+        for norm in [Normalization::BatchShared, Normalization::BatchSeparate] {
+            let (id_rows, id_out, id_grads) = batch_norm_tokens(norm, true);
+            let (dense_rows, dense_out, dense_grads) = batch_norm_tokens(norm, false);
+            assert_eq!(id_rows, 2 * 4, "{norm:?}: token ids keep two steps of scratch");
+            assert_eq!(dense_rows, 5 * 4, "{norm:?}: a 12-wide dense input keeps every step's x̂");
+            // a one-hot row's product is its row of W_x exactly: the same z, statistics and x̂
+            assert_eq!(id_out, dense_out, "{norm:?}: forward in training and in evaluation");
+            let (exact, summed) = id_grads.split_at(3);
+            assert_eq!(exact, &dense_grads[..3], "{norm:?}: ∂L/∂W_h, N_x's γ and β");
+            // ∂L/∂W_x: a row gather-add for ids, a GEMM for the dense rows (another order)
+            assert!(close(&summed[0], &dense_grads[3]), "{norm:?}: ∂L/∂W_x");
+        }
+    }
 }
