@@ -90,7 +90,8 @@ impl<'a, T: Real> StepNorm<'a, T> {
 /// pass would, so the numbers are the same.
 pub(super) enum StepInput<'a, T> {
     /// `layer.rs` wrote G = b + N_x(X·W_xᵀ) for the whole window (wide inputs, whose product is
-    /// a real GEMM; layer norm of token ids from a vocabulary too large for a table).
+    /// a real GEMM; token ids under layer norm from a vocabulary too large for a table, or
+    /// under batch norm in an exported layer).
     Window,
     /// Token ids, (T, rows): G_t = W_x[id] + b.
     Tokens { wx: WeightsRef<'a, T>, ids: ArrayView2<'a, u32>, bias: &'a [T] },
