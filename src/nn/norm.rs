@@ -202,9 +202,10 @@ impl<T: Real> Normalizer<T> {
 
     crate::tensor::simd_method! {
         /// ∂L/∂z of layer norm for some rows, without touching `self` (see `forward_rows`), in
-        /// place: `xz` holds x̂ on entry and ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are added to its group's sums in
-        /// `sums` (rows before `split_at` to the first 2·G·H entries, γ's then β's; the rest to
-        /// the next 2·G·H): the step's part of ∂L/∂γ and ∂L/∂β, read from the same pass.
+        /// place: `xz` holds x̂ on entry and ∂L/∂z on exit, and each row's dy ⊙ x̂ and dy are
+        /// added to its group's sums in `sums` (rows before `split_at` to the first 2·G·H
+        /// entries, γ's then β's; the rest to the next 2·G·H): the step's part of ∂L/∂γ and
+        /// ∂L/∂β, read from the same pass.
         pub fn input_grad_rows_in_place(
             &self,
             dy: ArrayView2<T>,
@@ -271,8 +272,8 @@ impl<T: Real> PartWork<T> {
 
 /// Batch norm without touching the normalizer: on half of a step's rows, for two threads that
 /// each run half of the batch (`steps.rs`), or on a whole step among steps that two threads
-/// share (the input product, `layer.rs`; `peer` None). The column statistics of the whole batch are joined through
-/// `recurrent::exchange` (sums of each half, added in a fixed order, so both halves hold the
+/// share (the input product, `recurrent::input_norm`; `peer` None). The column statistics of
+/// the whole batch are joined through `recurrent::exchange` (sums of each half, added in a fixed order, so both halves hold the
 /// same μ and σ), γ and β are read-only (their gradients are summed per group of rows,
 /// `add_param_sums`), and the running statistics are updated after the window from
 /// the statistics `forward_part` records (`apply_running`).
