@@ -273,10 +273,10 @@ impl<T: Real> PartWork<T> {
 /// Batch norm without touching the normalizer: on half of a step's rows, for two threads that
 /// each run half of the batch (`steps.rs`), or on a whole step among steps that two threads
 /// share (the input product, `recurrent::input_norm`; `peer` None). The column statistics of
-/// the whole batch are joined through `recurrent::exchange` (sums of each half, added in a fixed order, so both halves hold the
-/// same μ and σ), γ and β are read-only (their gradients are summed per group of rows,
-/// `add_param_sums`), and the running statistics are updated after the window from
-/// the statistics `forward_part` records (`apply_running`).
+/// the whole batch are joined through `recurrent::exchange` (sums of each half, added in a
+/// fixed order, so both halves hold the same μ and σ), γ and β are read-only (their gradients
+/// are summed per group of rows, `add_param_sums`), and the running statistics are updated
+/// after the window from the statistics `forward_part` records (`apply_running`).
 impl<T: Real> Normalizer<T> {
     /// As `forward` on this half's rows `z` of a step of `rows_total` rows, without the
     /// running update. `inv_r` receives 1/√(σ² + ε) per feature; `stats`, when given, μ then σ²
