@@ -146,7 +146,8 @@ impl BenchConfig {
 }
 
 /// Measured SGEMM throughput (GFLOP/s) of this process with the current thread count: the best
-/// of a large square product and the configuration's window-sized input projection.
+/// of a large square product and the configuration's window-sized input projection, through
+/// `gemm` (our window kernel on f32 AVX-512, faer elsewhere: the fastest SGEMM the engine has).
 pub fn sgemm_roof(c: &BenchConfig) -> f64 {
     let shapes = [(2048, 2048, 2048), (c.batch * c.steps, c.hidden.max(c.embedding), 4 * c.hidden)];
     let mut best = 0.0f64;

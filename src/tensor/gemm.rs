@@ -77,7 +77,25 @@ pub fn gemm_with<T: Real>(
     if parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS && k >= 8 * (m + n) && m * n <= 1 << 18 {
         return gemm_split_k(c, accumulate, a, b, alpha, t);
     }
-    let par = if parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS { Par::rayon(t) } else { Par::Seq };
+    let split = parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS;
+    if super::panel_gemm::window_applies(&c, &a, &b, alpha) {
+        // our cache-blocked kernel on faer's arithmetic: the same bits, faster on window shapes
+        return super::panel_gemm::window_product(c, accumulate, a, b, split);
+    }
+    faer_product(c, accumulate, a, b, alpha, if split { Par::rayon(t) } else { Par::Seq })
+}
+
+/// c (+)= alpha · a · b by faer, any strides: what `gemm` computes, bit for bit, without our
+/// kernels (the reference they are tested and timed against).
+pub fn faer_product<T: Real>(
+    mut c: ArrayViewMut2<T>,
+    accumulate: bool,
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    alpha: T,
+    par: Par,
+) {
+    let ((m, k), n) = (a.dim(), b.ncols());
     let (as_, bs) = (a.strides(), b.strides());
     let cs = [c.strides()[0], c.strides()[1]];
     // SAFETY: the views are valid for their shapes and strides for the duration of the call,

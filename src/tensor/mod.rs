@@ -14,7 +14,7 @@ mod simd;
 mod tiled;
 
 pub use amx::{Precision, amx_bf16};
-pub use gemm::{flush_denormals, gemm, gemm_with, set_threads, threads};
+pub use gemm::{faer_product, flush_denormals, gemm, gemm_with, set_threads, threads};
 pub use panel_gemm::{FixedRhs, PanelMatrix};
 pub use param::{Group, Moments, Param};
 pub use real::{Real, expf, tanhf};
