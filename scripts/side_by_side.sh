@@ -10,6 +10,8 @@
 # THREADS (default 2), PRECISIONS (qlstm's --gemm-precision values, default "f32"; a bf16 row's
 # binary column is LABEL-bf16), TORCH_IMPLS (pytorch_baseline.py IMPLs, default "fused"; add
 # fused_bf16 for autocast bf16). Writes OUT.csv and OUT.host (CPU model, flags, the date).
+# Each round and config also gets a torch-sgemm row: PyTorch's SGEMM roof (its roof_gflops),
+# measured on the shapes and in the way `qlstm bench` measures its own.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${1:?usage: side_by_side.sh VENV_DIR ROUNDS OUT.csv LABEL=BINARY...}"
@@ -48,6 +50,9 @@ for r in $(seq 1 "$rounds"); do
       OMP_NUM_THREADS="$threads" "$venv/bin/python" "$here/pytorch_baseline.py" "$config" "$impl" "$threads" "$steps" |
         awk -F, -v r="$r" -v t="torch-$impl" '{printf "%s,pytorch,%s,%s,%s,%s,%s,%s,%s,%s,,,\n", r, t, $1, $2, $3, $5, $6, $7, $8}' >> "$out"
     done
+    # PyTorch's own SGEMM roof (MKL/oneDNN), measured as qlstm's: its row's roof_gflops
+    OMP_NUM_THREADS="$threads" "$venv/bin/python" "$here/torch_sgemm_roof.py" "$config" "$threads" |
+      awk -F, -v r="$r" '{printf "%s,pytorch,torch-sgemm,%s,sgemm,%s,,,,,%s,,\n", r, $1, $2, $3}' >> "$out"
   done
 done
 echo "side_by_side: wrote $out and $out.host" >&2
