@@ -346,12 +346,19 @@ fn pack_panels(out: &mut [f32], b: ArrayView2<f32>) {
         let (j0, j1) = (p * NR, (p * NR + NR).min(w));
         let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
         if rs == 1 && kc > 1 {
-            // a transposed view (Wᵀ of a row-major W): each column of B is a contiguous run
-            for j in j0..j1 {
-                let col = b.column(j);
-                let col = col.as_slice().expect("unit row stride: a contiguous column");
-                for (kk, x) in col.iter().enumerate() {
-                    panel[kk * NR + j - j0] = *x;
+            // a transposed view (Wᵀ of a row-major W): each column of B is a contiguous run,
+            // read DEPTH_RUN at a time across the panel's columns so that the rows written
+            // (DEPTH_RUN × NR floats) stay in L1 until complete
+            const DEPTH_RUN: usize = 16;
+            for d0 in (0..kc).step_by(DEPTH_RUN) {
+                let d1 = (d0 + DEPTH_RUN).min(kc);
+                for j in j0..j1 {
+                    // SAFETY: column j, rows d0..d1 of b (unit row stride), inside its view.
+                    let col = unsafe { b.as_ptr().offset(j as isize * cs) };
+                    for kk in d0..d1 {
+                        // SAFETY: as above.
+                        panel[kk * NR + j - j0] = unsafe { *col.add(kk) };
+                    }
                 }
             }
         } else {
