@@ -18,6 +18,7 @@ pub struct Cache<T> {
     /// forward where the kernel applies (f32 on AVX-512); empty otherwise.
     pub(super) wh_panels: PanelMatrix,
     /// Quantized (before weight norm) weights, (in, G·H); kept for the weight-norm backward.
+    /// Empty without weight norm, where Q(W) is the effective weight itself.
     pub(super) qx_t: Array2<T>,
     pub(super) qh_t: Array2<T>,
     /// lab/lat: the curvature d = √v + 1e-8 of each latent weight, (G·H, in), this window's.
@@ -123,7 +124,7 @@ impl<T: Real> Cache<T> {
 
     /// Q(W_h)ᵀ before weight norm, (H, G·H).
     pub fn quantized_recurrent_t(&self) -> ArrayView2<'_, T> {
-        self.qh_t.view()
+        if self.qh_t.is_empty() { self.wh_t.view() } else { self.qh_t.view() }
     }
 
     /// The input weights the forward pass used, W_xᵀ: (in, G·H).
@@ -133,7 +134,7 @@ impl<T: Real> Cache<T> {
 
     /// Q(W_x)ᵀ before weight norm, (in, G·H).
     pub fn quantized_input_t(&self) -> ArrayView2<'_, T> {
-        self.qx_t.view()
+        if self.qx_t.is_empty() { self.wx_t.view() } else { self.qx_t.view() }
     }
 
     /// 1/σ of the recurrent product's normalizer, as `Normalizer::rstd_rows` lays it out.

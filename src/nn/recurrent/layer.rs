@@ -637,6 +637,8 @@ fn curvature<'a, T: Real>(q: Quantizer, w: &Param<T>, d: &'a mut Array2<T>) -> O
 }
 
 /// W (G·H, in) latent → Q(W) per gate block → weight norm → effective, all transposed (in, G·H).
+/// Without weight norm Q(W) is the effective weight: it goes straight into `eff_t` and `q_t`
+/// is left empty (`Cache::quantized_input_t` then reads `eff_t`), one copy of W fewer a step.
 fn prepare_one<T: Real>(
     w: ArrayView2<T>,
     blocks: usize,
@@ -647,8 +649,13 @@ fn prepare_one<T: Real>(
     eff_t: &mut Array2<T>,
 ) {
     let (g, inp) = w.dim();
-    ensure_shape(q_t, inp, g);
     ensure_shape(eff_t, inp, g);
+    if gain.is_some() {
+        ensure_shape(q_t, inp, g);
+    } else {
+        *q_t = Array2::zeros((0, 0));
+    }
+    let out = if gain.is_some() { &mut *q_t } else { &mut *eff_t };
     let hidden = g / blocks;
     for k in 0..blocks {
         let rows = s![k * hidden..(k + 1) * hidden, ..];
@@ -657,12 +664,11 @@ fn prepare_one<T: Real>(
             quantizer,
             w.slice(rows),
             d,
-            q_t.slice_mut(s![.., k * hidden..(k + 1) * hidden]).reversed_axes(),
+            out.slice_mut(s![.., k * hidden..(k + 1) * hidden]).reversed_axes(),
         );
     }
-    match gain {
-        Some(g) => weight_norm::forward(q_t.view(), g.value.row(0), eff_t.view_mut()),
-        None => eff_t.assign(q_t),
+    if let Some(g) = gain {
+        weight_norm::forward(q_t.view(), g.value.row(0), eff_t.view_mut());
     }
 }
 
