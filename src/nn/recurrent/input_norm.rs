@@ -324,15 +324,27 @@ impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
             }
         }
         if norm.row_local() {
-            let (mut out, mut rstd) = rest.split_at(Axis(0), b);
-            out.fill(T::zero());
-            let rstd = rstd.slice_mut(s![.., ..norm.rstd_cols()]);
-            norm.forward_rows(z.view(), xhat, rstd, out);
+            let (out, rstd) = rest.split_at(Axis(0), b);
+            layer_xhat(norm, z.view(), xhat, out, rstd);
         } else {
             let (mean, inv_r) = (self.mean.row(t), self.rstd.row(t));
             norm.batch_xhat(z.view(), mean.to_slice().unwrap(), inv_r.to_slice().unwrap(), xhat);
         }
     }
+}
+
+/// Layer norm's x̂ of a step's input product `z` (B, G·H), recomputed as the forward formed
+/// it: `out` (B, G·H) takes the discarded affine output, `rstd` (B, ≥ rstd_cols) 1/σ.
+pub(super) fn layer_xhat<T: Real>(
+    norm: &Normalizer<T>,
+    z: ArrayView2<T>,
+    xhat: ArrayViewMut2<T>,
+    mut out: ArrayViewMut2<T>,
+    mut rstd: ArrayViewMut2<T>,
+) {
+    out.fill(T::zero());
+    let cols = norm.rstd_cols();
+    norm.forward_rows(z, xhat, rstd.slice_mut(s![.., ..cols]), out);
 }
 
 #[cfg(test)]

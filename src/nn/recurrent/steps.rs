@@ -303,7 +303,7 @@ impl<T: Real> StepInputGrad<'_, T> {
         let d_in = match nx {
             None => dg,
             Some(nx) => {
-                let (mut z, mut xz, mut out, mut rs) =
+                let (mut z, mut xz, out, mut rs) =
                     nx.scratch.multi_slice_mut((s![0, .., ..], s![1, .., ..], s![2, .., ..], s![3, .., ..]));
                 match input {
                     InputRows::Tokens(ids) => {
@@ -313,17 +313,8 @@ impl<T: Real> StepInputGrad<'_, T> {
                     }
                     InputRows::Narrow(x) => {
                         // as the forward (and `input_norm`'s window backward) computed x̂
-                        crate::tensor::gemm_with(
-                            z.view_mut(),
-                            false,
-                            x.index_axis(Axis(0), t),
-                            nx.table,
-                            T::one(),
-                            false,
-                        );
-                        out.fill(T::zero());
-                        let cols = nx.norm.rstd_cols();
-                        nx.norm.forward_rows(z.view(), xz.view_mut(), rs.slice_mut(s![.., ..cols]), out);
+                        WeightsRef::dense(nx.table).product(z.view_mut(), false, x.index_axis(Axis(0), t), false);
+                        super::input_norm::layer_xhat(nx.norm, z.view(), xz.view_mut(), out, rs.view_mut());
                     }
                 }
                 step_norm.iter_mut().for_each(|v| *v = T::zero());
