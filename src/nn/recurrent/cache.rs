@@ -62,14 +62,23 @@ pub struct Cache<T> {
     /// Batch norm of W_h·h split over two threads in training: each step's μ and σ², (T, 2·G·H),
     /// applied to the running statistics after the window.
     pub(super) bn_stats_h: Array2<T>,
-    /// The same for N_x in training (`input_norm.rs`), (T, 2·G·H).
+    /// The same for N_x in training (`input_norm.rs`), (T, 2·G·H); where batch norm's x̂_x is
+    /// recomputed (`input_norm::XhatX::Recomputed`) also in evaluation, whose μ half holds the
+    /// running mean (`mean_x`); 1/σ is in `rstd_x`.
     pub(super) bn_stats_x: Array2<T>,
-    /// Batch norm of W_x·x whose x̂ is recomputed (`input_norm::XhatX::Recomputed`): each step's
-    /// μ (the batch's, or the running one in evaluation), (T, G·H); 1/σ is in `rstd_x`.
-    pub(super) mean_x: Array2<T>,
+}
+
+/// The μ half of per-step batch statistics (T, 2·G·H) laid out as `bn_stats_x`: (T, G·H).
+pub(super) fn means<T>(stats: &Array2<T>) -> ArrayView2<'_, T> {
+    stats.slice(s![.., ..stats.ncols() / 2])
 }
 
 impl<T: Real> Cache<T> {
+    /// Each step's μ of N_x's batch norm where the time loop applies it, (T, G·H).
+    pub(super) fn mean_x(&self) -> ArrayView2<'_, T> {
+        means(&self.bn_stats_x)
+    }
+
     pub fn steps(&self) -> usize {
         self.steps
     }

@@ -97,7 +97,7 @@ pub(super) fn forward<T: Real>(
     let keep = source == XhatX::Kept;
     // the time loop normalizes each step's rows; batch norm's statistics are taken below
     let in_loop = !keep;
-    let Cache { z, xhat_x, rstd_x, mean_x, gates, bn_stats_x, wx_t, .. } = cache;
+    let Cache { z, xhat_x, rstd_x, gates, bn_stats_x, wx_t, .. } = cache;
     // two steps' rows of scratch: one per half (or the time loop's product and x̂)
     ensure_shape(z, 2 * batch, g);
     ensure_shape(xhat_x, if keep { rows } else { 2 * batch }, g);
@@ -105,9 +105,11 @@ pub(super) fn forward<T: Real>(
     if in_loop && nx.row_local() {
         return true;
     }
+    // each step's μ, σ²: for the running statistics in training, and for the time loop (μ,
+    // the batch's or the running one) in training and evaluation
     let stats = train && !nx.row_local();
-    ensure_shape(bn_stats_x, if stats { steps } else { 0 }, 2 * g);
-    ensure_shape(mean_x, if in_loop { steps } else { 0 }, g);
+    let keep_stats = stats || in_loop;
+    ensure_shape(bn_stats_x, if keep_stats { steps } else { 0 }, 2 * g);
     if !in_loop {
         gates.assign(&bias.broadcast((rows, g)).unwrap());
     }
@@ -138,8 +140,7 @@ pub(super) fn forward<T: Real>(
                mut xhat: ArrayViewMut2<T>,
                mut rstd: ArrayViewMut2<T>,
                mut out: ArrayViewMut2<T>,
-               mut st: ArrayViewMut2<T>,
-               mut mean: ArrayViewMut2<T>| {
+               mut st: ArrayViewMut2<T>| {
         let mut work = PartWork::default();
         for k in 0..rstd.nrows() / rr {
             let (t, r) = (first + k, k * batch..(k + 1) * batch);
@@ -156,8 +157,12 @@ pub(super) fn forward<T: Real>(
             let stats = (st.nrows() > 0).then(|| st.row_mut(k).into_slice().unwrap());
             let inv_r = rstd.row_mut(k).into_slice().unwrap();
             if in_loop {
-                norm.batch_stats(z.view(), t0 + t, train, None, batch, &mut work, inv_r, stats);
-                mean.row_mut(k).as_slice_mut().unwrap().copy_from_slice(work.mean());
+                let st = stats.expect("the time loop keeps every step's statistics");
+                norm.batch_stats(z.view(), t0 + t, train, None, batch, &mut work, inv_r, Some(&mut *st));
+                if !train {
+                    // evaluation's μ is the running one, which batch_stats does not record
+                    st[..g].copy_from_slice(work.mean());
+                }
             } else {
                 let (xhat, out) = (xhat.slice_mut(s![r.clone(), ..]), out.slice_mut(s![r, ..]));
                 norm.forward_part(z.view(), t0 + t, train, None, batch, &mut work, xhat, inv_r, stats, out);
@@ -170,13 +175,12 @@ pub(super) fn forward<T: Real>(
         let (x0, x1) = xhat_x.view_mut().split_at(Axis(0), if keep { half * batch } else { 0 });
         let (r0, r1) = rstd_x.view_mut().split_at(Axis(0), half * rr);
         let (g0, g1) = gates.view_mut().split_at(Axis(0), if in_loop { 0 } else { half * batch });
-        let (s0, s1) = bn_stats_x.view_mut().split_at(Axis(0), if stats { half } else { 0 });
-        let (m0, m1) = mean_x.view_mut().split_at(Axis(0), if in_loop { half } else { 0 });
-        rayon::join(|| run(0, z0, x0, r0, g0, s0, m0), || run(half, z1, x1, r1, g1, s1, m1));
+        let (s0, s1) = bn_stats_x.view_mut().split_at(Axis(0), if keep_stats { half } else { 0 });
+        rayon::join(|| run(0, z0, x0, r0, g0, s0), || run(half, z1, x1, r1, g1, s1));
     } else {
         let gates = if in_loop { gates.slice_mut(s![..0, ..]) } else { gates.view_mut() };
         let z = z.slice_mut(s![..batch, ..]);
-        run(0, z, xhat_x.view_mut(), rstd_x.view_mut(), gates, bn_stats_x.view_mut(), mean_x.view_mut());
+        run(0, z, xhat_x.view_mut(), rstd_x.view_mut(), gates, bn_stats_x.view_mut());
     }
     if stats {
         nx.apply_running(cache.bn_stats_x.view(), t0, batch);
@@ -299,7 +303,7 @@ impl<'c, 'x, T: Real> Recompute<'c, 'x, T> {
             wx: cache.wx_t.view(),
             input,
             table: (cache.xhat_x_source == XhatX::Table).then(|| cache.xhat_x.view()),
-            mean: cache.mean_x.view(),
+            mean: cache.mean_x(),
             rstd: cache.rstd_x.view(),
             batch: cache.batch,
         }

@@ -313,7 +313,7 @@ impl<T: Real> Layer<T> {
             bn_stats_h,
             xhat_x,
             rstd_x,
-            mean_x,
+            bn_stats_x,
             table_x,
             rstd_table_x,
             ..
@@ -354,7 +354,7 @@ impl<T: Real> Layer<T> {
                     },
                     bias,
                     norm: nx,
-                    mean: mean_x.view(),
+                    mean: super::cache::means(bn_stats_x),
                     rstd: rstd_x.view(),
                     z: z_x,
                     xhat: xhat_x.slice_mut(s![..batch, ..]),
