@@ -280,9 +280,18 @@ pub fn window_applies<T: Real>(c: &ArrayViewMut2<T>, a: &ArrayView2<T>, b: &Arra
 /// Call only where `window_applies`.
 pub fn window_product<T: Real>(c: ArrayViewMut2<T>, accumulate: bool, a: ArrayView2<T>, b: ArrayView2<T>, par: bool) {
     let (c, a, b) = (as_f32_mut(c), as_f32(a), as_f32(b));
-    let n = b.ncols();
+    let (m, n) = (a.nrows(), b.ncols());
     let panels = n.div_ceil(NR);
-    if par && threads() > 1 && panels >= 2 {
+    // Each thread packs the B columns and the packed A rows it uses: splitting C's columns,
+    // both threads pack all of a transposed A (m·k) and half of B (k·n); splitting its rows,
+    // half of A and all of B. Rows win for a transposed A with m > n: the weight gradients
+    // Xᵀ·dG with few columns (the softmax's dW, 10000 × 300 or 650).
+    if par && threads() > 1 && !rows_contiguous(&a) && m > n && m >= 2 * MR {
+        let cut = m / 2;
+        let (c0, c1) = c.split_at(ndarray::Axis(0), cut);
+        let (a0, a1) = a.split_at(ndarray::Axis(0), cut);
+        rayon::join(|| window_columns(c0, accumulate, a0, b), || window_columns(c1, accumulate, a1, b));
+    } else if par && threads() > 1 && panels >= 2 {
         let cut = panels / 2 * NR;
         let (c0, c1) = c.split_at(ndarray::Axis(1), cut);
         let (b0, b1) = b.split_at(ndarray::Axis(1), cut);
