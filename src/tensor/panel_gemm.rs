@@ -533,6 +533,38 @@ mod tests {
         Array2::from_shape_fn((rows, cols), |_| rng.random_range(-1.0f32..1.0))
     }
 
+    /// Random operands of an m×k·k×n product in the layouts the layers pass: A row-major with
+    /// a row stride other than k, or transposed (Xᵀ of a row-major X); B row-major, Wᵀ of a
+    /// row-major W, or with no unit stride.
+    struct Operands {
+        a_wide: Array2<f32>,
+        a_t: Array2<f32>,
+        b_rows: Array2<f32>,
+        b_t: Array2<f32>,
+        b_wide: Array2<f32>,
+    }
+
+    impl Operands {
+        fn new(m: usize, k: usize, n: usize, rng: &mut rand_pcg::Pcg64) -> Self {
+            Operands {
+                a_wide: random(m, k + 3, rng),
+                a_t: random(k, m, rng),
+                b_rows: random(k, n, rng),
+                b_t: random(n, k, rng),
+                b_wide: random(k, 2 * n, rng),
+            }
+        }
+
+        fn a_layouts(&self) -> [ArrayView2<'_, f32>; 2] {
+            let k = self.a_t.nrows();
+            [self.a_wide.slice(s![.., 1..k + 1]), self.a_t.t()]
+        }
+
+        fn b_layouts(&self) -> [ArrayView2<'_, f32>; 3] {
+            [self.b_rows.view(), self.b_t.t(), self.b_wide.slice(s![.., ..;2])]
+        }
+    }
+
     /// The layers' per-step shapes (char, word 300/650, MNIST, both halves and whole batches,
     /// forward k = H and backward k = G·H > KC), edges of every kind: bit for bit faer's.
     #[test]
@@ -614,16 +646,10 @@ mod tests {
             (1000, 513, 33),
             (200, 1536, 520),
         ] {
-            let a_rows = random(m, k + 3, &mut rng);
-            let a_cols = random(k, m, &mut rng);
-            let b_rows = random(k, n, &mut rng);
-            let b_t = random(n, k, &mut rng);
-            let b_wide = random(k, 2 * n, &mut rng);
+            let ops = Operands::new(m, k, n, &mut rng);
             let c0 = random(m, n, &mut rng);
-            let a_layouts = [a_rows.slice(s![.., 1..k + 1]), a_cols.t()];
-            let b_layouts = [b_rows.view(), b_t.t(), b_wide.slice(s![.., ..;2])];
-            for (ai, a) in a_layouts.iter().enumerate() {
-                for (bi, b) in b_layouts.iter().enumerate() {
+            for (ai, a) in ops.a_layouts().iter().enumerate() {
+                for (bi, b) in ops.b_layouts().iter().enumerate() {
                     if !window_applies(&c0.clone().view_mut(), a, b, 1.0) {
                         assert!(k < 2, "{m}×{k}·{k}×{n}: the window kernel should take it");
                         continue;
@@ -670,21 +696,14 @@ mod tests {
             (512, 6400, 2048),
             (37, 1001, 70),
         ] {
-            let a_big = random(m, k + 3, &mut rng);
-            let x = random(k, m, &mut rng);
-            let b_t = random(n, k, &mut rng);
-            let b_rows = random(k, n, &mut rng);
-            let b_strided = random(k, 2 * n, &mut rng);
-            for (a, b) in [
-                (a_big.slice(s![.., 1..k + 1]), b_t.t()),
-                (x.t(), b_rows.view()),
-                (a_big.slice(s![.., 2..k + 2]), b_strided.slice(s![.., ..;2])),
-            ]
-            .into_iter()
-            // the window-sized shape in the weight gradients' layout only (the one it has)
-            .enumerate()
-            .filter(|&(i, _)| m * k * n < 1 << 26 || i == 1)
-            .map(|(_, ab)| ab)
+            let ops = Operands::new(m, k, n, &mut rng);
+            let ([a_rows, a_t], [b_rows, b_t, b_strided]) = (ops.a_layouts(), ops.b_layouts());
+            for (a, b) in [(a_rows, b_t), (a_t, b_rows), (a_rows, b_strided)]
+                .into_iter()
+                // the window-sized shape in the weight gradients' layout only (the one it has)
+                .enumerate()
+                .filter(|&(i, _)| m * k * n < 1 << 26 || i == 1)
+                .map(|(_, ab)| ab)
             {
                 check_bf16(m, k, n, a, b, &mut rng);
             }
