@@ -1,5 +1,6 @@
-//! One GEMM entry point over ndarray views (faer underneath), the thread count it may use, and
-//! the flush-to-zero setting every compute thread gets.
+//! One GEMM entry point over ndarray views (faer underneath; window-sized f32 products on our
+//! own kernel, `panel_gemm::window_product`, with faer's bits), the thread count it may use,
+//! and the flush-to-zero setting every compute thread gets.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

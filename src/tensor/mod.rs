@@ -1,7 +1,8 @@
 //! The numeric foundation: the scalar trait every layer is generic over (`real`), vectorizable
 //! reductions (`reduce`), the run-time SIMD dispatch of the hot kernels (`simd`), one GEMM entry
-//! point with its threads (`gemm`), our own packed per-step products (`panel_gemm`, f32;
-//! `amx`, bf16) on cache-line-aligned buffers (`aligned`), and trained parameters (`param`).
+//! point with its threads (`gemm`), our own packed per-step and window products (`panel_gemm`,
+//! f32; `amx`, bf16) on cache-line-aligned buffers (`aligned`), and trained parameters
+//! (`param`).
 
 mod aligned;
 mod amx;

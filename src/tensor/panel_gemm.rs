@@ -21,7 +21,7 @@
 //! run on the same register tile through `window_product`, which `gemm` picks for f32 shapes
 //! of at least `WINDOW_MIN_ROWS` rows: B packed per call a cache-sized block at a time, A's
 //! rows read in place or (a transposed view) packed depth-major. Same arithmetic as faer,
-//! 1.05–1.4× its speed on those shapes (examples/gemm_shapes.rs, Intel host, two threads).
+//! 1.04–1.39× its speed on those shapes (examples/gemm_shapes.rs, Intel host, two threads).
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
@@ -259,10 +259,13 @@ const WINDOW_MIN_ROWS: usize = 128;
 const WINDOW_MIN_MACS: usize = 1 << 22;
 
 /// Whether `window_product` takes a product of this shape and these types: f32 on AVX-512,
-/// unit α, enough rows to amortize packing B, C with contiguous rows.
+/// unit α, enough rows to amortize packing B, C with contiguous rows (and, as the tile reads
+/// them, rows of A and C at non-negative strides).
 pub fn window_applies<T: Real>(c: &ArrayViewMut2<T>, a: &ArrayView2<T>, b: &ArrayView2<T>, alpha: T) -> bool {
     let ((m, k), n) = (a.dim(), b.ncols());
-    is_f32::<T>()
+    a.strides()[0] >= 0
+        && c.strides()[0] >= 0
+        && is_f32::<T>()
         && simd() == Simd::Avx512
         && alpha == T::one()
         && m >= WINDOW_MIN_ROWS
@@ -276,8 +279,8 @@ pub fn window_applies<T: Real>(c: &ArrayViewMut2<T>, a: &ArrayView2<T>, b: &Arra
 /// `KC`, B's block packed into panels once (L2-resident), A's rows taken `MR` at a time (packed
 /// when their elements are not contiguous: a transposed view), every panel run against them.
 /// faer's arithmetic exactly (each output: a chain from zero per KC block, blocks added in
-/// order), so it replaces `gemm` bit for bit; the columns split over two threads when `par`.
-/// Call only where `window_applies`.
+/// order), so it replaces `gemm` bit for bit; C's columns (or rows, below) split over two
+/// threads when `par`. Call only where `window_applies`.
 pub fn window_product<T: Real>(c: ArrayViewMut2<T>, accumulate: bool, a: ArrayView2<T>, b: ArrayView2<T>, par: bool) {
     let (c, a, b) = (as_f32_mut(c), as_f32(a), as_f32(b));
     let (m, n) = (a.nrows(), b.ncols());
