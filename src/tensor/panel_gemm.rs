@@ -165,17 +165,7 @@ impl PanelMatrix {
             let this: &'a PanelMatrix = self;
             return FixedRhs { view: b, panels: Some(this) };
         }
-        let data = self.data.zeroed(panels * k * NR);
-        let bf = as_f32(b);
-        for p in 0..panels {
-            let (j0, j1) = (p * NR, (p * NR + NR).min(n));
-            let panel = &mut data[p * k * NR..(p + 1) * k * NR];
-            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
-                for (o, j) in row.iter_mut().zip(j0..j1) {
-                    *o = bf[[kk, j]];
-                }
-            }
-        }
+        pack_panels(self.data.resized(panels * k * NR), as_f32(b));
         let this: &'a PanelMatrix = self;
         FixedRhs { view: b, panels: Some(this) }
     }
@@ -242,7 +232,7 @@ impl PanelMatrix {
                 unsafe {
                     let ap = a.as_ptr().add(r * lda);
                     let cp = c.as_mut_ptr().add(r * ldc + j0);
-                    tile_dispatch(rows, Tile { a: ap, lda, panel, k, c: cp, ldc, cols, accumulate }, prefetch);
+                    tile_dispatch(rows, Tile { a: ap, lda, panel, k, c: cp, ldc, cols, accumulate }, false, prefetch);
                 }
                 r += rows;
             }
@@ -322,7 +312,7 @@ fn window_columns(mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32
             for k0 in (0..k).step_by(KC) {
                 let k1 = (k0 + KC).min(k);
                 let kc = k1 - k0;
-                let packed = b_pack.zeroed(panels * kc * NR);
+                let packed = b_pack.resized(panels * kc * NR);
                 pack_panels(packed, b.slice(ndarray::s![k0..k1, j0..j1]));
                 // each output's block k0..k1 is added to C, except the first when not accumulating
                 let add = accumulate || k0 > 0;
@@ -347,7 +337,7 @@ fn window_columns(mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32
                             let panel = packed.as_ptr().add(p * kc * NR);
                             let cp = c.as_mut_ptr().add(r * ldc + j0 + p * NR);
                             let t = Tile { a: ap, lda, panel, k: kc, c: cp, ldc, cols, accumulate: add };
-                            if packed_a { tile_dispatch_packed(rows, t) } else { tile_dispatch(rows, t, false) }
+                            tile_dispatch(rows, t, packed_a, false);
                         }
                     }
                     r += rows;
@@ -358,13 +348,17 @@ fn window_columns(mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32
 }
 
 /// B (kc × w, any strides) into panels of NR columns (kc × NR each, row by row; the last one's
-/// missing columns left as they are: zero). Read along B's contiguous axis when it has one.
+/// missing columns zero). Read along B's contiguous axis when it has one. Every float of `out`
+/// is written: it needs no zeroing first.
 fn pack_panels(out: &mut [f32], b: ArrayView2<f32>) {
     let (kc, w) = b.dim();
     let (rs, cs) = (b.strides()[0], b.strides()[1]);
     for p in 0..w.div_ceil(NR) {
         let (j0, j1) = (p * NR, (p * NR + NR).min(w));
         let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
+        if j1 - j0 < NR {
+            panel.chunks_exact_mut(NR).for_each(|row| row[j1 - j0..].fill(0.0));
+        }
         if rs == 1 && kc > 1 {
             // a transposed view (Wᵀ of a row-major W): each column of B is a contiguous run,
             // read DEPTH_RUN at a time across the panel's columns so that the rows written
@@ -420,29 +414,18 @@ struct Tile {
     accumulate: bool,
 }
 
-/// The register tile for `rows` (1..=MR) rows of A in row-major order (`Tile::lda` apart),
-/// prefetching the panel ahead when it comes from beyond L2 (`PREFETCH_MIN_BYTES`).
-unsafe fn tile_dispatch(rows: usize, t: Tile, prefetch: bool) {
+/// The register tile for `rows` (1..=MR) rows of A: in row-major order (`Tile::lda` apart),
+/// prefetching the panel ahead when it comes from beyond L2 (`PREFETCH_MIN_BYTES`), or packed
+/// depth-major (`pack_depth_major`: each depth's MR values side by side, so the broadcasts read
+/// one sequential stream).
+unsafe fn tile_dispatch(rows: usize, t: Tile, depth_major: bool, prefetch: bool) {
     macro_rules! go {
         ($($r:literal)*) => {
-            match (rows, prefetch) {
-                $(($r, false) => unsafe { tile::<$r, false, false>(t) },)*
-                $(($r, true) => unsafe { tile::<$r, false, true>(t) },)*
-                _ => unreachable!("tile rows 1..=MR"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12)
-}
-
-/// The register tile for `rows` (1..=MR) rows of A packed depth-major (`pack_depth_major`):
-/// each depth's MR values side by side, so the broadcasts read one sequential stream.
-unsafe fn tile_dispatch_packed(rows: usize, t: Tile) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match rows {
-                $($r => unsafe { tile::<$r, true, false>(t) },)*
-                _ => unreachable!("tile rows 1..=MR"),
+            match (rows, depth_major, prefetch) {
+                $(($r, false, false) => unsafe { tile::<$r, false, false>(t) },)*
+                $(($r, false, true) => unsafe { tile::<$r, false, true>(t) },)*
+                $(($r, true, false) => unsafe { tile::<$r, true, false>(t) },)*
+                _ => unreachable!("tile rows 1..=MR; packed rows are not prefetched"),
             }
         };
     }

@@ -303,7 +303,7 @@ impl<T: Real> StepInputGrad<'_, T> {
         let d_in = match nx {
             None => dg,
             Some(nx) => {
-                let (mut z, mut xz, out, mut rs) =
+                let (mut z, mut xz, out, rs) =
                     nx.scratch.multi_slice_mut((s![0, .., ..], s![1, .., ..], s![2, .., ..], s![3, .., ..]));
                 match input {
                     InputRows::Tokens(ids) => {
@@ -314,7 +314,7 @@ impl<T: Real> StepInputGrad<'_, T> {
                     InputRows::Narrow(x) => {
                         // as the forward (and `input_norm`'s window backward) computed x̂
                         WeightsRef::dense(nx.table).product(z.view_mut(), false, x.index_axis(Axis(0), t), false);
-                        super::input_norm::layer_xhat(nx.norm, z.view(), xz.view_mut(), out, rs.view_mut());
+                        super::input_norm::layer_xhat(nx.norm, z.view(), xz.view_mut(), out, rs);
                     }
                 }
                 step_norm.iter_mut().for_each(|v| *v = T::zero());
