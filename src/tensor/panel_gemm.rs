@@ -394,6 +394,12 @@ fn pack_depth_major(out: &mut [f32], a: ArrayView2<f32>) {
     for (kk, col) in a.columns().into_iter().enumerate() {
         let dst = &mut out[kk * MR..kk * MR + col.len()];
         match col.as_slice() {
+            // a full tile's run as one fixed-size copy: inlined, where a run of unknown length
+            // calls memmove once per depth (3.5 % of a word1 step)
+            Some(run) if run.len() == MR => {
+                let dst: &mut [f32; MR] = dst.try_into().unwrap();
+                *dst = run.try_into().unwrap();
+            }
             Some(run) => dst.copy_from_slice(run),
             None => dst.iter_mut().zip(col).for_each(|(o, x)| *o = *x),
         }
