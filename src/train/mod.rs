@@ -10,5 +10,5 @@ pub mod step;
 pub mod trainer;
 
 pub use observer::{Divergence, Observer, Silent};
-pub use optimizer::{Optimizer, clip_grad_norm};
+pub use optimizer::{Clip, Optimizer, clip_grad_norm};
 pub use trainer::{EpochEnd, RunOutcome, Split, Trainer};

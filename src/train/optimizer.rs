@@ -1,5 +1,6 @@
 //! Adam (PyTorch semantics: bias-corrected, ε = 1e-8 added to √v̂) and plain SGD, with
-//! per-group learning rates, and global-norm gradient clipping. Adam's moments live with the
+//! per-group learning rates, and global-norm gradient clipping (the clip's factor applied as the
+//! update reads each gradient). Adam's moments live with the
 //! tensors they belong to (`Param::moments`), so checkpoints and the loss-aware quantizers
 //! find them by the parameter, not by an index.
 
@@ -22,16 +23,19 @@ impl Optimizer {
         Optimizer { kind, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 0 }
     }
 
-    /// One update. Latent LSTM weights use `lr_latent`, everything else `lr_other`.
-    pub fn step<T: Real>(&mut self, params: &mut [&mut Param<T>], lr_latent: f64, lr_other: f64) {
+    /// One update from the gradients scaled by `clip.scale` (`clip_grad_norm`). Latent LSTM
+    /// weights use `lr_latent`, everything else `lr_other`.
+    pub fn step<T: Real>(&mut self, params: &mut [&mut Param<T>], clip: Clip, lr_latent: f64, lr_other: f64) {
         self.t += 1;
         let lr_of = |p: &Param<T>| if p.group == Group::LatentWeight { lr_latent } else { lr_other };
+        // g·1 is g bit for bit: unclipped steps multiply by one rather than branch
+        let grad_scale = T::r(clip.scale.unwrap_or(1.0));
         match self.kind {
             Kind::Sgd => {
                 for p in params.iter_mut() {
                     let lr = T::r(lr_of(p));
                     let Param { value, grad, .. } = &mut **p;
-                    value.zip_mut_with(grad, |w, &g| *w -= lr * g);
+                    value.zip_mut_with(grad, |w, &g| *w -= lr * (g * grad_scale));
                 }
             }
             Kind::Adam => {
@@ -41,7 +45,7 @@ impl Optimizer {
                 let eps = T::r(self.eps);
                 let sqrt_bc2 = T::r(bc2.sqrt());
                 for p in params.iter_mut() {
-                    let k = AdamConsts { b1, b2, step: T::r(lr_of(p) / bc1), sqrt_bc2, eps };
+                    let k = AdamConsts { b1, b2, step: T::r(lr_of(p) / bc1), sqrt_bc2, eps, grad_scale };
                     let Param { value, grad, moments, .. } = &mut **p;
                     let dim = value.dim();
                     let Moments { m, v } =
@@ -61,6 +65,8 @@ struct AdamConsts<T> {
     step: T,
     sqrt_bc2: T,
     eps: T,
+    /// The clip's factor (1 unclipped).
+    grad_scale: T,
 }
 
 /// The update is memory-bound: large tensors are split across the threads.
@@ -90,24 +96,39 @@ fn adam<T: Real>(w: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: AdamConsts<T
     let n = w.len();
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
     for i in 0..n {
-        m[i] = k.b1 * m[i] + (T::one() - k.b1) * g[i];
-        v[i] = k.b2 * v[i] + (T::one() - k.b2) * g[i] * g[i];
+        // the clipped gradient, as clipping in place would have stored it
+        let g = g[i] * k.grad_scale;
+        m[i] = k.b1 * m[i] + (T::one() - k.b1) * g;
+        v[i] = k.b2 * v[i] + (T::one() - k.b2) * g * g;
         // PyTorch: p -= lr/bc1 · m / (√v / √bc2 + ε)
         w[i] -= k.step * m[i] / (v[i].sqrt() / k.sqrt_bc2 + k.eps);
     }
 }
 
-/// Scale all gradients so their global L2 norm is at most `max_norm` (0: no clipping), as
-/// PyTorch's clip_grad_norm_ does (factor max/(norm + 1e-6)). Returns the norm before clipping.
-pub fn clip_grad_norm<T: Real>(params: &mut [&mut Param<T>], max_norm: f64) -> f64 {
-    let norm = params.iter().map(|p| sum_sq_f64(p.grad.as_slice().unwrap())).sum::<f64>().sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = T::r(max_norm / (norm + 1e-6));
-        for p in params.iter_mut() {
-            p.grad.mapv_inplace(|g| g * scale);
-        }
-    }
-    norm
+/// The gradients' global L2 norm and the factor that brings it to `max_norm`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Clip {
+    /// The norm before clipping.
+    pub norm: f64,
+    /// max/(norm + 1e-6), as PyTorch's clip_grad_norm_ scales, when the norm exceeds `max_norm`
+    /// (> 0); None otherwise.
+    pub scale: Option<f64>,
+}
+
+/// Clip the gradients' global L2 norm to `max_norm` (0: no clipping). The factor is not applied
+/// here: `Optimizer::step` multiplies each gradient by it as it reads it (the same bits as
+/// scaling in place, one pass over every gradient fewer). The parameters' sums of squares run
+/// in parallel, one per parameter, and are added in order: the same norm on any thread count.
+pub fn clip_grad_norm<T: Real>(params: &[&mut Param<T>], max_norm: f64) -> Clip {
+    let sum_sq = |p: &&mut Param<T>| sum_sq_f64(p.grad.as_slice().unwrap());
+    let norm = if crate::tensor::threads() > 1 {
+        use rayon::prelude::*;
+        params.par_iter().map(sum_sq).collect::<Vec<f64>>().iter().sum::<f64>().sqrt()
+    } else {
+        params.iter().map(sum_sq).sum::<f64>().sqrt()
+    };
+    let scale = (max_norm > 0.0 && norm > max_norm).then(|| max_norm / (norm + 1e-6));
+    Clip { norm, scale }
 }
 
 #[cfg(test)]
@@ -121,7 +142,7 @@ mod tests {
         p.grad = array![[0.5, -0.1]];
         let mut opt = Optimizer::new(Kind::Adam);
         let mut ps = [&mut p];
-        opt.step(&mut ps, 0.0, 0.1);
+        opt.step(&mut ps, Clip { norm: 0.0, scale: None }, 0.0, 0.1);
         // step 1: m̂ = g, v̂ = g² → update = lr·g/(|g| + ε) ≈ lr·sign(g)
         assert!((ps[0].value[[0, 0]] - (1.0 - 0.1 * 0.5 / (0.5 + 1e-8))).abs() < 1e-12);
         assert!((ps[0].value[[0, 1]] - (-2.0 + 0.1 * 0.1 / (0.1 + 1e-8))).abs() < 1e-12);
@@ -134,10 +155,35 @@ mod tests {
         let mut b = Param::new("b", array![[0.0f64]], Group::Other);
         a.grad = array![[3.0]];
         b.grad = array![[4.0]];
-        let mut ps = [&mut a, &mut b];
-        assert_eq!(clip_grad_norm(&mut ps, 1.0), 5.0);
-        assert!((ps[0].grad[[0, 0]] - 3.0 / (5.0 + 1e-6)).abs() < 1e-15);
-        assert_eq!(clip_grad_norm(&mut ps, 0.0), (ps[0].grad[[0, 0]].powi(2) + ps[1].grad[[0, 0]].powi(2)).sqrt());
+        let ps = [&mut a, &mut b];
+        assert_eq!(clip_grad_norm(&ps, 1.0), Clip { norm: 5.0, scale: Some(1.0 / (5.0 + 1e-6)) });
+        assert_eq!(clip_grad_norm(&ps, 5.0), Clip { norm: 5.0, scale: None }, "at the threshold");
+        assert_eq!(clip_grad_norm(&ps, 0.0), Clip { norm: 5.0, scale: None }, "no clipping");
+    }
+
+    /// The update reads the clipped gradient: the same values as scaling the gradients in place
+    /// first, bit for bit, for SGD and for Adam's moments and weights.
+    #[test]
+    fn steps_apply_the_clip_as_in_place_scaling_would() {
+        let grad = array![[0.3f32, -1.7, 2.9e-3, 11.0]];
+        for kind in [Kind::Sgd, Kind::Adam] {
+            let mut fused = Param::new("w", array![[0.5f32, -0.25, 1.0, 2.0]], Group::Other);
+            let mut scaled = fused.clone();
+            fused.grad = grad.clone();
+            let clip = clip_grad_norm(&[&mut fused], 2.0);
+            let scale = clip.scale.expect("norm above 2") as f32;
+            scaled.grad = grad.mapv(|g| g * scale);
+            let (mut a, mut b) = (Optimizer::new(kind), Optimizer::new(kind));
+            for _ in 0..3 {
+                a.step(&mut [&mut fused], clip, 0.0, 0.01);
+                b.step(&mut [&mut scaled], Clip { norm: 0.0, scale: None }, 0.0, 0.01);
+            }
+            assert_eq!(fused.value, scaled.value, "{kind:?}");
+            if kind == Kind::Adam {
+                let (fm, sm) = (fused.moments.as_ref().unwrap(), scaled.moments.as_ref().unwrap());
+                assert_eq!((&fm.m, &fm.v), (&sm.m, &sm.v));
+            }
+        }
     }
 
     #[test]
@@ -145,9 +191,9 @@ mod tests {
         // 3e20² = 9e40 > f32::MAX: the norm must come out finite (5e20) and the clip exact.
         let mut a = Param::new("a", array![[0.0f32, 0.0]], Group::Other);
         a.grad = array![[3e20f32, -4e20]];
-        let mut ps = [&mut a];
-        let norm = clip_grad_norm(&mut ps, 5.0);
-        assert!((norm / 5e20 - 1.0).abs() < 1e-6, "{norm}");
-        assert!((ps[0].grad[[0, 0]] - 3.0).abs() < 1e-5 && (ps[0].grad[[0, 1]] + 4.0).abs() < 1e-5);
+        let clip = clip_grad_norm(&[&mut a], 5.0);
+        assert!((clip.norm / 5e20 - 1.0).abs() < 1e-6, "{}", clip.norm);
+        let scaled = a.grad.mapv(|g| g * clip.scale.unwrap() as f32);
+        assert!((scaled[[0, 0]] - 3.0).abs() < 1e-5 && (scaled[[0, 1]] + 4.0).abs() < 1e-5);
     }
 }

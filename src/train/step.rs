@@ -32,10 +32,10 @@ pub fn forward_backward<R: Rng>(
 /// if the gradient is not finite.
 pub fn update(model: &mut Model<f32>, opt: &mut Optimizer, clip: f64, lr: LearningRates) -> bool {
     let mut params = model.params_mut();
-    let norm = clip_grad_norm(&mut params, clip);
-    if !norm.is_finite() {
+    let clip = clip_grad_norm(&params, clip);
+    if !clip.norm.is_finite() {
         return false;
     }
-    opt.step(&mut params, lr.latent, lr.other);
+    opt.step(&mut params, clip, lr.latent, lr.other);
     true
 }
