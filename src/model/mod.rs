@@ -124,7 +124,8 @@ struct Workspace<T> {
     /// Output of layer l after dropout, feeding layer l+1 (only with dropout_between > 0).
     between: Vec<Array2<T>>,
     masks_between: Vec<Array2<T>>,
-    /// The rows the softmax sees, after output dropout.
+    /// The rows the softmax sees when output dropout is on (the top layer's output times the
+    /// mask); without it the softmax reads the layer's output in place (`Model::top`).
     top: Array2<T>,
     mask_out: Array2<T>,
     logits: Array2<T>,
@@ -168,6 +169,18 @@ pub struct DropoutMasks<T> {
     pub input: Option<Array2<T>>,
     pub between: Vec<Array2<T>>,
     pub output: Option<Array2<T>>,
+}
+
+/// The rows of the top layer's output the softmax reads: every step's (language models) or
+/// the last step's `batch` rows (the classifier).
+fn top_rows<T>(head: Head, out: ArrayView2<'_, T>, batch: usize) -> ArrayView2<'_, T> {
+    match head {
+        Head::EveryStep => out,
+        Head::LastStep => {
+            let rows = out.nrows();
+            out.slice_move(s![rows - batch.., ..])
+        }
+    }
 }
 
 /// A window's dropout mask: the fixed one if given, else drawn from `rng`.
@@ -420,21 +433,19 @@ impl<T: Real> Model<T> {
                 ws.between[l] *= &ws.masks_between[l];
             }
         }
-        let out = ws.caches[nl - 1].output();
-        // Language models predict at every step; the classifier only from the last h.
-        let top = match self.head {
-            Head::EveryStep => out,
-            Head::LastStep => out.slice_move(s![rows - batch.., ..]),
-        };
-        ensure_shape(&mut ws.top, top.nrows(), top.ncols());
-        ws.top.assign(&top);
+        let top = top_rows(self.head, ws.caches[nl - 1].output(), batch);
         if train && self.dropout_output > 0.0 {
+            ensure_shape(&mut ws.top, top.nrows(), top.ncols());
+            ws.top.assign(&top);
             let (r, c) = ws.top.dim();
             let fixed = self.fixed_masks.as_ref().and_then(|m| m.output.as_ref());
             draw_mask(fixed, rng, self.dropout_output, r, c, &mut ws.mask_out);
             ws.top *= &ws.mask_out;
+            self.decoder.forward_unbiased(ws.top.view(), &mut ws.logits);
+        } else {
+            // no copy of the window's top rows (13 MB on PTB-char, single-threaded)
+            self.decoder.forward_unbiased(top, &mut ws.logits);
         }
-        self.decoder.forward_unbiased(ws.top.view(), &mut ws.logits);
     }
 
     /// Backward through the window `forward` just ran (with `train`). Accumulates every
@@ -444,17 +455,25 @@ impl<T: Real> Model<T> {
         let nl = self.layers.len();
         let rows = input.rows();
         let h = self.hidden;
-        let top_rows = ws.top.nrows();
-        ensure_shape(&mut ws.d_top, top_rows, h);
-        self.decoder.backward(ws.top.view(), ws.logits.view(), &ws.d_bias, Some(ws.d_top.view_mut()));
-        if ws.dropout_on && self.dropout_output > 0.0 {
+        let dropped = ws.dropout_on && self.dropout_output > 0.0;
+        // the rows the forward's softmax read: the masked copy, or the top layer's output
+        let top = if dropped { ws.top.view() } else { top_rows(self.head, ws.caches[nl - 1].output(), ws.batch) };
+        ensure_shape(&mut ws.d_top, top.nrows(), h);
+        self.decoder.backward(top, ws.logits.view(), &ws.d_bias, Some(ws.d_top.view_mut()));
+        if dropped {
             ws.d_top *= &ws.mask_out;
         }
         // ∂L/∂h_t from above: the top layer reads ∂L/∂top (every step's, or the classifier's
         // last step's alone), each layer below the ∂L/∂x of the one above it (in d_out)
         if self.head == Head::EveryStep {
-            ensure_shape(&mut ws.d_out, rows, h);
-            ws.d_out.assign(&ws.d_top);
+            // d_top is every step's ∂L/∂h: handed over, not copied, when d_out's buffer can take
+            // d_top's place (an embedding narrower or wider than H leaves it another shape)
+            if ws.d_out.dim() == ws.d_top.dim() {
+                std::mem::swap(&mut ws.d_out, &mut ws.d_top);
+            } else {
+                ensure_shape(&mut ws.d_out, rows, h);
+                ws.d_out.assign(&ws.d_top);
+            }
         }
         let between_on = ws.dropout_on && self.dropout_between > 0.0;
         for l in (0..nl).rev() {
