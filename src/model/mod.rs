@@ -125,7 +125,7 @@ struct Workspace<T> {
     between: Vec<Array2<T>>,
     masks_between: Vec<Array2<T>>,
     /// The rows the softmax sees when output dropout is on (the top layer's output times the
-    /// mask); without it the softmax reads the layer's output in place (`Model::top`).
+    /// mask); without it the softmax reads the layer's output in place (`top_rows`).
     top: Array2<T>,
     mask_out: Array2<T>,
     logits: Array2<T>,

@@ -1,8 +1,8 @@
 //! Adam (PyTorch semantics: bias-corrected, ε = 1e-8 added to √v̂) and plain SGD, with
-//! per-group learning rates, and global-norm gradient clipping (the clip's factor applied as the
-//! update reads each gradient). Adam's moments live with the
-//! tensors they belong to (`Param::moments`), so checkpoints and the loss-aware quantizers
-//! find them by the parameter, not by an index.
+//! per-group learning rates, and global-norm gradient clipping (its factor applied as the
+//! update reads each gradient). Adam's moments live with the tensors they belong to
+//! (`Param::moments`), so checkpoints and the loss-aware quantizers find them by the
+//! parameter, not by an index.
 
 use ndarray::Array2;
 
