@@ -85,24 +85,25 @@ fn rows<T: Real>(data: &mut [T], targets: &[u32], grad_scale: T, bias: &[T], dbi
     let mut loss = 0.0f64;
     let mut correct = 0;
     for (row, &y) in data.chunks_exact_mut(v).zip(targets) {
-        for (x, &b) in row.iter_mut().zip(bias) {
-            *x += b;
-        }
-        let max = crate::tensor::max(row);
-        // the arg-max is the first entry equal to the max
-        let best = row.iter().position(|&x| x == max).unwrap_or(0);
-        correct += (best == y as usize) as usize;
+        let y = y as usize;
+        // logits + bias and their max in one pass
+        let max = crate::tensor::add_max(row, bias);
+        // the arg-max is the first entry equal to the max (a scalar search was ~half a row of
+        // compares per row)
+        let best = crate::tensor::first_index_of(row, max).unwrap_or(0);
+        correct += (best == y) as usize;
         let sum = crate::tensor::exp_shift_sum(row, max);
-        let p_y = row[y as usize] / sum;
+        let p_y = row[y] / sum;
         loss -= p_y.f64().ln().max(-1e30);
+        // grad_scale·(p − onehot) and the bias gradient's column sums in one pass, the target's
+        // entry between the two runs around it
         let inv = grad_scale / sum;
-        for x in row.iter_mut() {
-            *x *= inv;
-        }
-        row[y as usize] -= grad_scale;
-        for (d, &x) in dbias.iter_mut().zip(row.iter()) {
-            *d += x;
-        }
+        let (head, tail) = row.split_at_mut(y);
+        let (d_head, d_tail) = dbias.split_at_mut(y);
+        crate::tensor::scale_accumulate(head, inv, d_head);
+        tail[0] = tail[0] * inv - grad_scale;
+        d_tail[0] += tail[0];
+        crate::tensor::scale_accumulate(&mut tail[1..], inv, &mut d_tail[1..]);
     }
     (loss, correct)
 }

@@ -19,7 +19,9 @@ pub use gemm::{faer_product, flush_denormals, gemm, gemm_with, set_threads, thre
 pub use panel_gemm::{FixedRhs, PanelMatrix};
 pub use param::{Group, Moments, Param};
 pub use real::{Real, expf, tanhf};
-pub use reduce::{exp_shift_sum, max, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum};
+pub use reduce::{
+    add_max, exp_shift_sum, first_index_of, scale_accumulate, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum,
+};
 pub use simd::{Simd, simd};
 pub(crate) use simd::{simd_kernel, simd_method};
 pub use tiled::zip_tiled;

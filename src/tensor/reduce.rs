@@ -53,9 +53,10 @@ pub fn sum_sq_dev<T: Real>(x: &[T], m: T) -> T {
     lane_sum(x, T::zero(), |v| (v - m) * (v - m))
 }
 
-/// max of a non-empty slice, vectorizable.
-#[inline(always)]
-pub fn max<T: Real>(x: &[T]) -> T {
+/// max of a non-empty slice in `LANES` lanes, then folded: what the softmax used before
+/// `add_max` (kept as the reference its test compares against).
+#[cfg(test)]
+fn max<T: Real>(x: &[T]) -> T {
     let mut acc = [x[0]; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -65,6 +66,65 @@ pub fn max<T: Real>(x: &[T]) -> T {
         }
     }
     acc.iter().chain(rest).copied().fold(x[0], |m, v| if v > m { v } else { m })
+}
+
+/// x += b in place and the max of the result, in one pass: `LANES` running maxima (lane l
+/// over elements l, l + LANES, … in order, each starting from x[0]), then folded from x[0]
+/// with the tail — the max of `max` on the added values, sign of zero included.
+#[inline(always)]
+pub fn add_max<T: Real>(x: &mut [T], b: &[T]) -> T {
+    let b = &b[..x.len()];
+    x[0] += b[0];
+    let mut acc = [x[0]; LANES];
+    let n = x.len() / LANES * LANES;
+    if n > 0 {
+        for l in 1..LANES {
+            x[l] += b[l];
+        }
+        for l in 0..LANES {
+            acc[l] = if x[l] > acc[l] { x[l] } else { acc[l] };
+        }
+    }
+    let (body, rest) = x.split_at_mut(n);
+    let (b_body, b_rest) = b.split_at(n);
+    for (c, bc) in body.chunks_exact_mut(LANES).zip(b_body.chunks_exact(LANES)).skip(1) {
+        for l in 0..LANES {
+            let v = c[l] + bc[l];
+            c[l] = v;
+            acc[l] = if v > acc[l] { v } else { acc[l] };
+        }
+    }
+    let start = usize::from(n == 0);
+    for (v, &bv) in rest.iter_mut().zip(b_rest).skip(start) {
+        *v += bv;
+    }
+    acc.iter().chain(&x[n..]).copied().fold(x[0], |m, v| if v > m { v } else { m })
+}
+
+/// The first index of `v` in `x`, a chunk of lanes compared at a time.
+#[inline(always)]
+pub fn first_index_of<T: Real>(x: &[T], v: T) -> Option<usize> {
+    let n = x.len() / LANES * LANES;
+    for (i, c) in x[..n].chunks_exact(LANES).enumerate() {
+        let mut hit = false;
+        for &e in c {
+            hit |= e == v;
+        }
+        if hit {
+            return c.iter().position(|&e| e == v).map(|p| i * LANES + p);
+        }
+    }
+    x[n..].iter().position(|&e| e == v).map(|p| n + p)
+}
+
+/// x ← x·s and d += x (the scaled values) over two slices of one length; vectorizable.
+#[inline(always)]
+pub fn scale_accumulate<T: Real>(x: &mut [T], s: T, d: &mut [T]) {
+    let d = &mut d[..x.len()];
+    for (x, d) in x.iter_mut().zip(d) {
+        *x *= s;
+        *d += *x;
+    }
 }
 
 /// x ← e^(x − m) in place, returning Σ e^(x − m); vectorizable.
@@ -101,4 +161,44 @@ pub fn sum_sq_f64_of_sum<T: Real>(a: &[T], b: &[T]) -> f64 {
     }
     let tail: f64 = (n..a.len()).map(|j| (a[j] + b[j]).f64().powi(2)).sum();
     acc.iter().sum::<f64>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The softmax's fused passes give what its separate passes gave, bit for bit: the biased
+    /// logits and their max (the sign of a zero max included), the first index of the max, the
+    /// scaled values and the sums they add to; lengths with and without tails, ties, ±0.
+    #[test]
+    fn fused_softmax_passes_match_the_separate_ones() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for len in [1usize, 5, 16, 17, 40, 100, 333] {
+            let cases: [(Vec<f32>, Vec<f32>); 2] = [
+                (
+                    (0..len).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.5).collect(),
+                    (0..len).map(|i| if i % 3 == 0 { -0.0 } else { 0.25 * (i % 4) as f32 }).collect(),
+                ),
+                // every value a zero: which sign the max keeps depends on the comparison order
+                (
+                    (0..len).map(|i| if i % 2 == 0 { -0.0 } else { 0.0 }).collect(),
+                    (0..len).map(|i| if i % 5 == 1 { 0.0 } else { -0.0 }).collect(),
+                ),
+            ];
+            for (x0, b) in cases {
+                let added: Vec<f32> = x0.iter().zip(&b).map(|(a, b)| a + b).collect();
+                let mut x = x0.clone();
+                let m = add_max(&mut x, &b);
+                assert_eq!(bits(&x), bits(&added), "len {len}");
+                assert_eq!(m.to_bits(), max(&added).to_bits(), "len {len}");
+                assert_eq!(first_index_of(&x, m), x.iter().position(|&v| v == m), "len {len}");
+                assert_eq!(first_index_of(&x, 1e9), None);
+                let (mut y, mut d) = (x.clone(), vec![0.5f32; len]);
+                scale_accumulate(&mut y, 0.3, &mut d);
+                let want: Vec<f32> = x.iter().map(|v| v * 0.3).collect();
+                assert_eq!(bits(&y), bits(&want));
+                assert_eq!(bits(&d), bits(&want.iter().map(|v| 0.5 + v).collect::<Vec<_>>()));
+            }
+        }
+    }
 }
