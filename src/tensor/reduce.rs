@@ -68,34 +68,25 @@ fn max<T: Real>(x: &[T]) -> T {
     acc.iter().chain(rest).copied().fold(x[0], |m, v| if v > m { v } else { m })
 }
 
-/// x += b in place and the max of the result, in one pass: `LANES` running maxima (lane l
-/// over elements l, l + LANES, … in order, each starting from x[0]), then folded from x[0]
-/// with the tail — the max of `max` on the added values, sign of zero included.
+/// x += b in place and the max of the result, in one pass: `LANES` running maxima, each
+/// starting from the first sum (lane l then takes elements l, l + LANES, … in order), folded
+/// from it with the tail — `max`'s order on the added values, so its value, sign of zero
+/// included.
 #[inline(always)]
 pub fn add_max<T: Real>(x: &mut [T], b: &[T]) -> T {
     let b = &b[..x.len()];
-    x[0] += b[0];
-    let mut acc = [x[0]; LANES];
+    let mut acc = [x[0] + b[0]; LANES];
     let n = x.len() / LANES * LANES;
-    if n > 0 {
-        for l in 1..LANES {
-            x[l] += b[l];
-        }
-        for l in 0..LANES {
-            acc[l] = if x[l] > acc[l] { x[l] } else { acc[l] };
-        }
-    }
     let (body, rest) = x.split_at_mut(n);
     let (b_body, b_rest) = b.split_at(n);
-    for (c, bc) in body.chunks_exact_mut(LANES).zip(b_body.chunks_exact(LANES)).skip(1) {
+    for (c, bc) in body.chunks_exact_mut(LANES).zip(b_body.chunks_exact(LANES)) {
         for l in 0..LANES {
             let v = c[l] + bc[l];
             c[l] = v;
             acc[l] = if v > acc[l] { v } else { acc[l] };
         }
     }
-    let start = usize::from(n == 0);
-    for (v, &bv) in rest.iter_mut().zip(b_rest).skip(start) {
+    for (v, &bv) in rest.iter_mut().zip(b_rest) {
         *v += bv;
     }
     acc.iter().chain(&x[n..]).copied().fold(x[0], |m, v| if v > m { v } else { m })
