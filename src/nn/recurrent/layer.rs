@@ -650,12 +650,13 @@ fn prepare_one<T: Real>(
 ) {
     let (g, inp) = w.dim();
     ensure_shape(eff_t, inp, g);
-    if gain.is_some() {
+    let out = if gain.is_some() {
         ensure_shape(q_t, inp, g);
+        &mut *q_t
     } else {
         *q_t = Array2::zeros((0, 0));
-    }
-    let out = if gain.is_some() { &mut *q_t } else { &mut *eff_t };
+        &mut *eff_t
+    };
     let hidden = g / blocks;
     for k in 0..blocks {
         let rows = s![k * hidden..(k + 1) * hidden, ..];
