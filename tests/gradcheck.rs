@@ -232,6 +232,10 @@ fn every_normalization_word_model_and_mnist() {
         check(&mut c, &format!("{norm:?} word, 9 wide"));
         let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 3, 1, 4, 3, 0.0, Quantizer::Fp, norm);
         check(&mut c, &format!("{norm:?} mnist"));
+        // pixels of three levels over 24 rows: layer norm's N_x from a table of the levels
+        let mut c = build(CellKind::Lstm, Task::SeqMnist, 0, 3, 3, 1, 8, 3, 0.0, Quantizer::Fp, norm);
+        c.pixels.mapv_inplace(|p| (p * 3.0).floor() / 3.0);
+        check(&mut c, &format!("{norm:?} mnist, three pixel levels"));
     }
 }
 

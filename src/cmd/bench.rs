@@ -193,7 +193,8 @@ pub fn bench_one(
     let mut opt = Optimizer::new(Kind::Adam);
     let rows = c.batch * c.steps;
     let tokens: Vec<u32> = (0..rows).map(|_| rng.random_range(0..c.vocab as u32)).collect();
-    let pixels = Array2::from_shape_fn((rows, 1), |_| rng.random_range(0.0f32..1.0));
+    // MNIST's pixels as `data::task` feeds them: one of 256 levels, k/255
+    let pixels = Array2::from_shape_fn((rows, 1), |_| f32::from(rng.random_range(0..=255u8)) / 255.0);
     let n_targets = if c.task.is_mnist() { c.batch } else { rows };
     let targets: Vec<u32> = (0..n_targets).map(|_| rng.random_range(0..c.vocab as u32)).collect();
     let mut state = model.initial_state(c.batch);

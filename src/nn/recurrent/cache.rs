@@ -52,6 +52,11 @@ pub struct Cache<T> {
     /// With `XhatX::Table`: γ ⊙ x̂ + β and 1/σ of each row of W_x (x̂ itself is in `xhat_x`).
     pub(super) table_x: Array2<T>,
     pub(super) rstd_table_x: Array2<T>,
+    /// With `XhatX::Levels`: the window's distinct input values, their products W_x·v
+    /// ((levels, G·H), whose x̂ is in `xhat_x`), and each row's index among them (T·B).
+    pub(super) levels: Vec<T>,
+    pub(super) level_z: Array2<T>,
+    pub(super) level_ids: Vec<u32>,
     pub(super) train: bool,
     pub(super) t0: usize,
     /// x̂ of the recurrent product, (T·B, G·H); the backward overwrites it step by step with

@@ -18,6 +18,11 @@
 //! vocab × G·H: PTB-char's 50 rows instead of 6,400), the time loop adds each row's γ ⊙ x̂ + β
 //! from it, and backward gathers a step's x̂ from it — again the same kernels on the same x̂.
 //!
+//! A one-wide input of few distinct values — sequential MNIST's pixels, 256 levels — is
+//! tabled the same way: x̂ of each distinct value's product, gathered by each row's level
+//! (`XhatX::Levels`), instead of the product and the normalizer run again on every step's
+//! rows in forward and again in backward.
+//!
 //! Batch norm's x̂ at step t needs the batch's μ_t and σ_t, and the time loop splits the batch
 //! between two threads. Where the product is cheap to form twice (token ids' rows of W_x, a
 //! narrow input) the statistics are taken here, in a pass over the steps that writes only μ_t
@@ -49,7 +54,14 @@ pub(super) enum XhatX {
     Recomputed,
     /// Gathered by token from x̂ of W_x's rows (one-hot input, layer norm).
     Table,
+    /// Gathered by level from x̂ of the products of a one-wide input's distinct values (layer
+    /// norm; at most `LEVELS_MAX` of them, and few beside the window's rows).
+    Levels,
 }
+
+/// A one-wide input is tabled by its values where it has at most this many distinct ones
+/// (MNIST's pixels have 256).
+pub(super) const LEVELS_MAX: usize = 256;
 
 /// A vocabulary's table pays where it has at most this share of the window's rows.
 pub(super) const TABLE_MAX_SHARE: usize = 4;
@@ -86,12 +98,25 @@ pub(super) fn forward<T: Real>(
 ) -> bool {
     let (steps, batch, g) = (cache.steps, cache.batch, nx.blocks * nx.hidden);
     let (rows, rr) = (steps * batch, nx.rstd_rows_per_step(batch));
-    let source = XhatX::of(&input, nx, frozen.is_some(), cache.wx_t.nrows());
+    let mut source = XhatX::of(&input, nx, frozen.is_some(), cache.wx_t.nrows());
+    if source == XhatX::Recomputed
+        && nx.row_local()
+        && frozen.is_none()
+        && let LayerInput::Dense(x) = input
+        && x.ncols() == 1
+        && find_levels(x, LEVELS_MAX.min(rows / TABLE_MAX_SHARE), &mut cache.levels, &mut cache.level_ids)
+    {
+        source = XhatX::Levels;
+    }
     cache.xhat_x_source = source;
     cache.train = train;
     cache.t0 = t0;
     if source == XhatX::Table {
         table(nx, rows, cache);
+        return true;
+    }
+    if source == XhatX::Levels {
+        level_table(nx, rows, cache);
         return true;
     }
     let keep = source == XhatX::Kept;
@@ -199,25 +224,84 @@ pub(super) fn backward_in_time_loop<T: Real>(nx: &Normalizer<T>, source: XhatX) 
 
 /// Layer-norm N_x's table for token ids: x̂ and 1/σ of every row of W_x (`layer_forward` on the
 /// rows the window would have gathered) and γ ⊙ x̂ + β of each, which the time loop adds to
-/// each row's G_t by its token (`steps::StepInput::TokenTable`, in the order `layer_forward`
+/// each row's G_t by its token (`steps::StepInput::Table`, in the order `layer_forward`
 /// adds them), copying the row's 1/σ into `rstd_x` for backward.
 fn table<T: Real>(nx: &Normalizer<T>, rows: usize, cache: &mut Cache<T>) {
     let Cache { xhat_x, rstd_x, wx_t, table_x, rstd_table_x, .. } = cache;
-    let (vocab, g) = wx_t.dim();
-    ensure_shape(xhat_x, vocab, g);
+    fill_table(nx, wx_t.view(), rows, xhat_x, rstd_x, table_x, rstd_table_x);
+}
+
+/// Layer-norm N_x's table for a one-wide input of few distinct values (`XhatX::Levels`, found
+/// by `find_levels`): each value's product W_x·v as the time loop would form it (the same
+/// product call on rows holding the value), then the table of those rows as `table` makes it;
+/// the time loop gathers it by each row's level (`cache.level_ids`).
+fn level_table<T: Real>(nx: &Normalizer<T>, rows: usize, cache: &mut Cache<T>) {
+    let Cache { xhat_x, rstd_x, wx_t, table_x, rstd_table_x, levels, level_z, .. } = cache;
+    let g = wx_t.ncols();
+    ensure_shape(level_z, levels.len(), g);
+    let values = ArrayView2::from_shape((levels.len(), 1), &levels[..]).expect("one value per level");
+    WeightsRef::dense(wx_t.view()).product(level_z.view_mut(), false, values, false);
+    fill_table(nx, level_z.view(), rows, xhat_x, rstd_x, table_x, rstd_table_x);
+}
+
+/// x̂, 1/σ and γ ⊙ x̂ + β of every row of the products `z` into the table (`xhat`, `rstd_tab`,
+/// `y_tab`), and `rstd_x` sized for the window's `rows`.
+fn fill_table<T: Real>(
+    nx: &Normalizer<T>,
+    z: ArrayView2<T>,
+    rows: usize,
+    xhat_x: &mut Array2<T>,
+    rstd_x: &mut Array2<T>,
+    y_tab: &mut Array2<T>,
+    rstd_tab: &mut Array2<T>,
+) {
+    let (n, g) = z.dim();
+    ensure_shape(xhat_x, n, g);
     ensure_shape(rstd_x, rows, nx.rstd_cols());
-    ensure_shape(table_x, vocab, g);
-    ensure_shape(rstd_table_x, vocab, nx.rstd_cols());
-    let (y_tab, rstd_tab) = (table_x, rstd_table_x);
+    ensure_shape(y_tab, n, g);
+    ensure_shape(rstd_tab, n, nx.rstd_cols());
     // (forward_rows adds its output into y_tab; overwritten below, element by element as
     // `layer_forward` computes γ ⊙ x̂ + β, not as 0 + that)
-    nx.forward_rows(wx_t.view(), xhat_x.view_mut(), rstd_tab.view_mut(), y_tab.view_mut());
+    nx.forward_rows(z, xhat_x.view_mut(), rstd_tab.view_mut(), y_tab.view_mut());
     let (gain, bias) = (nx.gain.value.as_slice().unwrap(), nx.bias.value.as_slice().unwrap());
     for (mut y, x) in y_tab.outer_iter_mut().zip(xhat_x.outer_iter()) {
         for (((y, &x), &gs), &bs) in y.iter_mut().zip(x.iter()).zip(gain).zip(bias) {
             *y = gs * x + bs;
         }
     }
+}
+
+/// The distinct values of a one-wide input `x` (T·B, 1) in first-seen order into `values`
+/// (told apart by their bits, so −0 and +0 are two: their products' zeros differ in sign), and
+/// each row's index among them into `ids`; false where there are more than `max` (≤
+/// `LEVELS_MAX`), both then partial.
+fn find_levels<T: Real>(x: ArrayView2<T>, max: usize, values: &mut Vec<T>, ids: &mut Vec<u32>) -> bool {
+    // open addressing over 4·LEVELS_MAX slots (a power of two), each a level's index
+    const SLOTS: usize = 4 * LEVELS_MAX;
+    const EMPTY: u32 = u32::MAX;
+    debug_assert!(max <= LEVELS_MAX && SLOTS.is_power_of_two());
+    let mut slots = [EMPTY; SLOTS];
+    values.clear();
+    ids.clear();
+    for &v in x.iter() {
+        let bits = v.f64().to_bits();
+        let mut s =
+            ((bits ^ (bits >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as usize;
+        let id = loop {
+            match slots[s] {
+                EMPTY if values.len() == max => return false,
+                EMPTY => {
+                    slots[s] = values.len() as u32;
+                    values.push(v);
+                    break slots[s];
+                }
+                i if values[i as usize].f64().to_bits() == bits => break i,
+                _ => s = (s + 1) % SLOTS,
+            }
+        };
+        ids.push(id);
+    }
+    true
 }
 
 /// Backward of N_x over the window, for what the time loop does not take (`backward_in_time_loop`):
@@ -444,6 +528,60 @@ mod tests {
                 assert_eq!(narrow_dgain, wide_dgain, "{norm:?}: N_x's γ gradient");
             }
         }
+    }
+
+    /// A window of a one-wide input of three values under layer norm (`XhatX::Levels`), or the
+    /// same column beside a zero one (two wide: recomputed, as without the levels): x̂_x's rows,
+    /// the output and every gradient.
+    fn levels_window(width: usize, cell: CellKind) -> (usize, Array2<f64>, Vec<Array2<f64>>) {
+        let (steps, batch, hidden) = (5, 4, 3);
+        let mut layer = Layer::<f64>::new("l", cell, width, hidden, Quantizer::Fp, Normalization::Layer, steps);
+        let wave = |i: usize| ((i * 7919) % 23) as f64 / 23.0 - 0.5;
+        layer.w_x.value.indexed_iter_mut().for_each(|((r, c), w)| *w = wave(r * 13 + c));
+        layer.w_h.value.iter_mut().enumerate().for_each(|(i, w)| *w = wave(i + 101));
+        let values = [-0.5, 0.25, 0.75];
+        let x = Array2::from_shape_fn(
+            (steps * batch, width),
+            |(n, j)| if j == 0 { values[(n * 5 + n / 4) % 3] } else { 0.0 },
+        );
+        let (h0, c0) = (Array2::zeros((batch, hidden)), Array2::zeros((batch, hidden)));
+        let (mut cache, mut grads) = (Cache::default(), Grads::default());
+        layer.prepare_weights(&mut cache);
+        layer.forward(&mut cache, LayerInput::Dense(x.view()), h0.view(), c0.view(), true, 0);
+        let d_out = Array2::from_shape_fn((steps * batch, hidden), |(n, j)| wave(n * hidden + j + 3));
+        layer.backward(&mut cache, &mut grads, LayerInput::Dense(x.view()), OutputGrad::EveryStep(d_out.view()), None);
+        let nx = layer.norm_x.as_ref().unwrap();
+        let grads = vec![
+            layer.w_x.grad.slice(ndarray::s![.., ..1]).to_owned(),
+            layer.w_h.grad.clone(),
+            nx.gain.grad.clone(),
+            nx.bias.grad.clone(),
+        ];
+        (cache.xhat_x.nrows(), cache.output().to_owned(), grads)
+    }
+
+    #[test]
+    fn a_narrow_input_of_few_values_uses_a_table_and_gives_the_same_numbers() {
+        for cell in [CellKind::Lstm, CellKind::Gru] {
+            let (level_rows, level_out, level_grads) = levels_window(1, cell);
+            let (wide_rows, wide_out, wide_grads) = levels_window(2, cell);
+            assert_eq!(level_rows, 3, "{cell:?}: three values, 20 rows: a table of three rows");
+            assert_eq!(wide_rows, 2 * 4, "{cell:?}: two wide: two steps of scratch, recomputed");
+            // the same products (a zero column adds exact zeros), the same normalizer kernels,
+            // and the backward in the time loop in the same order: the same bits
+            assert_eq!(level_out, wide_out, "{cell:?}: forward");
+            assert_eq!(level_grads, wide_grads, "{cell:?}: ∂L/∂W_x (first column), ∂L/∂W_h, N_x's γ and β");
+        }
+    }
+
+    #[test]
+    fn levels_are_told_apart_by_their_bits_and_capped() {
+        let x = Array2::from_shape_vec((6, 1), vec![0.5f32, -0.0, 0.0, 0.5, 1.0, -0.0]).unwrap();
+        let (mut values, mut ids) = (Vec::new(), Vec::new());
+        assert!(super::find_levels(x.view(), 4, &mut values, &mut ids));
+        assert_eq!(values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), [0.5f32, -0.0, 0.0, 1.0].map(f32::to_bits));
+        assert_eq!(ids, [0, 1, 2, 0, 3, 1]);
+        assert!(!super::find_levels(x.view(), 3, &mut values, &mut ids), "four values, at most three");
     }
 
     /// A window of token ids under batch norm, given as ids or as the same one-hot rows dense

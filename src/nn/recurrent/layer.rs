@@ -316,6 +316,8 @@ impl<T: Real> Layer<T> {
             bn_stats_x,
             table_x,
             rstd_table_x,
+            level_ids,
+            xhat_x_source,
             ..
         } = cache;
         // batch norm in training on two halves records each step's statistics for the running
@@ -359,10 +361,17 @@ impl<T: Real> Layer<T> {
                     z: z_x,
                     xhat: xhat_x.slice_mut(s![..batch, ..]),
                 },
-                (Some(nx), LayerInput::OneHot(i)) => StepInput::TokenTable {
+                (Some(nx), LayerInput::OneHot(i)) => StepInput::Table {
                     table: table_x.view(),
                     rstd_table: rstd_table_x.view(),
                     ids: ids(i),
+                    bias,
+                    rstd: rstd_x.view_mut().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
+                },
+                (Some(nx), LayerInput::Dense(_)) if *xhat_x_source == input_norm::XhatX::Levels => StepInput::Table {
+                    table: table_x.view(),
+                    rstd_table: rstd_table_x.view(),
+                    ids: ids(level_ids),
                     bias,
                     rstd: rstd_x.view_mut().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
                 },
@@ -477,14 +486,17 @@ impl<T: Real> Layer<T> {
         input_sums.fill(T::zero());
         let step_nx = match &self.norm_x {
             Some(nx) if stepwise => {
+                let levels = cache.xhat_x_source == input_norm::XhatX::Levels;
                 let table = match input {
-                    LayerInput::OneHot(_) => cache.xhat_x.view(),
-                    LayerInput::Dense(_) => cache.wx_t.view(),
+                    LayerInput::Dense(_) if !levels => cache.wx_t.view(),
+                    _ => cache.xhat_x.view(),
                 };
                 ensure_shape(&mut grads.xnorm_scratch, 4 * batch, g);
                 Some(steps::StepNx {
                     norm: nx,
                     table,
+                    levels: levels
+                        .then(|| ArrayView2::from_shape((steps, batch), &cache.level_ids[..]).expect("T·B levels")),
                     rstd: cache.rstd_x.view().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
                     scratch: grads.xnorm_scratch.view_mut().into_shape_with_order((4, batch, g)).unwrap(),
                 })

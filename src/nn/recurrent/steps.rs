@@ -95,9 +95,10 @@ pub(super) enum StepInput<'a, T> {
     Window,
     /// Token ids, (T, rows): G_t = W_x[id] + b.
     Tokens { wx: WeightsRef<'a, T>, ids: ArrayView2<'a, u32>, bias: &'a [T] },
-    /// Token ids through layer norm's table of W_x's rows (`input_norm.rs`): G_t = b + (γ ⊙ x̂ +
-    /// β)[id], and the row's 1/σ into `rstd`, (T, rows, blocks).
-    TokenTable {
+    /// Token ids through layer norm's table of W_x's rows, or a narrow input's levels through
+    /// the table of their products (`input_norm.rs`): G_t = b + (γ ⊙ x̂ + β)[id], and the row's
+    /// 1/σ into `rstd`, (T, rows, blocks).
+    Table {
         table: ArrayView2<'a, T>,
         rstd_table: ArrayView2<'a, T>,
         ids: ArrayView2<'a, u32>,
@@ -156,7 +157,7 @@ impl<T: Real> StepInput<'_, T> {
                 wx.gather(gates.view_mut(), ids.row(t).to_slice().expect("a step's ids are contiguous"));
                 add_bias(&mut gates, bias);
             }
-            StepInput::TokenTable { table, rstd_table, ids, bias, rstd } => {
+            StepInput::Table { table, rstd_table, ids, bias, rstd } => {
                 set_bias(&mut gates, bias);
                 let mut rstd = rstd.index_axis_mut(Axis(0), t);
                 for ((mut row, mut inv), &id) in gates.rows_mut().into_iter().zip(rstd.rows_mut()).zip(ids.row(t)) {
@@ -196,12 +197,12 @@ impl<T: Real> StepInput<'_, T> {
                 let (i0, i1) = ids.split_at(Axis(1), m);
                 (StepInput::Tokens { wx, ids: i0, bias }, StepInput::Tokens { wx, ids: i1, bias })
             }
-            StepInput::TokenTable { table, rstd_table, ids, bias, rstd } => {
+            StepInput::Table { table, rstd_table, ids, bias, rstd } => {
                 let (i0, i1) = ids.split_at(Axis(1), m);
                 let (r0, r1) = rstd.split_at(Axis(1), m);
                 (
-                    StepInput::TokenTable { table, rstd_table, ids: i0, bias, rstd: r0 },
-                    StepInput::TokenTable { table, rstd_table, ids: i1, bias, rstd: r1 },
+                    StepInput::Table { table, rstd_table, ids: i0, bias, rstd: r0 },
+                    StepInput::Table { table, rstd_table, ids: i1, bias, rstd: r1 },
                 )
             }
             StepInput::Narrow { wx, x, bias } => {
@@ -271,9 +272,11 @@ impl<'a, T> InputRows<'a, T> {
 /// N_x's backward one step at a time (layer norm; `input_norm.rs` has the window's version).
 pub(super) struct StepNx<'a, T> {
     pub norm: &'a Normalizer<T>,
-    /// x̂ of W_x's rows, (vocab, G·H), for token ids; W_xᵀ, (in, G·H), to recompute a narrow
-    /// input's product.
+    /// x̂ of W_x's rows, (vocab, G·H), for token ids; for a narrow input, x̂ of its levels'
+    /// products, (levels, G·H), or else W_xᵀ, (in, G·H), to recompute its product.
     pub table: ArrayView2<'a, T>,
+    /// A narrow input's row levels, (T, rows), where its x̂ is tabled (`input_norm::XhatX::Levels`).
+    pub levels: Option<ArrayView2<'a, u32>>,
     /// The forward's 1/σ, (T, rows, blocks).
     pub rstd: ArrayView3<'a, T>,
     /// (4, rows, G·H): the recomputed product z, x̂ (then ∂L/∂z_x in its place), the
@@ -309,6 +312,11 @@ impl<T: Real> StepInputGrad<'_, T> {
                     InputRows::Tokens(ids) => {
                         for (mut row, &id) in xz.rows_mut().into_iter().zip(ids.row(t)) {
                             row.assign(&nx.table.row(id as usize));
+                        }
+                    }
+                    InputRows::Narrow(_) if let Some(levels) = nx.levels => {
+                        for (mut row, &l) in xz.rows_mut().into_iter().zip(levels.row(t)) {
+                            row.assign(&nx.table.row(l as usize));
                         }
                     }
                     InputRows::Narrow(x) => {
@@ -378,12 +386,16 @@ impl<T: Real> StepInputGrad<'_, T> {
         };
         let (nx0, nx1) = match self.nx {
             None => (None, None),
-            Some(StepNx { norm, table, rstd, scratch }) => {
+            Some(StepNx { norm, table, levels, rstd, scratch }) => {
                 let (r0, r1) = rstd.split_at(Axis(1), m);
                 let (s0, s1) = scratch.split_at(Axis(1), m);
+                let (l0, l1) = match levels.map(|l| l.split_at(Axis(1), m)) {
+                    Some((l0, l1)) => (Some(l0), Some(l1)),
+                    None => (None, None),
+                };
                 (
-                    Some(StepNx { norm, table, rstd: r0, scratch: s0 }),
-                    Some(StepNx { norm, table, rstd: r1, scratch: s1 }),
+                    Some(StepNx { norm, table, levels: l0, rstd: r0, scratch: s0 }),
+                    Some(StepNx { norm, table, levels: l1, rstd: r1, scratch: s1 }),
                 )
             }
         };
