@@ -227,20 +227,48 @@ impl<T: Real> Normalizer<T> {
     ) {
         let (gain, h) = (self.gain.value.as_slice().unwrap(), self.hidden);
         let (hn, g) = (T::r(h as f64), dy.ncols());
-        for r in 0..dy.nrows() {
-            let dr = dy.row(r).to_slice().unwrap();
-            let zr = xz.row_mut(r).into_slice().unwrap();
-            let group = if r < split_at { 0 } else { 2 * g };
-            let (sg, sb) = sums[group..group + 2 * g].split_at_mut(g);
-            for k in 0..g / h {
+        let blocks = g / h;
+        assert!(blocks <= MAX_BLOCKS, "at most {MAX_BLOCKS} gate blocks");
+        let mut means = [(T::zero(), T::zero()); MEAN_ROWS * MAX_BLOCKS];
+        for r0 in (0..dy.nrows()).step_by(MEAN_ROWS) {
+            let rows = MEAN_ROWS.min(dy.nrows() - r0);
+            // the means of up to MEAN_ROWS rows first, their chains side by side (each in its
+            // own column order: the same sums as one row at a time, without waiting on one
+            // add's latency per term)
+            for k in 0..blocks {
                 let blk = k * h..(k + 1) * h;
-                let (m1, m2) = block_means(gain, dr, zr, blk.clone(), hn);
-                let inv = rstd[[r, k]];
-                for j in blk {
-                    let (d, x) = (dr[j], zr[j]);
-                    sg[j] += d * x;
-                    sb[j] += d;
-                    zr[j] = inv * (gain[j] * d - m1 - x * m2);
+                if rows == MEAN_ROWS {
+                    let dr: [&[T]; MEAN_ROWS] =
+                        std::array::from_fn(|i| &dy.row(r0 + i).to_slice().unwrap()[blk.clone()]);
+                    let xr: [&[T]; MEAN_ROWS] =
+                        std::array::from_fn(|i| &xz.row(r0 + i).to_slice().unwrap()[blk.clone()]);
+                    let m = rows_block_means(&gain[blk], dr, xr, hn);
+                    for i in 0..MEAN_ROWS {
+                        means[i * blocks + k] = m[i];
+                    }
+                } else {
+                    for i in 0..rows {
+                        let (dr, xr) = (dy.row(r0 + i).to_slice().unwrap(), xz.row(r0 + i).to_slice().unwrap());
+                        means[i * blocks + k] = block_means(gain, dr, xr, blk.clone(), hn);
+                    }
+                }
+            }
+            for i in 0..rows {
+                let r = r0 + i;
+                let dr = dy.row(r).to_slice().unwrap();
+                let zr = xz.row_mut(r).into_slice().unwrap();
+                let group = if r < split_at { 0 } else { 2 * g };
+                let (sg, sb) = sums[group..group + 2 * g].split_at_mut(g);
+                for k in 0..blocks {
+                    let blk = k * h..(k + 1) * h;
+                    let (m1, m2) = means[i * blocks + k];
+                    let inv = rstd[[r, k]];
+                    for j in blk {
+                        let (d, x) = (dr[j], zr[j]);
+                        sg[j] += d * x;
+                        sb[j] += d;
+                        zr[j] = inv * (gain[j] * d - m1 - x * m2);
+                    }
                 }
             }
         }
@@ -601,6 +629,29 @@ fn layer_forward<T: Real>(
             }
         }
     }
+}
+
+/// Rows whose layer-norm backward means are summed side by side.
+const MEAN_ROWS: usize = 4;
+/// Gate blocks of a product at most (the LSTM's four).
+const MAX_BLOCKS: usize = 4;
+
+/// `block_means` of `MEAN_ROWS` rows' blocks at once (`gain`, each `dy`, `xhat` the block's
+/// columns): the same terms added in the same order per row, the rows' chains interleaved.
+#[inline(always)]
+fn rows_block_means<T: Real>(gain: &[T], dy: [&[T]; MEAN_ROWS], xhat: [&[T]; MEAN_ROWS], hn: T) -> [(T, T); MEAN_ROWS] {
+    let h = gain.len();
+    let dy: [&[T]; MEAN_ROWS] = std::array::from_fn(|i| &dy[i][..h]);
+    let xhat: [&[T]; MEAN_ROWS] = std::array::from_fn(|i| &xhat[i][..h]);
+    let (mut m1, mut m2) = ([T::zero(); MEAN_ROWS], [T::zero(); MEAN_ROWS]);
+    for j in 0..h {
+        for i in 0..MEAN_ROWS {
+            let dx = gain[j] * dy[i][j];
+            m1[i] += dx;
+            m2[i] += dx * xhat[i][j];
+        }
+    }
+    std::array::from_fn(|i| (m1[i] / hn, m2[i] / hn))
 }
 
 /// mean(dx̂) and mean(dx̂ ⊙ x̂) over one gate block of a row, dx̂ = γ ⊙ dy: one chain each, in
