@@ -158,10 +158,12 @@ impl<T: Real> StepInput<'_, T> {
                 add_bias(&mut gates, bias);
             }
             StepInput::Table { table, rstd_table, ids, bias, rstd } => {
-                set_bias(&mut gates, bias);
+                // b + (γ ⊙ x̂ + β)[id] in one pass over the row (as b, then += the entry)
                 let mut rstd = rstd.index_axis_mut(Axis(0), t);
                 for ((mut row, mut inv), &id) in gates.rows_mut().into_iter().zip(rstd.rows_mut()).zip(ids.row(t)) {
-                    row.zip_mut_with(&table.row(id as usize), |o, &y| *o += y);
+                    let (row, y) = (row.as_slice_mut().expect("contiguous rows"), table.row(id as usize));
+                    let y = y.to_slice().expect("contiguous table rows");
+                    row.iter_mut().zip(bias.iter().zip(y)).for_each(|(o, (&b, &y))| *o = b + y);
                     inv.assign(&rstd_table.row(id as usize));
                 }
             }
