@@ -345,6 +345,12 @@ impl<T: Real> Layer<T> {
             let wx = frozen.unwrap_or(WeightsRef::dense(wx_t.view()));
             let bias = self.bias.value.as_slice().expect("a contiguous bias");
             let ids = |ids| ArrayView2::from_shape((steps, batch), ids).expect("T·B token ids");
+            // layer norm's table is indexed by token, or by a narrow input's level
+            let table_ids: Option<&[u32]> = match input {
+                LayerInput::OneHot(i) => Some(i),
+                LayerInput::Dense(_) if *xhat_x_source == input_norm::XhatX::Levels => Some(level_ids),
+                LayerInput::Dense(_) => None,
+            };
             match (&self.norm_x, input) {
                 (None, LayerInput::OneHot(i)) => StepInput::Tokens { wx, ids: ids(i), bias },
                 (None, LayerInput::Dense(x)) => StepInput::Narrow { wx, x: by_step(x, steps, batch), bias },
@@ -361,20 +367,14 @@ impl<T: Real> Layer<T> {
                     z: z_x,
                     xhat: xhat_x.slice_mut(s![..batch, ..]),
                 },
-                (Some(nx), LayerInput::OneHot(i)) => StepInput::Table {
+                (Some(nx), _) if let Some(i) = table_ids => StepInput::Table {
                     table: table_x.view(),
                     rstd_table: rstd_table_x.view(),
                     ids: ids(i),
                     bias,
                     rstd: rstd_x.view_mut().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
                 },
-                (Some(nx), LayerInput::Dense(_)) if *xhat_x_source == input_norm::XhatX::Levels => StepInput::Table {
-                    table: table_x.view(),
-                    rstd_table: rstd_table_x.view(),
-                    ids: ids(level_ids),
-                    bias,
-                    rstd: rstd_x.view_mut().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
-                },
+                (Some(_), LayerInput::OneHot(_)) => unreachable!("table_ids holds every token input"),
                 (Some(nx), LayerInput::Dense(x)) => StepInput::NarrowNormed {
                     wx,
                     x: by_step(x, steps, batch),
