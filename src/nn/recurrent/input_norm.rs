@@ -469,30 +469,43 @@ mod tests {
         (cache.xhat_x.nrows(), cache.output().to_owned(), gain)
     }
 
-    /// A window of token ids under layer norm, W_x with `vocab` rows of which the ids use the
-    /// first three: x̂_x's rows kept, and the output and every gradient.
-    fn one_hot_window(vocab: usize, cell: CellKind) -> (usize, Array2<f64>, Vec<Array2<f64>>) {
-        let (steps, batch, hidden) = (6, 3, 4);
-        let mut layer = Layer::<f64>::new("l", cell, vocab, hidden, Quantizer::Fp, Normalization::Layer, steps);
+    /// A training window of a layer-norm layer with `width` inputs (W_x, W_h set from a fixed
+    /// wave) on `input`: x̂_x's rows kept, the output, and the gradients of W_x's first `used`
+    /// columns, W_h, γ_x and β_x.
+    fn layer_norm_window<'a>(
+        cell: CellKind,
+        width: usize,
+        (steps, batch, hidden): (usize, usize, usize),
+        input: impl Fn() -> LayerInput<'a, f64>,
+        used: usize,
+    ) -> (usize, Array2<f64>, Vec<Array2<f64>>) {
+        let mut layer = Layer::<f64>::new("l", cell, width, hidden, Quantizer::Fp, Normalization::Layer, steps);
         let wave = |i: usize| ((i * 7919) % 23) as f64 / 23.0 - 0.5;
-        // W_x (G·H, vocab): columns 0..3 the same whatever the vocabulary's size
+        // W_x (G·H, width): its first columns the same whatever the width
         layer.w_x.value.indexed_iter_mut().for_each(|((r, c), w)| *w = wave(r * 13 + c));
         layer.w_h.value.iter_mut().enumerate().for_each(|(i, w)| *w = wave(i + 101));
-        let ids: Vec<u32> = (0..steps * batch).map(|n| ((n * 5) % 3) as u32).collect();
         let (h0, c0) = (Array2::zeros((batch, hidden)), Array2::zeros((batch, hidden)));
         let (mut cache, mut grads) = (Cache::default(), Grads::default());
         layer.prepare_weights(&mut cache);
-        layer.forward(&mut cache, LayerInput::OneHot(&ids), h0.view(), c0.view(), true, 0);
+        layer.forward(&mut cache, input(), h0.view(), c0.view(), true, 0);
         let d_out = Array2::from_shape_fn((steps * batch, hidden), |(n, j)| wave(n * hidden + j + 3));
-        layer.backward(&mut cache, &mut grads, LayerInput::OneHot(&ids), OutputGrad::EveryStep(d_out.view()), None);
+        layer.backward(&mut cache, &mut grads, input(), OutputGrad::EveryStep(d_out.view()), None);
         let nx = layer.norm_x.as_ref().unwrap();
         let grads = vec![
-            layer.w_x.grad.slice(ndarray::s![.., ..3]).to_owned(),
+            layer.w_x.grad.slice(ndarray::s![.., ..used]).to_owned(),
             layer.w_h.grad.clone(),
             nx.gain.grad.clone(),
             nx.bias.grad.clone(),
         ];
         (cache.xhat_x.nrows(), cache.output().to_owned(), grads)
+    }
+
+    /// A window of token ids under layer norm, W_x with `vocab` rows of which the ids use the
+    /// first three: x̂_x's rows kept, and the output and every gradient.
+    fn one_hot_window(vocab: usize, cell: CellKind) -> (usize, Array2<f64>, Vec<Array2<f64>>) {
+        let (steps, batch) = (6, 3);
+        let ids: Vec<u32> = (0..steps * batch).map(|n| ((n * 5) % 3) as u32).collect();
+        layer_norm_window(cell, vocab, (steps, batch, 4), || LayerInput::OneHot(&ids), 3)
     }
 
     #[test]
@@ -534,30 +547,13 @@ mod tests {
     /// same column beside a zero one (two wide: recomputed, as without the levels): x̂_x's rows,
     /// the output and every gradient.
     fn levels_window(width: usize, cell: CellKind) -> (usize, Array2<f64>, Vec<Array2<f64>>) {
-        let (steps, batch, hidden) = (5, 4, 3);
-        let mut layer = Layer::<f64>::new("l", cell, width, hidden, Quantizer::Fp, Normalization::Layer, steps);
-        let wave = |i: usize| ((i * 7919) % 23) as f64 / 23.0 - 0.5;
-        layer.w_x.value.indexed_iter_mut().for_each(|((r, c), w)| *w = wave(r * 13 + c));
-        layer.w_h.value.iter_mut().enumerate().for_each(|(i, w)| *w = wave(i + 101));
+        let (steps, batch) = (5, 4);
         let values = [-0.5, 0.25, 0.75];
         let x = Array2::from_shape_fn(
             (steps * batch, width),
             |(n, j)| if j == 0 { values[(n * 5 + n / 4) % 3] } else { 0.0 },
         );
-        let (h0, c0) = (Array2::zeros((batch, hidden)), Array2::zeros((batch, hidden)));
-        let (mut cache, mut grads) = (Cache::default(), Grads::default());
-        layer.prepare_weights(&mut cache);
-        layer.forward(&mut cache, LayerInput::Dense(x.view()), h0.view(), c0.view(), true, 0);
-        let d_out = Array2::from_shape_fn((steps * batch, hidden), |(n, j)| wave(n * hidden + j + 3));
-        layer.backward(&mut cache, &mut grads, LayerInput::Dense(x.view()), OutputGrad::EveryStep(d_out.view()), None);
-        let nx = layer.norm_x.as_ref().unwrap();
-        let grads = vec![
-            layer.w_x.grad.slice(ndarray::s![.., ..1]).to_owned(),
-            layer.w_h.grad.clone(),
-            nx.gain.grad.clone(),
-            nx.bias.grad.clone(),
-        ];
-        (cache.xhat_x.nrows(), cache.output().to_owned(), grads)
+        layer_norm_window(cell, width, (steps, batch, 3), || LayerInput::Dense(x.view()), 1)
     }
 
     #[test]
