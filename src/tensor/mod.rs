@@ -11,6 +11,7 @@ mod panel_gemm;
 mod param;
 mod real;
 mod reduce;
+mod rows;
 mod simd;
 mod tiled;
 
@@ -22,6 +23,7 @@ pub use real::{Real, expf, tanhf};
 pub use reduce::{
     add_max, exp_shift_sum, first_index_of, scale_accumulate, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum,
 };
+pub use rows::{add_rows_at, column_sums};
 pub use simd::{Simd, simd};
 pub(crate) use simd::{simd_kernel, simd_method};
 pub use tiled::zip_tiled;

@@ -15,7 +15,9 @@ use crate::nn::norm::{Normalization, Normalizer};
 use crate::nn::packed::{PackedMatrix, WeightsRef};
 use crate::nn::quant::{self, Quantizer};
 use crate::nn::weight_norm;
-use crate::tensor::{FixedRhs, Group, PanelMatrix, Param, Precision, Real, ensure_shape, gemm, zip_tiled};
+use crate::tensor::{
+    FixedRhs, Group, PanelMatrix, Param, Precision, Real, add_rows_at, column_sums, ensure_shape, gemm, zip_tiled,
+};
 
 /// What feeds a layer: token ids (one-hot input, done as a row gather) or dense rows.
 #[derive(Clone, Copy)]
@@ -596,10 +598,7 @@ impl<T: Real> Layer<T> {
             }
             LayerInput::OneHot(ids) => {
                 grads.dwx_t.fill(T::zero());
-                for (row, &id) in d_zx.outer_iter().zip(ids) {
-                    let mut d = grads.dwx_t.row_mut(id as usize);
-                    d.zip_mut_with(&row, |d, &v| *d += v);
-                }
+                add_rows_at(grads.dwx_t.view_mut(), ids, d_zx);
             }
             LayerInput::Dense(x) => {
                 grads.dz_panels.gemm_once(self.precision, grads.dwx_t.view_mut(), false, x.t(), d_zx);
@@ -609,7 +608,7 @@ impl<T: Real> Layer<T> {
             }
         }
         if !stepwise {
-            let db = cache.gates.sum_axis(Axis(0));
+            let db = column_sums(cache.gates.view());
             self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
         }
 
