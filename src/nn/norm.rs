@@ -237,19 +237,21 @@ impl<T: Real> Normalizer<T> {
             // add's latency per term)
             for k in 0..blocks {
                 let blk = k * h..(k + 1) * h;
+                let dr = |i: usize| &dy.row(r0 + i).to_slice().unwrap()[blk.clone()];
+                let xr = |i: usize| &xz.row(r0 + i).to_slice().unwrap()[blk.clone()];
                 if rows == MEAN_ROWS {
-                    let dr: [&[T]; MEAN_ROWS] =
-                        std::array::from_fn(|i| &dy.row(r0 + i).to_slice().unwrap()[blk.clone()]);
-                    let xr: [&[T]; MEAN_ROWS] =
-                        std::array::from_fn(|i| &xz.row(r0 + i).to_slice().unwrap()[blk.clone()]);
-                    let m = rows_block_means(&gain[blk], dr, xr, hn);
-                    for i in 0..MEAN_ROWS {
-                        means[i * blocks + k] = m[i];
+                    let m = block_means::<T, MEAN_ROWS>(
+                        &gain[blk.clone()],
+                        std::array::from_fn(dr),
+                        std::array::from_fn(xr),
+                        hn,
+                    );
+                    for (i, m) in m.into_iter().enumerate() {
+                        means[i * blocks + k] = m;
                     }
                 } else {
                     for i in 0..rows {
-                        let (dr, xr) = (dy.row(r0 + i).to_slice().unwrap(), xz.row(r0 + i).to_slice().unwrap());
-                        means[i * blocks + k] = block_means(gain, dr, xr, blk.clone(), hn);
+                        [means[i * blocks + k]] = block_means(&gain[blk.clone()], [dr(i)], [xr(i)], hn);
                     }
                 }
             }
@@ -631,40 +633,28 @@ fn layer_forward<T: Real>(
     }
 }
 
-/// Rows whose layer-norm backward means are summed side by side.
+/// Rows whose layer-norm backward means are summed side by side (`block_means`).
 const MEAN_ROWS: usize = 4;
 /// Gate blocks of a product at most (the LSTM's four).
 const MAX_BLOCKS: usize = 4;
 
-/// `block_means` of `MEAN_ROWS` rows' blocks at once (`gain`, each `dy`, `xhat` the block's
-/// columns): the same terms added in the same order per row, the rows' chains interleaved.
+/// mean(dx̂) and mean(dx̂ ⊙ x̂) over one gate block of each of N rows (`gain`, each `dy`,
+/// `xhat` the block's columns), dx̂ = γ ⊙ dy: one chain per row and mean, in column order,
+/// the rows' chains interleaved (N = `MEAN_ROWS`, or 1 for the rows left over).
 #[inline(always)]
-fn rows_block_means<T: Real>(gain: &[T], dy: [&[T]; MEAN_ROWS], xhat: [&[T]; MEAN_ROWS], hn: T) -> [(T, T); MEAN_ROWS] {
+fn block_means<T: Real, const N: usize>(gain: &[T], dy: [&[T]; N], xhat: [&[T]; N], hn: T) -> [(T, T); N] {
     let h = gain.len();
-    let dy: [&[T]; MEAN_ROWS] = std::array::from_fn(|i| &dy[i][..h]);
-    let xhat: [&[T]; MEAN_ROWS] = std::array::from_fn(|i| &xhat[i][..h]);
-    let (mut m1, mut m2) = ([T::zero(); MEAN_ROWS], [T::zero(); MEAN_ROWS]);
+    let dy: [&[T]; N] = std::array::from_fn(|i| &dy[i][..h]);
+    let xhat: [&[T]; N] = std::array::from_fn(|i| &xhat[i][..h]);
+    let (mut m1, mut m2) = ([T::zero(); N], [T::zero(); N]);
     for j in 0..h {
-        for i in 0..MEAN_ROWS {
+        for i in 0..N {
             let dx = gain[j] * dy[i][j];
             m1[i] += dx;
             m2[i] += dx * xhat[i][j];
         }
     }
     std::array::from_fn(|i| (m1[i] / hn, m2[i] / hn))
-}
-
-/// mean(dx̂) and mean(dx̂ ⊙ x̂) over one gate block of a row, dx̂ = γ ⊙ dy: one chain each, in
-/// column order.
-#[inline(always)]
-fn block_means<T: Real>(gain: &[T], dy: &[T], xhat: &[T], blk: std::ops::Range<usize>, hn: T) -> (T, T) {
-    let (mut m1, mut m2) = (T::zero(), T::zero());
-    for j in blk {
-        let dx = gain[j] * dy[j];
-        m1 += dx;
-        m2 += dx * xhat[j];
-    }
-    (m1 / hn, m2 / hn)
 }
 
 #[cfg(test)]
