@@ -1,52 +1,35 @@
 //! Window-sized passes that add rows together — the bias gradient Σ_rows ∂L/∂G, a one-hot
-//! input's ∂L/∂W_x (each row added into its token's row) — split between two threads by
-//! columns: every output keeps its terms in row order, so the sums are the same bits on any
-//! thread count (a split by rows would add two partial sums instead). On one thread these
-//! passes cost twice their share of a step, the other core idling (char with batch norm: 6 %
-//! of its wall time).
+//! input's ∂L/∂W_x (each row added into its token's row) — over whole rows, in row order, on
+//! the calling thread. The layer runs the two side by side, one thread each
+//! (`Layer::backward`). Splitting one pass by columns between two threads (each output's
+//! terms still in row order, so the same bits) was tried: on an AMD Zen 4 host a thread that
+//! sums half of every row takes as long as one that sums whole rows (the prefetchers fetch the
+//! other half's lines too, and the L3 only holds what an L2 evicted), so two threads on the
+//! halves move the window twice: MNIST's (78400, 400) gate window summed in 11.8 ms that way
+//! against 6.8 ms on one thread, and the two passes side by side in 10 ms against 25.5 ms
+//! (`results/bench/ROUND3.md`, session 16).
 
-use ndarray::{Array1, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{Array1, ArrayView2, ArrayViewMut2};
 
-use super::{Real, threads};
-
-/// From this many elements of the summed rows the pass runs on two threads.
-const PARALLEL_MIN: usize = 1 << 18;
+use super::Real;
 
 /// Σ over the rows of `a`: out[j] = ((0 + a[0, j]) + a[1, j]) + … (ndarray's
 /// `sum_axis(Axis(0))`, term for term).
 pub fn column_sums<T: Real>(a: ArrayView2<T>) -> Array1<T> {
     let mut out = Array1::zeros(a.ncols());
-    by_columns(out.view_mut().insert_axis(Axis(0)), a, &|mut out, a| {
-        let out = out.as_slice_mut().expect("one contiguous row");
-        for row in a.rows() {
-            out.iter_mut().zip(row.iter()).for_each(|(o, &v)| *o += v);
-        }
-    });
+    let sums = out.as_slice_mut().expect("a new array is contiguous");
+    for row in a.rows() {
+        sums.iter_mut().zip(row.iter()).for_each(|(o, &v)| *o += v);
+    }
     out
 }
 
 /// out[ids[r]] += a[r] for every row r of `a`, in row order.
-pub fn add_rows_at<T: Real>(out: ArrayViewMut2<T>, ids: &[u32], a: ArrayView2<T>) {
+pub fn add_rows_at<T: Real>(mut out: ArrayViewMut2<T>, ids: &[u32], a: ArrayView2<T>) {
     assert_eq!(ids.len(), a.nrows(), "add_rows_at: one id per row");
-    by_columns(out, a, &|mut out, a| {
-        for (row, &id) in a.rows().into_iter().zip(ids) {
-            out.row_mut(id as usize).zip_mut_with(&row, |o, &v| *o += v);
-        }
-    });
-}
-
-/// f(out, a) on all columns, or on each half of the columns on its own thread.
-fn by_columns<T: Real>(out: ArrayViewMut2<T>, a: ArrayView2<T>, f: &(dyn Fn(ArrayViewMut2<T>, ArrayView2<T>) + Sync)) {
     assert_eq!(out.ncols(), a.ncols(), "column counts differ");
-    let n = a.ncols();
-    if threads() > 1 && a.len() >= PARALLEL_MIN && n >= 32 {
-        // at a multiple of 16 columns, so that both halves' rows start vector-aligned alike
-        let cut = n / 2 / 16 * 16;
-        let (o0, o1) = out.split_at(Axis(1), cut);
-        let (a0, a1) = a.split_at(Axis(1), cut);
-        rayon::join(|| f(o0, a0), || f(o1, a1));
-    } else {
-        f(out, a);
+    for (row, &id) in a.rows().into_iter().zip(ids) {
+        out.row_mut(id as usize).zip_mut_with(&row, |o, &v| *o += v);
     }
 }
 
@@ -54,13 +37,13 @@ fn by_columns<T: Real>(out: ArrayViewMut2<T>, a: ArrayView2<T>, f: &(dyn Fn(Arra
 mod tests {
     use ndarray::Array2;
 
+    use ndarray::Axis;
+
     use super::*;
-    use crate::tensor::set_threads;
 
     #[test]
-    fn column_split_passes_match_one_thread_bit_for_bit() {
-        set_threads(2);
-        // 700 × 400: above PARALLEL_MIN, columns not a multiple of 32; values whose sums round
+    fn row_passes_match_ndarray_and_the_plain_loop_bit_for_bit() {
+        // 700 × 400, columns not a multiple of 32; values whose sums round
         let a = Array2::from_shape_fn((700, 400), |(r, c)| ((r * 7919 + c * 104_729) % 1000) as f32 * 1e-3 - 0.4999);
         let want = a.sum_axis(Axis(0));
         let got = column_sums(a.view());

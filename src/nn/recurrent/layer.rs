@@ -579,36 +579,43 @@ impl<T: Real> Layer<T> {
         }
         let d_zx = if self.norm_x.is_some() { cache.xhat_h.view() } else { cache.gates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
-        match input {
+        if stepwise {
             // summed by the steps, per group: the groups added in order
-            _ if stepwise => {
-                let (wx_len, sums) = (self.input_size * g, &grads.input_sums);
-                let dwx = grads.dwx_t.as_slice_mut().expect("a standard-layout gradient");
-                let mut db = vec![T::zero(); g];
-                dwx.fill(T::zero());
-                for row in sums.rows() {
-                    let row = row.to_slice().expect("contiguous sums");
-                    dwx.iter_mut().zip(&row[..wx_len]).for_each(|(d, &v)| *d += v);
-                    db.iter_mut().zip(&row[wx_len..wx_len + g]).for_each(|(d, &v)| *d += v);
-                }
-                self.bias.grad.row_mut(0).iter_mut().zip(&db).for_each(|(a, &b)| *a += b);
-                if let Some(nx) = &mut self.norm_x {
-                    nx.add_param_sums(sums.slice(s![.., wx_len + g..]));
-                }
+            let (wx_len, sums) = (self.input_size * g, &grads.input_sums);
+            let dwx = grads.dwx_t.as_slice_mut().expect("a standard-layout gradient");
+            let mut db = vec![T::zero(); g];
+            dwx.fill(T::zero());
+            for row in sums.rows() {
+                let row = row.to_slice().expect("contiguous sums");
+                dwx.iter_mut().zip(&row[..wx_len]).for_each(|(d, &v)| *d += v);
+                db.iter_mut().zip(&row[wx_len..wx_len + g]).for_each(|(d, &v)| *d += v);
             }
-            LayerInput::OneHot(ids) => {
-                grads.dwx_t.fill(T::zero());
-                add_rows_at(grads.dwx_t.view_mut(), ids, d_zx);
+            self.bias.grad.row_mut(0).iter_mut().zip(&db).for_each(|(a, &b)| *a += b);
+            if let Some(nx) = &mut self.norm_x {
+                nx.add_param_sums(sums.slice(s![.., wx_len + g..]));
             }
-            LayerInput::Dense(x) => {
-                grads.dz_panels.gemm_once(self.precision, grads.dwx_t.view_mut(), false, x.t(), d_zx);
-                if let Some(dx) = d_input {
-                    gemm(dx, false, d_zx, cache.wx_t.t(), T::one());
-                }
-            }
-        }
-        if !stepwise {
-            let db = column_sums(cache.gates.view());
+        } else {
+            // Two window passes over two different buffers: ∂L/∂b = Σ_rows ∂L/∂G, and ∂L/∂W_x
+            // (with ∂L/∂x) from ∂L/∂(W_x·x). Each takes a thread and streams whole rows
+            // (`tensor::rows` says why not half of every row on each thread); every output is
+            // formed by one thread in row order, so the bits do not depend on the thread count.
+            let (gates, wx_t, precision) = (cache.gates.view(), cache.wx_t.view(), self.precision);
+            let (dwx_t, dz_panels) = (&mut grads.dwx_t, &mut grads.dz_panels);
+            let (db, ()) = rayon::join(
+                || column_sums(gates),
+                || match input {
+                    LayerInput::OneHot(ids) => {
+                        dwx_t.fill(T::zero());
+                        add_rows_at(dwx_t.view_mut(), ids, d_zx);
+                    }
+                    LayerInput::Dense(x) => {
+                        dz_panels.gemm_once(precision, dwx_t.view_mut(), false, x.t(), d_zx);
+                        if let Some(dx) = d_input {
+                            gemm(dx, false, d_zx, wx_t.t(), T::one());
+                        }
+                    }
+                },
+            );
             self.bias.grad.row_mut(0).zip_mut_with(&db, |a, &b| *a += b);
         }
 
