@@ -3,7 +3,9 @@
 //! two threads, at char's (6400, 2048) and MNIST's (78400, 400) window shapes:
 //! both on one thread; each split by columns, half of every row per thread (session 15's
 //! way, `tensor::rows` before session 16); the two side by side, one thread each over whole
-//! rows (`Layer::backward` now). All three give the same bits (asserted).
+//! rows (`Layer::backward` now). All three give the same bits (asserted). Then the bias sum
+//! alone: whole rows on one thread, the first half of every row on one thread, both halves
+//! on two threads (the split's cost: a half of every row is not half the memory traffic).
 //! usage: cargo run --release --example row_passes [ROUNDS]
 use std::time::Instant;
 
@@ -49,6 +51,22 @@ fn main() {
                 assert!(want.get_or_insert_with(|| got.clone()) == &got, "{name}: way {way} changed the bits");
             }
             println!("{name:12} {rows:6} × {cols:5}   {:7.2} {:7.2} {:7.2}", ms[0], ms[1], ms[2]);
+        }
+        println!(
+            "{name}: ms of Σ_rows ∂L/∂G alone: whole rows, one thread; half of every row, one thread; halves on two threads"
+        );
+        let cut = cols / 2 / 16 * 16;
+        for _ in 0..rounds {
+            let time = |f: &dyn Fn()| {
+                let start = Instant::now();
+                f();
+                start.elapsed().as_secs_f64() * 1e3
+            };
+            let whole = time(&|| drop(column_sums(dg.view())));
+            let half = time(&|| drop(column_sums(dg.slice(ndarray::s![.., ..cut]))));
+            let (g0, g1) = dg.view().split_at(Axis(1), cut);
+            let split = time(&|| drop(rayon::join(|| column_sums(g0), || column_sums(g1))));
+            println!("{name:12} {rows:6} × {cols:5}   {whole:7.2} {half:7.2} {split:7.2}");
         }
     }
 }

@@ -3,11 +3,11 @@
 //! the calling thread. The layer runs the two side by side, one thread each
 //! (`Layer::backward`). Splitting one pass by columns between two threads (each output's
 //! terms still in row order, so the same bits) was tried: on an AMD Zen 4 host a thread that
-//! sums half of every row takes as long as one that sums whole rows (the prefetchers fetch the
-//! other half's lines too, and the L3 only holds what an L2 evicted), so two threads on the
-//! halves move the window twice: MNIST's (78400, 400) gate window summed in 11.8 ms that way
-//! against 6.8 ms on one thread, and the two passes side by side in 10 ms against 25.5 ms
-//! (`results/bench/ROUND3.md`, session 16).
+//! sums the first half of every row of MNIST's (78400, 400) gate window takes 10.8–15.4 ms,
+//! longer than one that sums whole rows (5.8–6.6 ms: the prefetchers fetch the other half's
+//! lines too, and Zen's L3 holds only what an L2 evicted), so the halves on two threads took
+//! 13.8–17.8 ms, and the two passes split so 41.5–46.0 ms against 9.7–11.8 side by side
+//! (`cargo run --release --example row_passes`; `results/bench/ROUND3.md`, session 16).
 
 use ndarray::{Array1, ArrayView2, ArrayViewMut2};
 
