@@ -5,9 +5,10 @@
 //!   f32   the library's f32 panels (`PanelMatrix`, `Precision::F32`: faer's arithmetic);
 //!   bf16  a tile on AVX512-BF16's dot product (vdpbf16ps: 32 bf16 products into 16 f32 sums
 //!         per instruction), written here;
-//!   AMX   the library's bf16 panels (`Precision::Bf16`, src/tensor/amx.rs: tdpbf16ps, a
-//!         16×32 · 32×16 bf16 tile product into a 16×16 f32 tile per instruction), where the
-//!         CPU and the kernel allow it.
+//!   library  the library's bf16 panels (`Precision::Bf16`, src/tensor/amx.rs), on the unit
+//!         `bf16_products()` names: AMX (tdpbf16ps, a 16×32 · 32×16 bf16 tile product into a
+//!         16×16 f32 tile per instruction) where the CPU and the kernel allow it, AVX512-BF16
+//!         (this file's tile, in the library's blocking) on AMD CPUs.
 //! and the largest relative difference of each bf16 result to f32's.
 //! usage: cargo run --release --example bf16_shapes   (needs a CPU with AVX512-BF16)
 #![cfg_attr(not(target_arch = "x86_64"), allow(unused))]
@@ -102,14 +103,15 @@ fn main() {
 #[cfg(target_arch = "x86_64")]
 fn main() {
     use ndarray::Array2;
-    use qlstm::tensor::{PanelMatrix, Precision, amx_bf16};
+    use qlstm::tensor::{PanelMatrix, Precision, bf16_products};
     if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
         eprintln!("bf16_shapes: this CPU has no AVX512-BF16; nothing to measure");
         return;
     }
-    let amx = amx_bf16();
-    if let Err(why) = amx {
-        println!("AMX: not measured: {why}");
+    // the library's bf16 panels, on whichever unit this CPU runs them (AMX, or AVX512-BF16 on AMD)
+    let unit = bf16_products();
+    if let Err(why) = unit {
+        println!("library bf16 panels: not measured: {why}");
     }
     let best_of = |f: &mut dyn FnMut()| {
         (0..30)
@@ -165,13 +167,13 @@ fn main() {
             flops / t_dp / 1e9,
             t_f32 / t_dp
         );
-        if amx.is_ok() {
+        if let Ok(unit) = unit {
             let mut bf16_panels = PanelMatrix::default();
             let rhs = bf16_panels.pack(b.view(), m, Precision::Bf16);
             let mut c3 = Array2::<f32>::zeros((m, n));
             let t_amx = best_of(&mut || rhs.product(c3.view_mut(), false, a.view(), false));
             print!(
-                "; AMX {:.1} GFLOP/s ({:.2}x), max rel diff {:.2e}",
+                "; library {unit:?} {:.1} GFLOP/s ({:.2}x), max rel diff {:.2e}",
                 flops / t_amx / 1e9,
                 t_f32 / t_amx,
                 max_rel(&c, &c3)

@@ -144,7 +144,7 @@ enum Command {
         /// rounds (after one warm-up round) per row.
         #[arg(long, default_value_t = 10, value_parser = at_least_one())]
         steps: usize,
-        /// Precision of the recurrent per-step products: f32, or bf16 (AMX-BF16 CPUs; as
+        /// Precision of the recurrent per-step products: f32, or bf16 (AMX-BF16, or AVX512-BF16 on AMD; as
         /// `[train] gemm_precision`).
         #[arg(long, default_value = "f32")]
         gemm_precision: GemmPrecision,

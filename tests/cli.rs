@@ -189,7 +189,7 @@ fn bad_specs_are_rejected_clearly() {
 }
 
 /// bf16 products (`train.gemm_precision`): a value that is not one is rejected as any enum is;
-/// on a machine without AMX-BF16 (here made so with QLSTM_SIMD=avx2) the run refuses before
+/// on a machine without a bf16 unit (here made so with QLSTM_SIMD=avx2) the run refuses before
 /// writing anything, naming the file, the field and what this machine allows.
 #[test]
 fn bf16_is_refused_where_amx_is_missing() {
@@ -218,13 +218,14 @@ fn bf16_is_refused_where_amx_is_missing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Where the CPU has AMX-BF16, a bf16 run trains to nearly the f32 run's numbers: 20 steps of
+/// Where the CPU has a bf16 unit (AMX-BF16, or AVX512-BF16 on AMD), a bf16 run trains to nearly
+/// the f32 run's numbers: 20 steps of
 /// PTB-char (H = 32, so every per-step product runs on a tile tail), each loss within 1 % of
 /// f32's. The bf16 rounding of h and W_h perturbs each product by ~0.4 % of its terms' scale,
 /// no more; a kernel that read the wrong tile rows or lanes would be far off.
 #[test]
 fn bf16_products_train_close_to_f32() {
-    if let Err(why) = qlstm::tensor::amx_bf16() {
+    if let Err(why) = qlstm::tensor::bf16_products() {
         eprintln!("bf16 run not possible on this machine: {why}");
         return;
     }
@@ -234,7 +235,7 @@ fn bf16_products_train_close_to_f32() {
     for k in ["train_loss", "valid_loss", "test_loss"] {
         let (x, y): (f64, f64) = (f[0][k].parse().unwrap(), b[0][k].parse().unwrap());
         assert!((x - y).abs() <= 0.01 * x.abs(), "{k}: f32 {x}, bf16 {y}");
-        assert!(x != y, "{k}: bf16 gave f32's number exactly ({x}): were the AMX products used?");
+        assert!(x != y, "{k}: bf16 gave f32's number exactly ({x}): were the bf16 products used?");
     }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -53,7 +53,7 @@ impl Task {
 }
 
 /// `[train] gemm_precision` (src/tensor/amx.rs): f32, or bf16 operands with f32 sums on AMX
-/// (opt-in; needs a CPU with AMX-BF16).
+/// or on AVX512-BF16 (opt-in; needs AMX-BF16, or AVX512-BF16 on an AMD CPU).
 pub use crate::tensor::Precision as GemmPrecision;
 
 named_enum! {
@@ -144,7 +144,8 @@ pub struct TrainSpec {
     pub checkpoint_every: usize,
     /// A mean training loss above this (nats) stops the run as diverged; 0 = 3·ln(outputs).
     pub max_loss: f64,
-    /// "f32" (default), or "bf16": the per-step recurrent products on AMX tiles.
+    /// "f32" (default), or "bf16": the per-step recurrent products on AMX tiles, or on
+    /// AVX512-BF16 on AMD CPUs.
     pub gemm_precision: GemmPrecision,
 }
 
@@ -261,15 +262,15 @@ impl Spec {
         self
     }
 
-    /// What the spec asks of this machine beyond what any CPU has: bf16 products need AMX-BF16
-    /// (checked where a run trains, not where a spec is read, so that results made elsewhere
+    /// What the spec asks of this machine beyond what any CPU has: bf16 products need AMX-BF16,
+    /// or AVX512-BF16 on an AMD CPU (`tensor::bf16_products`; checked where a run trains, not where a spec is read, so that results made elsewhere
     /// still load for tables and plots).
     pub fn check_host(&self, origin: &str) -> crate::error::Result<()> {
         if self.train.gemm_precision == GemmPrecision::Bf16
-            && let Err(why) = crate::tensor::amx_bf16()
+            && let Err(why) = crate::tensor::bf16_products()
         {
             crate::bail!(
-                "{origin}: `train.gemm_precision` = \"bf16\" runs the recurrent products on AMX-BF16, and {why}; allowed on this machine: \"f32\""
+                "{origin}: `train.gemm_precision` = \"bf16\" runs the recurrent products on AMX-BF16 (Intel) or AVX512-BF16 (AMD), and {why}; allowed on this machine: \"f32\""
             );
         }
         Ok(())

@@ -1,12 +1,18 @@
-//! `[train] gemm_precision = "bf16"`: the recurrence's per-step products on AMX tiles, with
-//! h (or ∂L/∂z) and W_h rounded to bf16 and the sums kept in f32.
+//! `[train] gemm_precision = "bf16"`: the recurrence's per-step products (and the weight
+//! gradients' and softmax's) on AMX tiles or AVX512-BF16's dot product, with h (or ∂L/∂z) and
+//! W_h rounded to bf16 and the sums kept in f32.
 //!
-//! Why AMX and not AVX512-BF16: `examples/bf16_shapes.rs` ran the per-step shapes three ways on
-//! one Intel Xeon (results/bench/bf16_shapes_intel_2026-12-06.txt): AVX512-BF16's dot product
-//! (vdpbf16ps, 32 products per instruction) reached 0.56–0.96 of our f32 FMA tile, while AMX's
-//! tile product (tdpbf16ps, a 16×32 · 32×16 bf16 product into a 16×16 f32 tile) ran 2.6–6.3×
-//! faster than it, with the same rounding. So the option needs AMX-BF16, and says so where the
-//! CPU (or the kernel) lacks it.
+//! Which unit (`Bf16Unit`): `examples/bf16_shapes.rs` ran the per-step shapes three ways. On an
+//! Intel Xeon (results/bench/bf16_shapes_intel_2026-12-06.txt) AVX512-BF16's dot product
+//! (vdpbf16ps, 32 products per instruction) reached 0.56–0.96 of our f32 FMA tile — it issues
+//! on one port where FMAs issue on two — while AMX's tile product (tdpbf16ps, a 16×32 · 32×16
+//! bf16 product into a 16×16 f32 tile) ran 2.6–6.3× faster than it. On an AMD Zen 4
+//! (results/bench/bf16_shapes_amd_zen4_2026-12-06.txt), where a 512-bit FMA and vdpbf16ps both
+//! take one pass of the two 256-bit pipes, the dot product ran 1.99–2.06× our f32 tile. So the
+//! option runs on AMX where the CPU and kernel grant it, on AVX512-BF16 on AMD CPUs, and is
+//! refused elsewhere with the reason. The two units round the operands alike; they add the
+//! products in different orders (a tile adds 32 per instruction, vdpbf16ps two), so their sums
+//! differ in the last bits.
 //!
 //! Layout. B (k × n) is packed once per window, as the f32 panels are, into 32-column panels of
 //! k-pairs: pair row q of a panel holds 32 u32 lanes, lane j = (B[2q][j] low half, B[2q+1][j]
@@ -17,7 +23,9 @@
 //! B; the last block of fewer rows is configured to its height. A panel with fewer than 32
 //! columns (the last, when n is not a multiple of 32) goes through a 32-wide copy of its C.
 //!
-//! Tile instructions are written as inline assembly: Rust's AMX intrinsics are not stable.
+//! Tile instructions are written as inline assembly: Rust's AMX intrinsics are not stable. The
+//! AVX512-BF16 path (`dot_block`) reads the same packed B and bf16 A, block by block, with the
+//! same depth chunks, in register tiles of ≤ 11 rows × 32 columns.
 
 use std::cell::RefCell;
 
@@ -48,6 +56,48 @@ pub fn amx_bf16() -> Result<(), &'static str> {
     *STATE.get_or_init(detect)
 }
 
+/// The unit that runs the bf16 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Unit {
+    /// AMX tiles (`tdpbf16ps`): Intel Xeon 4th generation and later.
+    Amx,
+    /// AVX512-BF16's dot product (`vdpbf16ps`) on an AMD CPU, where it runs at the rate of an
+    /// f32 FMA and so doubles the products' multiply-adds per cycle (Zen 4: 2.0–2.06× our f32
+    /// tile on every per-step shape, results/bench/bf16_shapes_amd_zen4_2026-12-06.txt). On the
+    /// Intel host it issued on one port where FMAs issue on two and lost to f32 (0.61–0.91×),
+    /// so Intel CPUs without AMX are refused.
+    Avx512Bf16,
+}
+
+/// Whether this process can run bf16 products, on which unit, or why not (asked once).
+pub fn bf16_products() -> Result<Bf16Unit, &'static str> {
+    static STATE: std::sync::OnceLock<Result<Bf16Unit, &'static str>> = std::sync::OnceLock::new();
+    *STATE.get_or_init(|| match amx_bf16() {
+        Ok(()) => Ok(Bf16Unit::Amx),
+        Err(amx_why) => detect_avx512_bf16().map(|()| Bf16Unit::Avx512Bf16).map_err(|_| amx_why),
+    })
+}
+
+/// AVX512-BF16 in use on an AMD CPU (the vendor where its dot product was measured to pay).
+#[cfg(target_arch = "x86_64")]
+fn detect_avx512_bf16() -> Result<(), &'static str> {
+    use std::arch::x86_64::__cpuid;
+    if super::simd() != super::Simd::Avx512 || !is_x86_feature_detected!("avx512bf16") {
+        return Err("no AVX512-BF16 in use");
+    }
+    let leaf0 = __cpuid(0);
+    let vendor = [leaf0.ebx, leaf0.edx, leaf0.ecx].map(u32::to_le_bytes).concat();
+    if vendor != b"AuthenticAMD" {
+        return Err("AVX512-BF16 measured slower than f32 on Intel CPUs");
+    }
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_avx512_bf16() -> Result<(), &'static str> {
+    Err("AVX512-BF16 is an x86-64 feature")
+}
+
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Result<(), &'static str> {
     use std::arch::x86_64::__cpuid_count;
@@ -58,7 +108,9 @@ fn detect() -> Result<(), &'static str> {
     let amx_bf16 = leaf7.edx & (1 << 22) != 0;
     let amx_tile = leaf7.edx & (1 << 24) != 0;
     if !(amx_tile && amx_bf16) {
-        return Err("this CPU has no AMX-BF16 (Intel Xeon 4th generation, Sapphire Rapids, or later)");
+        return Err(
+            "this CPU has neither AMX-BF16 (Intel Xeon 4th generation, Sapphire Rapids, or later) nor AVX512-BF16 on an AMD CPU (Zen 4 or later)",
+        );
     }
     if !is_x86_feature_detected!("avx512bf16") {
         return Err("this CPU has AMX but no AVX512-BF16");
@@ -90,9 +142,13 @@ pub(super) fn bf16(x: f32) -> u16 {
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
-/// k rounded up to whole tile depths (32 terms).
+/// k rounded up to whole tile depths (32 terms) for AMX, to whole pairs for AVX512-BF16 (whose
+/// dot product takes one pair at a time: MNIST's k = 100 would do 28 % more work at 128).
 pub(super) fn padded_depth(k: usize) -> usize {
-    k.next_multiple_of(32)
+    match bf16_products() {
+        Ok(Bf16Unit::Avx512Bf16) => k.next_multiple_of(2),
+        _ => k.next_multiple_of(32),
+    }
 }
 
 /// B (k × n, any strides) packed as the module comment lays out, into `out`.
@@ -101,7 +157,7 @@ pub(super) fn pack(out: &mut Aligned<u32>, b: ndarray::ArrayView2<f32>) {
     let kp = padded_depth(k) / 2;
     let panels = n.div_ceil(NR);
     #[cfg(target_arch = "x86_64")]
-    if b.strides()[1] == 1 && amx_bf16().is_ok() {
+    if b.strides()[1] == 1 && bf16_products().is_ok() {
         // rows contiguous (∂L/∂z for the weight gradients, W_hᵀ): two rows at a time, 16 lanes
         // per vector, every lane of every pair row written (zeros past n and past k), so a
         // buffer of the right size needs no clearing first (∂L/∂z's is 26 MB on PTB-char)
@@ -110,7 +166,7 @@ pub(super) fn pack(out: &mut Aligned<u32>, b: ndarray::ArrayView2<f32>) {
         for q in 0..rows {
             let lo = b.row(2 * q);
             let hi = (2 * q + 1 < k).then(|| b.row(2 * q + 1));
-            // SAFETY: amx_bf16() checked AVX-512; rows of n floats; out holds every panel's pair row q.
+            // SAFETY: bf16_products() checked AVX-512; rows of n floats; out holds every panel's pair row q.
             unsafe { pack_pair_row(lo.as_ptr(), hi.map(|r| r.as_ptr()), n, out.as_mut_ptr().add(q * NR), kp * NR) };
         }
         for p in 0..panels {
@@ -201,11 +257,11 @@ pub(super) fn with_bf16_rows<R>(a: ndarray::ArrayView2<f32>, f: impl FnOnce(&[u1
             row[k..].fill(0);
         }
         #[cfg(target_arch = "x86_64")]
-        if a.strides()[0] == 1 && a.ncols() > 1 && amx_bf16().is_ok() {
+        if a.strides()[0] == 1 && a.ncols() > 1 && bf16_products().is_ok() {
             // A = Xᵀ of a row-major X (Hᵀ for dW_h): 16 rows of X at a time, a column of them
             // gathered per row of A, while those rows sit in L1
             let ld = a.strides()[1] as usize;
-            // SAFETY: amx_bf16() checked AVX-512; X = a.t() is k × m with row stride ld.
+            // SAFETY: bf16_products() checked AVX-512; X = a.t() is k × m with row stride ld.
             unsafe { transpose_rounded(a.as_ptr(), m, k, ld, buf.as_mut_ptr(), kpad) };
             return f(buf);
         }
@@ -253,8 +309,8 @@ unsafe fn transpose_rounded(x: *const f32, m: usize, k: usize, ld: usize, out: *
 
 fn round_row(x: &[f32], out: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
-    if amx_bf16().is_ok() {
-        // SAFETY: amx_bf16() checked AVX512-BF16.
+    if bf16_products().is_ok() {
+        // SAFETY: bf16_products() checked AVX512-BF16.
         return unsafe { round_row_avx512(x, out) };
     }
     for (o, &v) in out.iter_mut().zip(x) {
@@ -284,7 +340,7 @@ unsafe fn round_row_avx512(x: &[f32], out: &mut [u16]) {
 /// calling thread: tile configuration is per thread, loaded here and released at the end.
 ///
 /// # Safety
-/// `amx_bf16()` is Ok; c is valid for m rows of the range's columns at stride ldc.
+/// `bf16_products()` is Ok; c is valid for m rows of the range's columns at stride ldc.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn panels(
     pairs: &[u32],
@@ -298,6 +354,7 @@ pub(super) unsafe fn panels(
     range: std::ops::Range<usize>,
 ) {
     let kpad = 2 * kp;
+    let amx = bf16_products() == Ok(Bf16Unit::Amx);
     let first = range.start;
     let full_blocks = m / 32;
     let tail = m % 32;
@@ -332,8 +389,10 @@ pub(super) unsafe fn panels(
             }
         }
         for (b0, b1, cfg) in passes.into_iter().filter(|p| p.0 < p.1) {
-            // SAFETY: AMX is granted (caller); the config is a valid palette-1 configuration.
-            unsafe { cfg.load() };
+            if amx {
+                // SAFETY: AMX is granted (caller); the config is a valid palette-1 configuration.
+                unsafe { cfg.load() };
+            }
             let rows_in = |b: usize| (m - 32 * b).min(32);
             for k0 in (0..kp).step_by(chunk) {
                 let kn = chunk.min(kp - k0);
@@ -350,7 +409,13 @@ pub(super) unsafe fn panels(
                         };
                         // SAFETY: rows × kn pair columns of A16 from row 32b, depth 2·k0; the
                         // panel's kn × NR lanes from pair row k0; C (or its copy) as above.
-                        unsafe { tile_block(rows_in(b), a, kpad, panel, kn, cp, ld, acc) };
+                        unsafe {
+                            if amx {
+                                tile_block(rows_in(b), a, kpad, panel, kn, cp, ld, acc)
+                            } else {
+                                dot_block(rows_in(b), a, kpad, panel, kn, cp, ld, acc)
+                            }
+                        };
                     }
                 }
             }
@@ -368,8 +433,10 @@ pub(super) unsafe fn panels(
             }
         }
     });
-    // SAFETY: leaves the tiles unconfigured, as the thread found them.
-    unsafe { release() };
+    if amx {
+        // SAFETY: leaves the tiles unconfigured, as the thread found them.
+        unsafe { release() };
+    }
 }
 
 /// Palette 1: tmm0–1 (C's upper tiles) and tmm4 (A's upper rows) `top` rows; tmm2–3 and tmm5
@@ -506,8 +573,95 @@ unsafe fn tile_block(
     }
 }
 
+/// `tile_block`'s contract on AVX512-BF16 (`Bf16Unit::Avx512Bf16`): ≤ 32 rows of one panel, as
+/// row groups of ≤ `DOT_ROWS` in near-equal heights (32: 11 + 11 + 10), each a register tile of
+/// 2 · rows accumulators (the panel's 32 columns) over the kp pair rows: per pair row, the
+/// panel's two vectors of 16 pairs and a broadcast of each A row's pair (`vdpbf16ps`: the two
+/// products of a pair added into the f32 sum).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_block(
+    rows: usize,
+    a: *const u16,
+    kpad: usize,
+    panel: *const u32,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let groups = rows.div_ceil(DOT_ROWS);
+    let mut r0 = 0;
+    for g in 0..groups {
+        let r = (rows - r0).div_ceil(groups - g);
+        macro_rules! dispatch {
+            ($($n:literal)*) => {
+                match r {
+                    // SAFETY: the caller's bounds, for rows r0..r0 + r of the block.
+                    $($n => unsafe { dot_rows::<$n>(a.add(r0 * kpad), kpad, panel, kp, c.add(r0 * ldc), ldc, accumulate) },)*
+                    _ => unreachable!("a row group has 1..=DOT_ROWS rows"),
+                }
+            };
+        }
+        dispatch!(1 2 3 4 5 6 7 8 9 10 11);
+        r0 += r;
+    }
+}
+
+/// Rows per register tile of `dot_block`: 2 · 11 accumulators, two B vectors and a broadcast
+/// (25 of the 32 zmm registers), as the f32 tile's 12 rows but one broadcast register spare.
+const DOT_ROWS: usize = 11;
+
+/// R rows of A's bf16 copy (row stride kpad) times one panel's kp pair rows into C's R × 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_rows<const R: usize>(
+    a: *const u16,
+    kpad: usize,
+    panel: *const u32,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY (whole function): the caller's bounds: R rows of kpad ≥ 2·kp bf16 values, kp pair
+    // rows of NR lanes, R rows of 32 floats of C at stride ldc.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        if accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                acc[0] = _mm512_loadu_ps(c.add(r * ldc));
+                acc[1] = _mm512_loadu_ps(c.add(r * ldc + 16));
+            }
+        }
+        let mut b = panel;
+        for q in 0..kp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b as *const __m512i));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(16) as *const __m512i));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pair = (a.add(r * kpad + 2 * q) as *const u32).read_unaligned();
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+                acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+                acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+            }
+            b = b.add(NR);
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc), acc[0]);
+            _mm512_storeu_ps(c.add(r * ldc + 16), acc[1]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_block(_: usize, _: *const u16, _: usize, _: *const u32, _: usize, _: *mut f32, _: usize, _: bool) {
+    unreachable!("bf16 panels are packed only where bf16_products() is Ok")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_block(_: usize, _: *const u16, _: usize, _: *const u32, _: usize, _: *mut f32, _: usize, _: bool) {
-    unreachable!("bf16 panels are packed only where amx_bf16() is Ok")
+    unreachable!("bf16 panels are packed only where bf16_products() is Ok")
 }

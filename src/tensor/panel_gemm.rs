@@ -117,7 +117,7 @@ impl PanelMatrix {
     pub fn useful<T: Real>(rows: usize, precision: Precision) -> bool {
         match precision {
             Precision::F32 => is_f32::<T>() && simd() == Simd::Avx512 && rows >= 2,
-            Precision::Bf16 => is_f32::<T>() && amx::amx_bf16().is_ok() && rows >= 1,
+            Precision::Bf16 => is_f32::<T>() && amx::bf16_products().is_ok() && rows >= 1,
         }
     }
 
@@ -196,7 +196,7 @@ impl PanelMatrix {
         amx::with_bf16_rows(a, |a16| {
             let run = |mut c: ArrayViewMut2<f32>, range: std::ops::Range<usize>| {
                 let ldc = c.strides()[0] as usize;
-                // SAFETY: pack() found amx_bf16() Ok; c has m rows of the range's columns.
+                // SAFETY: pack() found bf16_products() Ok; c has m rows of the range's columns.
                 unsafe {
                     amx::panels(self.pairs.as_slice(), kp, self.n, a16, m, c.as_mut_ptr(), ldc, accumulate, range)
                 }
@@ -689,7 +689,7 @@ mod tests {
     /// rounding of the exact sum of the bf16-rounded operands.
     #[test]
     fn bf16_panels_sum_the_rounded_operands() {
-        if let Err(why) = crate::tensor::amx_bf16() {
+        if let Err(why) = crate::tensor::bf16_products() {
             eprintln!("bf16 products not measurable here: {why}");
             return;
         }
