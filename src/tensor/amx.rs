@@ -276,34 +276,79 @@ pub(super) fn with_bf16_rows<R>(a: ndarray::ArrayView2<f32>, f: impl FnOnce(&[u1
 }
 
 /// out[i·kpad + kk] = bf16(x[kk·ld + i]) for i < m, kk < k: X (k × m, row stride ld) transposed
-/// and rounded, 16 values of a column per gather.
+/// and rounded. Whole 16 × 16 blocks are loaded as 16 rows of X, transposed in registers and
+/// stored as 16 rows of out, the blocks of one 16-row strip of out in order (so out's rows are
+/// written front to back); the last m % 16 rows gather their columns, 16 values at a time. A
+/// gather for every row (the first version) cost 8.5 % of a PTB-word bf16 step on Zen 4, where
+/// gathers are slow and each wrote 32 bytes into another of out's 10000 rows. The same values
+/// either way: vcvtneps2bf16 for every whole 16 of depth, `bf16` for the rest.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn transpose_rounded(x: *const f32, m: usize, k: usize, ld: usize, out: *mut u16, kpad: usize) {
     use std::arch::x86_64::*;
-    let idx = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(ld as i32),
-    );
-    let whole = k / 16 * 16;
-    for k0 in (0..whole).step_by(16) {
-        for i in 0..m {
-            // SAFETY: rows k0..k0 + 16 of X, column i; row i of out, 16 values from k0.
-            unsafe {
-                let v = _mm512_i32gather_ps::<4>(idx, x.add(k0 * ld + i));
-                let h = _mm512_cvtneps_pbh(v);
-                _mm256_storeu_si256(
-                    out.add(i * kpad + k0) as *mut __m256i,
-                    std::mem::transmute::<__m256bh, __m256i>(h),
-                );
+    let (whole_m, whole_k) = (m / 16 * 16, k / 16 * 16);
+    // SAFETY (whole function): X has k rows of ≥ m values at stride ld; out has m rows of kpad.
+    unsafe {
+        let store = |v: __m512, at: *mut u16| {
+            let h = _mm512_cvtneps_pbh(v);
+            _mm256_storeu_si256(at as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(h));
+        };
+        for i0 in (0..whole_m).step_by(16) {
+            for k0 in (0..whole_k).step_by(16) {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (j, r) in r.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(x.add((k0 + j) * ld + i0));
+                }
+                transpose16(&mut r);
+                for (j, &r) in r.iter().enumerate() {
+                    store(r, out.add((i0 + j) * kpad + k0));
+                }
+            }
+        }
+        let idx = _mm512_mullo_epi32(
+            _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+            _mm512_set1_epi32(ld as i32),
+        );
+        for k0 in (0..whole_k).step_by(16) {
+            for i in whole_m..m {
+                store(_mm512_i32gather_ps::<4>(idx, x.add(k0 * ld + i)), out.add(i * kpad + k0));
+            }
+        }
+        for kk in whole_k..k {
+            for i in 0..m {
+                *out.add(i * kpad + kk) = bf16(*x.add(kk * ld + i));
             }
         }
     }
-    for kk in whole..k {
-        for i in 0..m {
-            // SAFETY: as above, one value.
-            unsafe { *out.add(i * kpad + kk) = bf16(*x.add(kk * ld + i)) };
+}
+
+/// Sixteen rows of 16 floats transposed in registers: r[j][i] ← r[i][j] (32-bit, then 64-bit
+/// interleaves within 128-bit lanes, then two exchanges of 128-bit lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
+    use std::arch::x86_64::*;
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let pd = _mm512_castps_pd;
+    for i in 0..4 {
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
+    }
+    for i in 0..2 {
+        for j in 0..4 {
+            t[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(r[8 * i + j], r[8 * i + j + 4]);
+            t[8 * i + j + 4] = _mm512_shuffle_f32x4::<0xdd>(r[8 * i + j], r[8 * i + j + 4]);
         }
+    }
+    for j in 0..8 {
+        r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
+        r[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
     }
 }
 
@@ -664,4 +709,33 @@ unsafe fn dot_block(_: usize, _: *const u16, _: usize, _: *const u32, _: usize, 
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_block(_: usize, _: *const u16, _: usize, _: *const u32, _: usize, _: *mut f32, _: usize, _: bool) {
     unreachable!("bf16 panels are packed only where bf16_products() is Ok")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transposed copy of A = Xᵀ (whole 16 × 16 blocks in registers, the last rows by
+    /// gathers, the last depths one by one) holds bf16(X[kk][i]) at row i, column kk, for every
+    /// shape's edges: m and k multiples of 16 or not, X's rows longer than m, padding untouched.
+    #[test]
+    fn transposed_rounding_puts_every_value_in_its_place() {
+        if let Err(why) = bf16_products() {
+            eprintln!("no AVX512-BF16 in use here: {why}");
+            return;
+        }
+        for &(m, k, ld) in &[(16usize, 16usize, 16usize), (37, 45, 40), (100, 700, 103), (15, 17, 15), (48, 3, 50)] {
+            let x: Vec<f32> = (0..k * ld).map(|v| ((v * 7919) % 2003) as f32 / 997.0 - 1.0 + 1e-3).collect();
+            let kpad = k.next_multiple_of(32);
+            let mut out = vec![0xffffu16; m * kpad];
+            // SAFETY: bf16_products() is Ok (AVX-512 with AVX512-BF16); the buffers' sizes as named.
+            unsafe { transpose_rounded(x.as_ptr(), m, k, ld, out.as_mut_ptr(), kpad) };
+            for i in 0..m {
+                for kk in 0..kpad {
+                    let want = if kk < k { bf16(x[kk * ld + i]) } else { 0xffff };
+                    assert_eq!(out[i * kpad + kk], want, "({m}, {k}, ld {ld}): row {i}, depth {kk}");
+                }
+            }
+        }
+    }
 }
