@@ -219,10 +219,10 @@ fn bf16_is_refused_where_amx_is_missing() {
 }
 
 /// Where the CPU has a bf16 unit (AMX-BF16, or AVX512-BF16 on AMD), a bf16 run trains to nearly
-/// the f32 run's numbers: 20 steps of
-/// PTB-char (H = 32, so every per-step product runs on a tile tail), each loss within 1 % of
-/// f32's. The bf16 rounding of h and W_h perturbs each product by ~0.4 % of its terms' scale,
-/// no more; a kernel that read the wrong tile rows or lanes would be far off.
+/// the f32 run's numbers: 20 steps of PTB-char (H = 32, so every per-step product runs on a
+/// tile tail), each loss within 1 % of f32's. The bf16 rounding of h and W_h perturbs each
+/// product by ~0.4 % of its terms' scale, no more; a kernel that read the wrong tile rows or
+/// lanes would be far off.
 #[test]
 fn bf16_products_train_close_to_f32() {
     if let Err(why) = qlstm::tensor::bf16_products() {

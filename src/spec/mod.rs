@@ -263,8 +263,8 @@ impl Spec {
     }
 
     /// What the spec asks of this machine beyond what any CPU has: bf16 products need AMX-BF16,
-    /// or AVX512-BF16 on an AMD CPU (`tensor::bf16_products`; checked where a run trains, not where a spec is read, so that results made elsewhere
-    /// still load for tables and plots).
+    /// or AVX512-BF16 on an AMD CPU (`tensor::bf16_products`; checked where a run trains, not
+    /// where a spec is read, so that results made elsewhere still load for tables and plots).
     pub fn check_host(&self, origin: &str) -> crate::error::Result<()> {
         if self.train.gemm_precision == GemmPrecision::Bf16
             && let Err(why) = crate::tensor::bf16_products()

@@ -382,7 +382,8 @@ unsafe fn round_row_avx512(x: &[f32], out: &mut [u16]) {
 
 /// C (m × panels' columns, row stride `ldc` floats, `n` columns in all from panel `first`)
 /// (+)= A16 (m × kpad bf16) · the panels `range` of `pairs` (kp pair rows each). Runs on the
-/// calling thread: tile configuration is per thread, loaded here and released at the end.
+/// calling thread: on AMX the tile configuration is per thread, loaded here and released at
+/// the end; on AVX512-BF16 (`dot_block`) there is none.
 ///
 /// # Safety
 /// `bf16_products()` is Ok; c is valid for m rows of the range's columns at stride ldc.

@@ -15,7 +15,7 @@
 //! paths) the product goes to `gemm` on the unpacked B.
 //!
 //! With `Precision::Bf16` the panels hold B in bf16 pairs instead and the products run on AMX
-//! tiles (`amx.rs`): every shape, no faer order to keep.
+//! tiles or AVX512-BF16 dot products (`amx.rs`): every shape, no faer order to keep.
 //!
 //! The window's products (the input projection, the weight gradients, the softmax's three)
 //! run on the same register tile through `window_product`, which `gemm` picks for f32 shapes
@@ -52,7 +52,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 24;
 /// B (k × n) in column panels of `NR`: panel p holds B[0..k, NR·p..NR·p + NR] row by row, the
 /// last panel zero-padded. Empty where the kernel does not apply (the product then uses B's
 /// view): f64, no AVX-512, or a batch too small to gain from it. With `Precision::Bf16`, the
-/// same panels in bf16 pairs for AMX (`amx.rs`).
+/// same panels in bf16 pairs for the bf16 unit (`amx.rs`).
 #[derive(Default)]
 pub struct PanelMatrix {
     k: usize,
@@ -113,7 +113,7 @@ fn rows_contiguous_mut<T>(a: &ArrayViewMut2<T>) -> bool {
 
 impl PanelMatrix {
     /// Whether products of `rows` rows on this CPU and type use panels (so packing pays). bf16
-    /// products always do (f32 models on a CPU with AMX-BF16: the run checked it at its start).
+    /// products always do (f32 models on a CPU with a bf16 unit: the run checked it at its start).
     pub fn useful<T: Real>(rows: usize, precision: Precision) -> bool {
         match precision {
             Precision::F32 => is_f32::<T>() && simd() == Simd::Avx512 && rows >= 2,
@@ -131,7 +131,7 @@ impl PanelMatrix {
     }
 
     /// c (+)= a·b for a product packed for this one use (a weight gradient, the softmax's): b
-    /// packed here and run on AMX in bf16 where that pays (`bf16_pays_per_product`), else
+    /// packed here and run in bf16 (AMX or AVX512-BF16) where that pays (`bf16_pays_per_product`), else
     /// faer's f32 `gemm`; all threads.
     pub fn gemm_once<T: Real>(
         &mut self,
@@ -181,7 +181,7 @@ impl PanelMatrix {
         }
     }
 
-    /// c (+)= a · B on AMX: a rounded to bf16 once, the panels split over two threads when
+    /// c (+)= a · B on the bf16 unit: a rounded to bf16 once, the panels split over two threads when
     /// `par`.
     fn product_bf16(&self, mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32>, par: bool) {
         if !rows_contiguous_mut(&c) {
@@ -682,7 +682,7 @@ mod tests {
         }
     }
 
-    /// bf16 on AMX: every row count the layers use (tails of 1–31 rows, whole 32-row blocks),
+    /// bf16 on this CPU's unit (AMX, or AVX512-BF16 on AMD): every row count the layers use (tails of 1–31 rows, whole 32-row blocks),
     /// depths and widths off the 32 grid, accumulating or not, one thread or two, both operand
     /// layouts (the per-step and softmax one: A row-major, B = Wᵀ of a row-major W; the weight
     /// gradients': A = Xᵀ of a row-major X, B row-major; and B with no unit stride): within f32
