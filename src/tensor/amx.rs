@@ -51,7 +51,7 @@ const DEPTH_CHUNK: usize = 256;
 /// AMX-TILE, AMX-BF16 and AVX512-BF16 (for rounding A), and Linux must grant the process the
 /// tile data (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), which needs kernel ≥ 5.16.
 /// `QLSTM_SIMD` below `avx512` rules it out too (to see a run refuse bf16 on any machine).
-pub fn amx_bf16() -> Result<(), &'static str> {
+fn amx_bf16() -> Result<(), &'static str> {
     static STATE: std::sync::OnceLock<Result<(), &'static str>> = std::sync::OnceLock::new();
     *STATE.get_or_init(detect)
 }

@@ -15,7 +15,7 @@ mod rows;
 mod simd;
 mod tiled;
 
-pub use amx::{Bf16Unit, Precision, amx_bf16, bf16_products};
+pub use amx::{Bf16Unit, Precision, bf16_products};
 pub use gemm::{faer_product, flush_denormals, gemm, gemm_with, set_threads, threads};
 pub use panel_gemm::{FixedRhs, PanelMatrix};
 pub use param::{Group, Moments, Param};

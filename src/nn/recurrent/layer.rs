@@ -577,7 +577,6 @@ impl<T: Real> Layer<T> {
         if let Some(nx) = self.norm_x.as_mut().filter(|_| !stepwise) {
             input_norm::backward(nx, input, cache, &mut grads.xnorm_scratch);
         }
-        let d_zx = if self.norm_x.is_some() { cache.xhat_h.view() } else { cache.gates.view() };
         ensure_shape(&mut grads.dwx_t, self.input_size, g);
         if stepwise {
             // summed by the steps, per group: the groups added in order
@@ -599,6 +598,7 @@ impl<T: Real> Layer<T> {
             // (with ∂L/∂x) from ∂L/∂(W_x·x). Each takes a thread and streams whole rows
             // (`tensor::rows` says why not half of every row on each thread); every output is
             // formed by one thread in row order, so the bits do not depend on the thread count.
+            let d_zx = if self.norm_x.is_some() { cache.xhat_h.view() } else { cache.gates.view() };
             let (gates, wx_t, precision) = (cache.gates.view(), cache.wx_t.view(), self.precision);
             let (dwx_t, dz_panels) = (&mut grads.dwx_t, &mut grads.dz_panels);
             let (db, ()) = rayon::join(
