@@ -299,7 +299,7 @@ unsafe fn transpose_rounded(x: *const f32, m: usize, k: usize, ld: usize, out: *
                 for (j, r) in r.iter_mut().enumerate() {
                     *r = _mm512_loadu_ps(x.add((k0 + j) * ld + i0));
                 }
-                transpose16(&mut r);
+                super::simd::transpose16(&mut r);
                 for (j, &r) in r.iter().enumerate() {
                     store(r, out.add((i0 + j) * kpad + k0));
                 }
@@ -319,36 +319,6 @@ unsafe fn transpose_rounded(x: *const f32, m: usize, k: usize, ld: usize, out: *
                 *out.add(i * kpad + kk) = bf16(*x.add(kk * ld + i));
             }
         }
-    }
-}
-
-/// Sixteen rows of 16 floats transposed in registers: r[j][i] ← r[i][j] (32-bit, then 64-bit
-/// interleaves within 128-bit lanes, then two exchanges of 128-bit lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
-    use std::arch::x86_64::*;
-    let mut t = [_mm512_setzero_ps(); 16];
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    let pd = _mm512_castps_pd;
-    for i in 0..4 {
-        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
-        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
-        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
-        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
-    }
-    for i in 0..2 {
-        for j in 0..4 {
-            t[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(r[8 * i + j], r[8 * i + j + 4]);
-            t[8 * i + j + 4] = _mm512_shuffle_f32x4::<0xdd>(r[8 * i + j], r[8 * i + j + 4]);
-        }
-    }
-    for j in 0..8 {
-        r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
-        r[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
     }
 }
 

@@ -24,6 +24,8 @@ pub use reduce::{
     add_max, exp_shift_sum, first_index_of, scale_accumulate, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum,
 };
 pub use rows::{add_rows_at, column_sums};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use simd::transpose16;
 pub use simd::{Simd, simd};
 pub(crate) use simd::{simd_kernel, simd_method};
 pub use tiled::zip_tiled;

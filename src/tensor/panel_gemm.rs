@@ -351,6 +351,72 @@ fn window_columns(mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32
 /// missing columns zero). Read along B's contiguous axis when it has one. Every float of `out`
 /// is written: it needs no zeroing first.
 fn pack_panels(out: &mut [f32], b: ArrayView2<f32>) {
+    assert_eq!(out.len(), b.ncols().div_ceil(NR) * b.nrows() * NR, "panels of B's shape");
+    #[cfg(target_arch = "x86_64")]
+    if simd() == Simd::Avx512 && (b.strides()[0] == 1 || b.strides()[1] == 1) && b.strides().iter().all(|&s| s >= 0) {
+        // SAFETY: simd() found AVX-512; out holds B's panels (asserted), B has a unit stride.
+        return unsafe { pack_panels_avx512(out, b) };
+    }
+    pack_panels_strided(out, b);
+}
+
+/// `pack_panels` with vector loads and stores, for B with a unit stride: a row-major B (W, or
+/// activations) copied 32 floats per depth; a transposed view (Wᵀ of a row-major W: each
+/// column of B contiguous) brought into rows 16 × 16 at a time by register transposes. The
+/// same floats in the same places as `pack_panels_strided`, at a vector per 16 instead of a
+/// scalar load and store per float (the scalar copies were 6 % of a word2 step's samples,
+/// reading the softmax's 10000 × 650 W and its transpose every step).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panels_avx512(out: &mut [f32], b: ArrayView2<f32>) {
+    use std::arch::x86_64::*;
+    let (kc, w) = b.dim();
+    let (rs, cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
+    let lanes = |n: usize| -> __mmask16 { if n >= 16 { !0 } else { (1 << n) - 1 } };
+    for p in 0..w.div_ceil(NR) {
+        let (j0, j1) = (p * NR, (p * NR + NR).min(w));
+        let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
+        if rs == 1 && cs != 1 {
+            // column j of B is the run b[j·cs ..]: 16 columns × 16 depths loaded as 16 runs,
+            // transposed into 16 depth rows (columns past j1 load as zeros: the padding)
+            for d0 in (0..kc).step_by(16) {
+                let depths = (kc - d0).min(16);
+                for half in 0..NR / 16 {
+                    let c0 = j0 + 16 * half;
+                    let mut v = [_mm512_setzero_ps(); 16];
+                    for (c, v) in v.iter_mut().enumerate().take(j1.saturating_sub(c0)) {
+                        // SAFETY: column c0 + c < w, depths d0 .. d0 + depths < kc (masked).
+                        *v = unsafe { _mm512_maskz_loadu_ps(lanes(depths), b.as_ptr().add((c0 + c) * cs + d0)) };
+                    }
+                    crate::tensor::transpose16(&mut v);
+                    for (d, v) in v.iter().enumerate().take(depths) {
+                        let dst = &mut panel[(d0 + d) * NR + 16 * half..][..16];
+                        // SAFETY: 16 floats inside the panel's row d0 + d.
+                        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *v) };
+                    }
+                }
+            }
+        } else {
+            // row kk of B is the run b[kk·rs ..]: its 32 (or fewer, then zero-padded) columns
+            let cols = j1 - j0;
+            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                let src = b.as_ptr().wrapping_add(kk * rs + j0);
+                for half in 0..NR / 16 {
+                    let n = cols.saturating_sub(16 * half);
+                    // SAFETY: columns j0 + 16·half + (0..n) of row kk, inside B (masked); the
+                    // store writes 16 floats inside the panel's row.
+                    unsafe {
+                        let v = _mm512_maskz_loadu_ps(lanes(n), src.wrapping_add(16 * half));
+                        _mm512_storeu_ps(dst.as_mut_ptr().add(16 * half), v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `pack_panels` for any strides, one float at a time.
+fn pack_panels_strided(out: &mut [f32], b: ArrayView2<f32>) {
     let (kc, w) = b.dim();
     let (rs, cs) = (b.strides()[0], b.strides()[1]);
     for p in 0..w.div_ceil(NR) {
@@ -639,6 +705,31 @@ mod tests {
     /// depths of one to three KC blocks), every operand layout the layers pass (A row-major,
     /// with a row stride other than k, or a transposed view; B row-major, Wᵀ of a row-major W,
     /// or strided), accumulating into random C or not, one thread or two.
+    #[test]
+    fn vector_packing_puts_every_float_where_the_scalar_one_does() {
+        if simd() != Simd::Avx512 {
+            eprintln!("no AVX-512 on this CPU: panels are packed one float at a time only");
+            return;
+        }
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(5);
+        // depths and widths around the 16-float vectors and the 32-column panels
+        for (kc, w) in [(1, 1), (1, 40), (3, 5), (16, 32), (17, 33), (31, 64), (40, 70), (512, 100)] {
+            let w_rows = random(w, kc + 3, &mut rng);
+            let b_rows = random(kc, w + 5, &mut rng);
+            // Wᵀ of a row-major W (rows a little wider than kc), and a row-major B with a row
+            // stride above its width: each path of the vector packing, partial panels included
+            for b in [w_rows.slice(s![.., 1..kc + 1]).reversed_axes(), b_rows.slice(s![.., 2..w + 2])] {
+                let len = w.div_ceil(NR) * kc * NR;
+                let (mut fast, mut slow) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                pack_panels(&mut fast, b);
+                pack_panels_strided(&mut slow, b);
+                assert!(slow.iter().all(|v| !v.is_nan()), "{kc} × {w}: every float written");
+                let same = fast.iter().zip(&slow).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{kc} × {w}, strides {:?}", b.strides());
+            }
+        }
+    }
+
     #[test]
     fn window_products_give_faers_bits() {
         if simd() != Simd::Avx512 {
