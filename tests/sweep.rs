@@ -247,16 +247,25 @@ fn seeds_layout_gives_each_cells_spread_over_its_seeds() {
         &other,
         "other,ptb_char,1,512,bc,layer,1,784,1,bpc,1.7,1.7,1.0,165,30000,600,ok,",
     );
+    // the cell again with bf16 products: a cell of its own, named by its precision
+    let bf16 = base.clone().with_precision(qlstm::spec::GemmPrecision::Bf16);
+    fixture_run(&out.join("d/bf16"), &bf16, "bf16,ptb_char,1,512,bc,weight,1,784,1,bpc,1.9,1.9,1.0,165,30000,600,ok,");
     let (text, rows) = table_csv(&out, "seeds");
-    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(rows.len(), 3, "{text}");
     let w = &rows[0];
     assert_eq!((col(w, "normalization"), col(w, "runs"), col(w, "not_ok")), ("weight".into(), "3".into(), "1".into()));
     assert_eq!(col(w, "seeds"), "1111 2222 3333 4444");
     assert_eq!(col(w, "values"), "1.800 1.780 1.820");
     assert_eq!((col(w, "mean"), col(w, "std")), ("1.800".into(), "0.0200".into()));
     assert_eq!((col(w, "min"), col(w, "max"), col(w, "range")), ("1.780".into(), "1.820".into(), "0.040".into()));
+    assert_eq!(col(w, "gemm_precision"), "f32");
     let l = &rows[1];
     assert_eq!((col(l, "normalization"), col(l, "runs"), col(l, "std")), ("layer".into(), "1".into(), String::new()));
+    let b = &rows[2];
+    assert_eq!(
+        (col(b, "normalization"), col(b, "gemm_precision"), col(b, "values")),
+        ("weight".into(), "bf16".into(), "1.900".into())
+    );
     let md = bin().args(["table", out.to_str().unwrap(), "--layout", "seeds", "--markdown"]).output().unwrap();
     assert!(String::from_utf8(md.stdout).unwrap().starts_with("| dataset | cell |"));
     let _ = std::fs::remove_dir_all(&out);

@@ -24,6 +24,8 @@ pub struct SpreadRow {
     pub hidden: usize,
     pub quantizer: String,
     pub normalization: String,
+    /// `[train] gemm_precision`: cells that differ only in it are apart, and this says which is which.
+    pub gemm_precision: String,
     pub metric: String,
     pub steps: u64,
     /// Finished runs (status ok); diverged or unfinished ones are counted apart.
@@ -83,6 +85,7 @@ pub fn build(runs: &[Run]) -> Vec<SpreadRow> {
             hidden: first.spec.model.hidden,
             quantizer: first.spec.model.quantizer.name().into(),
             normalization: first.spec.model.normalization.name().into(),
+            gemm_precision: first.spec.train.gemm_precision.name().into(),
             metric: first.summary.metric.name().into(),
             steps: members.iter().map(|r| r.summary.steps).max().unwrap_or(0),
             runs: ok.len(),
