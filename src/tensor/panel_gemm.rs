@@ -699,12 +699,8 @@ mod tests {
         assert_eq!(c, want);
     }
 
-    /// Window-sized products through the cache-blocked kernel: bit for bit faer's, on the
-    /// layers' window shapes (input projection and its gradients, softmax and its gradients)
-    /// and on edges (rows off the tile grid, columns across NC blocks and off the panel grid,
-    /// depths of one to three KC blocks), every operand layout the layers pass (A row-major,
-    /// with a row stride other than k, or a transposed view; B row-major, Wᵀ of a row-major W,
-    /// or strided), accumulating into random C or not, one thread or two.
+    /// The vector packing against the scalar one: every float of every panel the same, and
+    /// written (NaN-filled buffers), for both unit-stride layouts and partial panels.
     #[test]
     fn vector_packing_puts_every_float_where_the_scalar_one_does() {
         if simd() != Simd::Avx512 {
@@ -730,6 +726,12 @@ mod tests {
         }
     }
 
+    /// Window-sized products through the cache-blocked kernel: bit for bit faer's, on the
+    /// layers' window shapes (input projection and its gradients, softmax and its gradients)
+    /// and on edges (rows off the tile grid, columns across NC blocks and off the panel grid,
+    /// depths of one to three KC blocks), every operand layout the layers pass (A row-major,
+    /// with a row stride other than k, or a transposed view; B row-major, Wᵀ of a row-major W,
+    /// or strided), accumulating into random C or not, one thread or two.
     #[test]
     fn window_products_give_faers_bits() {
         if simd() != Simd::Avx512 {
