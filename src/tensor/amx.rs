@@ -220,7 +220,7 @@ unsafe fn pack_pair_row(lo: *const f32, hi: Option<*const f32>, n: usize, out: *
     let mut j = 0;
     while j < n.div_ceil(NR) * NR {
         let lanes = n.saturating_sub(j).min(16);
-        let mask: __mmask16 = if lanes == 16 { 0xffff } else { ((1u32 << lanes) - 1) as __mmask16 };
+        let mask = super::simd::lane_mask(lanes);
         // SAFETY: masked loads read the row's remaining `lanes` floats only; the store writes
         // 16 lanes of this panel's pair row (zero beyond n, as the padding wants).
         unsafe {

@@ -27,6 +27,7 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::aligned::Aligned;
 use super::amx::{self, Precision};
+use super::simd::lane_mask;
 use super::{Real, Simd, gemm_with, simd, threads};
 
 /// Columns per panel: two 16-lane vectors.
@@ -372,7 +373,6 @@ unsafe fn pack_panels_avx512(out: &mut [f32], b: ArrayView2<f32>) {
     use std::arch::x86_64::*;
     let (kc, w) = b.dim();
     let (rs, cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
-    let lanes = |n: usize| -> __mmask16 { if n >= 16 { !0 } else { (1 << n) - 1 } };
     for p in 0..w.div_ceil(NR) {
         let (j0, j1) = (p * NR, (p * NR + NR).min(w));
         let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
@@ -386,7 +386,7 @@ unsafe fn pack_panels_avx512(out: &mut [f32], b: ArrayView2<f32>) {
                     let mut v = [_mm512_setzero_ps(); 16];
                     for (c, v) in v.iter_mut().enumerate().take(j1.saturating_sub(c0)) {
                         // SAFETY: column c0 + c < w, depths d0 .. d0 + depths < kc (masked).
-                        *v = unsafe { _mm512_maskz_loadu_ps(lanes(depths), b.as_ptr().add((c0 + c) * cs + d0)) };
+                        *v = unsafe { _mm512_maskz_loadu_ps(lane_mask(depths), b.as_ptr().add((c0 + c) * cs + d0)) };
                     }
                     crate::tensor::transpose16(&mut v);
                     for (d, v) in v.iter().enumerate().take(depths) {
@@ -406,7 +406,7 @@ unsafe fn pack_panels_avx512(out: &mut [f32], b: ArrayView2<f32>) {
                     // SAFETY: columns j0 + 16·half + (0..n) of row kk, inside B (masked); the
                     // store writes 16 floats inside the panel's row.
                     unsafe {
-                        let v = _mm512_maskz_loadu_ps(lanes(n), src.wrapping_add(16 * half));
+                        let v = _mm512_maskz_loadu_ps(lane_mask(n), src.wrapping_add(16 * half));
                         _mm512_storeu_ps(dst.as_mut_ptr().add(16 * half), v);
                     }
                 }
@@ -572,11 +572,6 @@ unsafe fn tile_vectors<const R: usize, const DEPTH_MAJOR: bool, const PREFETCH: 
         }
         k0 = k1;
     }
-}
-
-/// The first `n` of 16 lanes.
-fn lane_mask(n: usize) -> u16 {
-    if n >= 16 { u16::MAX } else { ((1u32 << n) - 1) as u16 }
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -35,9 +35,7 @@ pub fn add_rows_at<T: Real>(mut out: ArrayViewMut2<T>, ids: &[u32], a: ArrayView
 
 #[cfg(test)]
 mod tests {
-    use ndarray::Array2;
-
-    use ndarray::Axis;
+    use ndarray::{Array2, Axis};
 
     use super::*;
 

@@ -118,6 +118,12 @@ macro_rules! simd_method {
 }
 pub(crate) use simd_method;
 
+/// The first `n` of 16 lanes (all 16 from n = 16 on): the mask of a vector's partial load or
+/// store at a row's end.
+pub(crate) fn lane_mask(n: usize) -> u16 {
+    if n >= 16 { u16::MAX } else { ((1u32 << n) - 1) as u16 }
+}
+
 /// Sixteen rows of 16 floats transposed in registers: r[j][i] ← r[i][j] (32-bit, then 64-bit
 /// interleaves within 128-bit lanes, then two exchanges of 128-bit lanes).
 #[cfg(target_arch = "x86_64")]
