@@ -154,3 +154,38 @@ pub(crate) fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
         r[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
     }
 }
+
+/// The first `n` of 8 lanes as an AVX2 mask (the sign bit of each 32-bit lane), for
+/// `_mm256_maskload_ps` / `_mm256_maskstore_ps` at a row's end.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn lane_mask8(n: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+}
+
+/// Eight rows of 8 floats transposed in registers: r[j][i] ← r[i][j] (32-bit interleaves,
+/// 64-bit shuffles within 128-bit lanes, then an exchange of 128-bit lanes).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) fn transpose8(r: &mut [std::arch::x86_64::__m256; 8]) {
+    use std::arch::x86_64::*;
+    let mut t = [_mm256_setzero_ps(); 8];
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    let mut u = [_mm256_setzero_ps(); 8];
+    for i in 0..2 {
+        u[4 * i] = _mm256_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm256_shuffle_ps::<0xee>(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm256_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm256_shuffle_ps::<0xee>(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for j in 0..4 {
+        r[j] = _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4]);
+        r[j + 4] = _mm256_permute2f128_ps::<0x31>(u[j], u[j + 4]);
+    }
+}
