@@ -11,7 +11,7 @@
 //! output over k in blocks of 512 (its `kc`), each block a chain of FMAs started from zero in
 //! k order, and adds each block's sum to C in block order (the first block replaces C when not
 //! accumulating). `tests` check bit-identity against `gemm` on the shapes the layers use.
-//! On AVX2 (no AVX-512) the same panels run through 6 × 16 register tiles (`tile_avx2`): the
+//! On AVX2 (no AVX-512) the same panels run through 3 × 32 register tiles (`tile_avx2`): the
 //! per-step products, and of the window's only the weight gradients (`window_applies`).
 //! Elsewhere (f64, CPUs without AVX2, tiny or degenerate shapes that faer sends down other
 //! paths) the product goes to `gemm` on the unpacked B.
@@ -255,8 +255,8 @@ const WINDOW_MIN_MACS: usize = 1 << 22;
 /// AVX2 only with a transposed A, the weight gradients Xᵀ·dG), unit α, enough rows to amortize
 /// packing B, C with contiguous rows (and, as the tile reads them, rows of A and C at
 /// non-negative strides). On AVX2 (AMD Zen 3, examples/gemm_shapes.rs, one thread) the kernel
-/// ran the weight gradients at 1.0–1.4× faer's speed but the products with a row-major A
-/// (X·Wᵀ, dY·W) at 0.75–0.9×: those stay with faer there.
+/// ran the weight gradients at 1.1–1.4× faer's speed but the products with a row-major A
+/// (X·Wᵀ, dY·W) at 0.85–1.0×: those stay with faer there.
 pub fn window_applies<T: Real>(c: &ArrayViewMut2<T>, a: &ArrayView2<T>, b: &ArrayView2<T>, alpha: T) -> bool {
     let ((m, k), n) = (a.dim(), b.ncols());
     a.strides()[0] >= 0
@@ -649,61 +649,54 @@ unsafe fn tile<const R: usize, const DEPTH_MAJOR: bool, const PREFETCH: bool>(_:
     unreachable!("panels are packed only where simd() found AVX-512 or AVX2")
 }
 
-/// Rows of A per AVX2 register tile: 16 ymm hold 2·MR_AVX2 accumulators (16 columns, two
-/// 8-lane vectors per row), two B vectors and a broadcast.
-const MR_AVX2: usize = 6;
+/// Rows of A per AVX2 register tile: 16 ymm hold 3 × 4 accumulators (a panel's 32 columns,
+/// four 8-lane vectors per row), the three rows' broadcasts and one B vector at a time.
+const MR_AVX2: usize = 3;
 
 /// `tile_dispatch` on AVX2: the same operands (panels of NR = 32 columns, row blocks of up to
 /// MR rows, A row-major or depth-major with MR values per depth), cut into register tiles of
-/// at most MR_AVX2 rows (near-equal: 11 rows run as 6 + 5) and 16 columns. Each output's
-/// arithmetic is the AVX-512 tile's, i.e. faer's (its AVX2 kernel has the same KC = 512 depth
-/// blocks, each an FMA chain from zero in k order), so the bits do not depend on the cut. A
-/// panel half (k × 16 floats, one cache line per depth) is run against every row tile before
-/// the next half, so its lines are read from L1 by all but the first.
+/// at most MR_AVX2 rows (near-equal: 11 rows run as 3 + 4 × 2). Each output's arithmetic is
+/// the AVX-512 tile's, i.e. faer's (its AVX2 kernel has the same KC = 512 depth blocks, each
+/// an FMA chain from zero in k order), so the bits do not depend on the cut. Per depth, 4 B
+/// loads and 3 broadcasts feed 12 FMAs (faer's own 24 × 4 tile: 3 and 4); a 6 × 16 tile (2
+/// and 6, each panel in two 16-column halves) ran MNIST's in-cache per-step products and the
+/// weight gradients 5–15 % slower (examples/gemm_shapes.rs, AMD Zen 3, one thread).
 unsafe fn tile_avx2_split(rows: usize, t: Tile, depth_major: bool, prefetch: bool) {
     let tiles = rows.div_ceil(MR_AVX2);
-    for half in 0..t.cols.div_ceil(16) {
-        let cols = (t.cols - 16 * half).min(16);
-        let mut r = 0;
-        for i in 0..tiles {
-            let n = (rows - r) / (tiles - i);
-            // row r of A: r·lda floats on in row-major order, r within each depth's MR values
-            // when depth-major; the panel's columns and C's from 16·half
-            let a = t.a.wrapping_add(if depth_major { r } else { r * t.lda });
-            let sub = Tile {
-                a,
-                panel: t.panel.wrapping_add(16 * half),
-                c: t.c.wrapping_add(r * t.ldc + 16 * half),
-                cols,
-                ..t
+    let mut r = 0;
+    for i in 0..tiles {
+        let n = (rows - r) / (tiles - i);
+        // row r of A: r·lda floats on in row-major order, r within each depth's MR values
+        // when depth-major
+        let a = t.a.wrapping_add(if depth_major { r } else { r * t.lda });
+        let sub = Tile { a, c: t.c.wrapping_add(r * t.ldc), ..t };
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match (n, depth_major, prefetch) {
+                    $(($r, false, false) => unsafe { tile_avx2::<$r, false, false>(sub) },)*
+                    $(($r, false, true) => unsafe { tile_avx2::<$r, false, true>(sub) },)*
+                    $(($r, true, false) => unsafe { tile_avx2::<$r, true, false>(sub) },)*
+                    _ => unreachable!("AVX2 tile rows 1..=MR_AVX2; packed rows are not prefetched"),
+                }
             };
-            macro_rules! go {
-                ($($r:literal)*) => {
-                    match (n, depth_major, prefetch) {
-                        $(($r, false, false) => unsafe { tile_avx2::<$r, false, false>(sub) },)*
-                        $(($r, false, true) => unsafe { tile_avx2::<$r, false, true>(sub) },)*
-                        $(($r, true, false) => unsafe { tile_avx2::<$r, true, false>(sub) },)*
-                        _ => unreachable!("AVX2 tile rows 1..=MR_AVX2; packed rows are not prefetched"),
-                    }
-                };
-            }
-            go!(1 2 3 4 5 6);
-            r += n;
         }
+        go!(1 2 3);
+        r += n;
     }
 }
 
-/// C[0..R, 0..cols] (+)= A[0..R, 0..k] · panel[.., 0..cols] for cols ≤ 16 (the panel's rows
-/// still NR floats apart), faer's order as `tile`.
+/// C[0..R, 0..cols] (+)= A[0..R, 0..k] · panel, faer's order as `tile`: as many 8-float
+/// vectors per row as the panel has columns (a last panel of 4 columns, MNIST's, takes one).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2<const R: usize, const DEPTH_MAJOR: bool, const PREFETCH: bool>(t: Tile) {
     // SAFETY: the caller's, passed on.
     unsafe {
-        if t.cols <= 8 {
-            tile_avx2_vectors::<R, DEPTH_MAJOR, PREFETCH, 1>(t)
-        } else {
-            tile_avx2_vectors::<R, DEPTH_MAJOR, PREFETCH, 2>(t)
+        match t.cols.div_ceil(8) {
+            1 => tile_avx2_vectors::<R, DEPTH_MAJOR, PREFETCH, 1>(t),
+            2 => tile_avx2_vectors::<R, DEPTH_MAJOR, PREFETCH, 2>(t),
+            3 => tile_avx2_vectors::<R, DEPTH_MAJOR, PREFETCH, 3>(t),
+            _ => tile_avx2_vectors::<R, DEPTH_MAJOR, PREFETCH, 4>(t),
         }
     }
 }
@@ -713,37 +706,43 @@ unsafe fn tile_avx2<const R: usize, const DEPTH_MAJOR: bool, const PREFETCH: boo
     unreachable!("panels are packed only where simd() found AVX-512 or AVX2")
 }
 
-/// `tile_avx2` on the first V (1 or 2) 8-float vectors of each panel row half.
+/// `tile_avx2` on the first V (1..=4) 8-float vectors of each panel row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2_vectors<const R: usize, const DEPTH_MAJOR: bool, const PREFETCH: bool, const V: usize>(t: Tile) {
     let Tile { a, lda, panel, k, c, ldc, cols, accumulate } = t;
     use std::arch::x86_64::*;
-    let masks = [crate::tensor::lane_mask8(cols), crate::tensor::lane_mask8(cols.saturating_sub(8))];
+    let mut masks = [_mm256_setzero_si256(); V];
+    for (v, m) in masks.iter_mut().enumerate() {
+        *m = crate::tensor::lane_mask8(cols.saturating_sub(8 * v));
+    }
     let full = cols == 8 * V;
     let mut k0 = 0;
     while k0 < k {
         let k1 = (k0 + KC).min(k);
         let mut acc = [[_mm256_setzero_ps(); V]; R];
-        // SAFETY (whole block): the caller's bounds; the panel's rows are NR ≥ 16 floats
-        // (zero-padded), so its full-vector loads stay inside it; C's partial columns are
-        // read and written through masks (masked-off lanes do not fault).
+        // SAFETY (whole block): the caller's bounds; the panel's rows are NR floats (zero-
+        // padded), so its full-vector loads stay inside it; C's partial columns are read and
+        // written through masks (masked-off lanes do not fault).
         unsafe {
             let mut b = panel.add(k0 * NR);
             for kk in k0..k1 {
                 if PREFETCH {
-                    // a hint only (wrapping_add: no out-of-bounds pointer arithmetic)
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH_DEPTHS * NR) as *const i8);
+                    // a hint only, both cache lines of the row (wrapping_add: no out-of-bounds
+                    // pointer arithmetic)
+                    let ahead = b.wrapping_add(PREFETCH_DEPTHS * NR);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
                 }
-                let mut bv = [_mm256_setzero_ps(); V];
-                for (v, bv) in bv.iter_mut().enumerate() {
-                    *bv = _mm256_loadu_ps(b.add(8 * v));
-                }
-                for (r, acc) in acc.iter_mut().enumerate() {
+                let mut x = [_mm256_setzero_ps(); R];
+                for (r, x) in x.iter_mut().enumerate() {
                     let at = if DEPTH_MAJOR { kk * MR + r } else { r * lda + kk };
-                    let x = _mm256_set1_ps(*a.add(at));
-                    for v in 0..V {
-                        acc[v] = _mm256_fmadd_ps(x, bv[v], acc[v]);
+                    *x = _mm256_set1_ps(*a.add(at));
+                }
+                for v in 0..V {
+                    let bv = _mm256_loadu_ps(b.add(8 * v));
+                    for r in 0..R {
+                        acc[r][v] = _mm256_fmadd_ps(x[r], bv, acc[r][v]);
                     }
                 }
                 b = b.add(NR);
