@@ -739,10 +739,12 @@ unsafe fn tile_avx2_vectors<const R: usize, const DEPTH_MAJOR: bool, const PREFE
                     let at = if DEPTH_MAJOR { kk * MR + r } else { r * lda + kk };
                     *x = _mm256_set1_ps(*a.add(at));
                 }
+                // one B vector at a time against the R broadcasts: R + 1 registers besides
+                // the accumulators
                 for v in 0..V {
                     let bv = _mm256_loadu_ps(b.add(8 * v));
-                    for r in 0..R {
-                        acc[r][v] = _mm256_fmadd_ps(x[r], bv, acc[r][v]);
+                    for (acc, x) in acc.iter_mut().zip(&x) {
+                        acc[v] = _mm256_fmadd_ps(*x, bv, acc[v]);
                     }
                 }
                 b = b.add(NR);
