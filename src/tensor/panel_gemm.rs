@@ -887,6 +887,64 @@ mod tests {
         assert_eq!(c, want);
     }
 
+    /// The AVX2 tiles on any CPU with AVX2 and FMA (on an AVX-512 CPU `simd()` picks the
+    /// AVX-512 tile, so the product tests above do not reach them there): panels packed by the
+    /// scalar copy, A row-major (a row stride other than k) or packed depth-major as the window
+    /// kernel packs a transposed A, row blocks of 1–12 rows, last panels of 4–28 columns, depths
+    /// across KC blocks, accumulating or not: bit for bit faer's.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_tiles_give_faers_bits() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            eprintln!("no AVX2 + FMA on this CPU: the AVX2 tiles cannot run");
+            return;
+        }
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
+        for &(m, k, n) in
+            &[(12, 100, 100), (11, 513, 36), (10, 1100, 60), (7, 40, 44), (5, 300, 52), (2, 80, 32), (3, 40, 36)]
+        {
+            // shapes faer takes to its blocked kernel (others go to paths with other orders)
+            assert!(kernel_applies(m, k, n));
+            let a_big = random(m, k + 5, &mut rng);
+            let a = a_big.slice(s![.., 2..k + 2]);
+            let b = random(k, n, &mut rng);
+            let c0 = random(m, n, &mut rng);
+            let mut panels = vec![0.0f32; n.div_ceil(NR) * k * NR];
+            pack_panels_strided(&mut panels, b.view());
+            let mut a_packed = vec![0.0f32; k * MR];
+            pack_depth_major(&mut a_packed, a);
+            for accumulate in [false, true] {
+                let mut want = c0.clone();
+                crate::tensor::gemm::faer_product(want.view_mut(), accumulate, a, b.view(), 1.0, faer::Par::Seq);
+                // row-major A with and without the panel prefetch, and depth-major A
+                for (depth_major, prefetch) in [(false, false), (false, true), (true, false)] {
+                    let mut got = c0.clone();
+                    for p in 0..n.div_ceil(NR) {
+                        let (ap, lda) =
+                            if depth_major { (a_packed.as_ptr(), MR) } else { (a.as_ptr(), a.strides()[0] as usize) };
+                        let t = Tile {
+                            a: ap,
+                            lda,
+                            panel: panels[p * k * NR..].as_ptr(),
+                            k,
+                            c: got.as_mut_ptr().wrapping_add(p * NR),
+                            ldc: n,
+                            cols: (n - p * NR).min(NR),
+                            accumulate,
+                        };
+                        // SAFETY: AVX2 and FMA found above; the operands are as `Tile` says.
+                        unsafe { tile_avx2_split(m, t, depth_major, prefetch) };
+                    }
+                    let same = want.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(
+                        same,
+                        "{m}×{k}·{k}×{n} depth-major {depth_major} prefetch {prefetch} acc {accumulate}: not faer's bits"
+                    );
+                }
+            }
+        }
+    }
+
     /// The vector packing against the scalar one: every float of every panel the same, and
     /// written (NaN-filled buffers), for both unit-stride layouts and partial panels.
     #[test]
