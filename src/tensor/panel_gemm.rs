@@ -890,7 +890,7 @@ mod tests {
     /// The AVX2 tiles on any CPU with AVX2 and FMA (on an AVX-512 CPU `simd()` picks the
     /// AVX-512 tile, so the product tests above do not reach them there): panels packed by the
     /// scalar copy, A row-major (a row stride other than k) or packed depth-major as the window
-    /// kernel packs a transposed A, row blocks of 1–12 rows, last panels of 4–28 columns, depths
+    /// kernel packs a transposed A, row blocks of 2–12 rows, last panels of 4–28 columns, depths
     /// across KC blocks, accumulating or not: bit for bit faer's.
     #[test]
     #[cfg(target_arch = "x86_64")]
@@ -968,6 +968,15 @@ mod tests {
                 assert!(slow.iter().all(|v| !v.is_nan()), "{kc} × {w}: every float written");
                 let same = fast.iter().zip(&slow).all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same, "{kc} × {w}, strides {:?}", b.strides());
+                // the AVX2 copy too where simd() picked AVX-512 (it would not reach it)
+                #[cfg(target_arch = "x86_64")]
+                if simd() == Simd::Avx512 {
+                    let mut avx2 = vec![f32::NAN; len];
+                    // SAFETY: simd() found AVX-512, which includes AVX2; B has a unit stride.
+                    unsafe { pack_panels_avx2(&mut avx2, b) };
+                    let same = avx2.iter().zip(&slow).all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "AVX2 copy: {kc} × {w}, strides {:?}", b.strides());
+                }
             }
         }
     }
