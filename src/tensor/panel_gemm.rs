@@ -359,14 +359,16 @@ fn window_columns(mut c: ArrayViewMut2<f32>, accumulate: bool, a: ArrayView2<f32
 fn pack_panels(out: &mut [f32], b: ArrayView2<f32>) {
     assert_eq!(out.len(), b.ncols().div_ceil(NR) * b.nrows() * NR, "panels of B's shape");
     #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx512 && (b.strides()[0] == 1 || b.strides()[1] == 1) && b.strides().iter().all(|&s| s >= 0) {
-        // SAFETY: simd() found AVX-512; out holds B's panels (asserted), B has a unit stride.
-        return unsafe { pack_panels_avx512(out, b) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if simd() == Simd::Avx2 && (b.strides()[0] == 1 || b.strides()[1] == 1) && b.strides().iter().all(|&s| s >= 0) {
-        // SAFETY: simd() found AVX2; out holds B's panels (asserted), B has a unit stride.
-        return unsafe { pack_panels_avx2(out, b) };
+    {
+        // the vector copies read along a unit stride, forwards
+        let unit_stride = (b.strides()[0] == 1 || b.strides()[1] == 1) && b.strides().iter().all(|&s| s >= 0);
+        match simd() {
+            // SAFETY: simd() found the copy's features; out holds B's panels (asserted), B has
+            // a unit stride.
+            Simd::Avx512 if unit_stride => return unsafe { pack_panels_avx512(out, b) },
+            Simd::Avx2 if unit_stride => return unsafe { pack_panels_avx2(out, b) },
+            _ => {}
+        }
     }
     pack_panels_strided(out, b);
 }
