@@ -246,8 +246,9 @@ impl PanelMatrix {
 /// Columns of B per block of the window product: a depth block's panels (KC × NC floats, 1 MB)
 /// stay in a core's L2 while every row tile of A streams them.
 const NC: usize = 512;
-/// Window products from this many rows and multiply-adds pack B per call (packing reads B once
-/// more: it pays where each panel meets many row tiles).
+/// Window products from this many rows (on AVX-512; on AVX2 see `window_applies`) and
+/// multiply-adds pack B per call (packing reads B once more: it pays where each panel meets
+/// many row tiles).
 const WINDOW_MIN_ROWS: usize = 128;
 const WINDOW_MIN_MACS: usize = 1 << 22;
 
@@ -256,15 +257,21 @@ const WINDOW_MIN_MACS: usize = 1 << 22;
 /// packing B, C with contiguous rows (and, as the tile reads them, rows of A and C at
 /// non-negative strides). On AVX2 (AMD Zen 3, examples/gemm_shapes.rs, one thread) the kernel
 /// ran the weight gradients at 1.1–1.4× faer's speed but the products with a row-major A
-/// (X·Wᵀ, dY·W) at 0.85–1.0×: those stay with faer there.
+/// (X·Wᵀ, dY·W) at 0.85–1.0×: those stay with faer there. The weight gradients take it from
+/// any row count there: with 12–120 rows (sequential MNIST's dW_h = Hᵀ·dG, 100 × 78400 · 78400
+/// × 400) it ran at 1.0–1.25× faer's speed, one thread, median of 15 (Zen 3, session 19).
 pub fn window_applies<T: Real>(c: &ArrayViewMut2<T>, a: &ArrayView2<T>, b: &ArrayView2<T>, alpha: T) -> bool {
     let ((m, k), n) = (a.dim(), b.ncols());
+    let kernel_takes = match simd() {
+        Simd::Avx512 => m >= WINDOW_MIN_ROWS,
+        Simd::Avx2 => !rows_contiguous(a),
+        _ => false,
+    };
     a.strides()[0] >= 0
         && c.strides()[0] >= 0
         && is_f32::<T>()
-        && (simd() == Simd::Avx512 || (simd() == Simd::Avx2 && !rows_contiguous(a)))
+        && kernel_takes
         && alpha == T::one()
-        && m >= WINDOW_MIN_ROWS
         && m * n * k >= WINDOW_MIN_MACS
         && kernel_applies(m, k, n)
         && rows_contiguous_mut(c)
@@ -1007,14 +1014,23 @@ mod tests {
             (131, 1100, 1061),
             (1000, 513, 33),
             (200, 1536, 520),
+            // few rows: sequential MNIST's dW_h = Hᵀ·dG (100 of them) and smaller, which the
+            // kernel takes on AVX2 when A is transposed
+            (100, 7000, 400),
+            (12, 3000, 130),
+            (2, 5000, 520),
         ] {
             let ops = Operands::new(m, k, n, &mut rng);
             let c0 = random(m, n, &mut rng);
             for (ai, a) in ops.a_layouts().iter().enumerate() {
                 for (bi, b) in ops.b_layouts().iter().enumerate() {
                     if !window_applies(&c0.clone().view_mut(), a, b, 1.0) {
-                        // on AVX2 only a transposed A (the weight gradients) takes the kernel
-                        let faers = simd() == Simd::Avx2 && rows_contiguous(a);
+                        // on AVX2 only a transposed A (the weight gradients) takes the kernel;
+                        // on AVX-512 every layout, from WINDOW_MIN_ROWS rows
+                        let faers = match simd() {
+                            Simd::Avx2 => rows_contiguous(a),
+                            _ => m < WINDOW_MIN_ROWS,
+                        };
                         assert!(k < 2 || faers, "{m}×{k}·{k}×{n}: the window kernel should take it");
                         continue;
                     }
