@@ -224,6 +224,26 @@ impl PanelMatrix {
             let j0 = (p - first) * NR;
             let cols = (self.n - p * NR).min(NR);
             let panel = self.data.as_slice()[p * k * NR..(p + 1) * k * NR].as_ptr();
+            if simd() == Simd::Avx2 {
+                // all m rows cut straight into 3-row tiles (64: 2 × 2 + 20 × 3, 22 passes over
+                // the panel). Cut into MR blocks first, the 11- and 10-row blocks ran mostly as
+                // 2-row tiles (64: 28 passes, each 8 FMAs per 128 B of panel instead of 12):
+                // 1.02–1.06× slower on char's, word2's and MNIST's per-step shapes (Zen 3, one
+                // thread, 200 interleaved pairs, best and median alike).
+                // SAFETY: simd() found AVX2 (`useful`); the tiles read rows 0..m of a (k wide,
+                // row stride lda), the panel's k × NR floats, and write `cols` columns of rows
+                // 0..m of c (row stride ldc), all inside their views.
+                unsafe {
+                    let cp = c.as_mut_ptr().add(j0);
+                    tile_avx2_split(
+                        m,
+                        Tile { a: a.as_ptr(), lda, panel, k, c: cp, ldc, cols, accumulate },
+                        false,
+                        prefetch,
+                    );
+                }
+                continue;
+            }
             // row blocks of near-equal height ≤ MR (32 rows: 11 + 11 + 10, not 12 + 12 + 8)
             let blocks = m.div_ceil(MR);
             let mut r = 0;
@@ -662,14 +682,16 @@ unsafe fn tile<const R: usize, const DEPTH_MAJOR: bool, const PREFETCH: bool>(_:
 /// four 8-lane vectors per row), the three rows' broadcasts and one B vector at a time.
 const MR_AVX2: usize = 3;
 
-/// `tile_dispatch` on AVX2: the same operands (panels of NR = 32 columns, row blocks of up to
-/// MR rows, A row-major or depth-major with MR values per depth), cut into register tiles of
-/// at most MR_AVX2 rows (near-equal: 11 rows run as 3 + 4 × 2). Each output's arithmetic is
-/// the AVX-512 tile's, i.e. faer's (its AVX2 kernel has the same KC = 512 depth blocks, each
-/// an FMA chain from zero in k order), so the bits do not depend on the cut. Per depth, 4 B
-/// loads and 3 broadcasts feed 12 FMAs (faer's own 24 × 4 tile: 3 and 4); a 6 × 16 tile (2
-/// and 6, each panel in two 16-column halves) ran MNIST's in-cache per-step products and the
-/// weight gradients 5–15 % slower (examples/gemm_shapes.rs, AMD Zen 3, one thread).
+/// `tile_dispatch` on AVX2: the same operands (panels of NR = 32 columns, A row-major or
+/// depth-major with MR values per depth; rows up to MR when depth-major, any number when
+/// row-major: the per-step products pass all of theirs), cut into register tiles of at most
+/// MR_AVX2 rows (near-equal: 11 rows run as 3 + 4 × 2, 64 as 2 × 2 + 20 × 3). Each output's
+/// arithmetic is the AVX-512 tile's, i.e. faer's (its AVX2 kernel has the same KC = 512
+/// depth blocks, each an FMA chain from zero in k order), so the bits do not depend on the
+/// cut. Per depth, 4 B loads and 3 broadcasts feed 12 FMAs (faer's own 24 × 4 tile: 3 and 4);
+/// a 6 × 16 tile (2 and 6, each panel in two 16-column halves) ran MNIST's in-cache per-step
+/// products and the weight gradients 5–15 % slower (examples/gemm_shapes.rs, AMD Zen 3, one
+/// thread).
 unsafe fn tile_avx2_split(rows: usize, t: Tile, depth_major: bool, prefetch: bool) {
     let tiles = rows.div_ceil(MR_AVX2);
     let mut r = 0;
