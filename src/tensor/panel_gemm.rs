@@ -274,7 +274,7 @@ const WINDOW_MIN_MACS: usize = 1 << 22;
 
 /// Whether `window_product` takes a product of this shape and these types: f32 on AVX-512 (on
 /// AVX2 only with a transposed A, the weight gradients Xᵀ·dG), unit α, enough rows to amortize
-/// packing B, C with contiguous rows (and, as the tile reads them, rows of A and C at
+/// packing B (on AVX-512; below), C with contiguous rows (and, as the tile reads them, rows of A and C at
 /// non-negative strides). On AVX2 (AMD Zen 3, examples/gemm_shapes.rs, one thread) the kernel
 /// ran the weight gradients at 1.1–1.4× faer's speed but the products with a row-major A
 /// (X·Wᵀ, dY·W) at 0.85–1.0×: those stay with faer there. The weight gradients take it from
