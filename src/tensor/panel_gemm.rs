@@ -224,33 +224,18 @@ impl PanelMatrix {
             let j0 = (p - first) * NR;
             let cols = (self.n - p * NR).min(NR);
             let panel = self.data.as_slice()[p * k * NR..(p + 1) * k * NR].as_ptr();
-            if simd() == Simd::Avx2 {
-                // all m rows cut straight into 3-row tiles (64: 2 × 2 + 20 × 3, 22 passes over
-                // the panel). Cut into MR blocks first, the 11- and 10-row blocks ran mostly as
-                // 2-row tiles (64: 28 passes, each 8 FMAs per 128 B of panel instead of 12):
-                // 1.02–1.06× slower on char's, word2's and MNIST's per-step shapes (Zen 3, one
-                // thread, 200 interleaved pairs, best and median alike).
-                // SAFETY: simd() found AVX2 (`useful`); the tiles read rows 0..m of a (k wide,
-                // row stride lda), the panel's k × NR floats, and write `cols` columns of rows
-                // 0..m of c (row stride ldc), all inside their views.
-                unsafe {
-                    let cp = c.as_mut_ptr().add(j0);
-                    tile_avx2_split(
-                        m,
-                        Tile { a: a.as_ptr(), lda, panel, k, c: cp, ldc, cols, accumulate },
-                        false,
-                        prefetch,
-                    );
-                }
-                continue;
-            }
-            // row blocks of near-equal height ≤ MR (32 rows: 11 + 11 + 10, not 12 + 12 + 8)
-            let blocks = m.div_ceil(MR);
+            // row blocks of near-equal height ≤ MR (32 rows: 11 + 11 + 10, not 12 + 12 + 8). On
+            // AVX2 one block of all m rows, which `tile_avx2_split` cuts straight into 3-row
+            // tiles (64: 2 × 2 + 20 × 3, 22 passes over the panel); cut into MR blocks first,
+            // the 11- and 10-row blocks ran mostly as 2-row tiles (64: 28 passes, each 8 FMAs
+            // per 128 B of panel instead of 12): 1.02–1.06× slower on char's, word2's and
+            // MNIST's per-step shapes (Zen 3, one thread, 200 interleaved pairs).
+            let blocks = if simd() == Simd::Avx2 { 1 } else { m.div_ceil(MR) };
             let mut r = 0;
             for b in 0..blocks {
                 let rows = (m - r) / (blocks - b);
-                // SAFETY: simd() found AVX-512 or AVX2 (`useful`); the tile reads rows r..r+rows of a
-                // (k wide, row stride lda), the panel's k × NR floats, and writes `cols`
+                // SAFETY: simd() found AVX-512 or AVX2 (`useful`); the tile reads rows r..r+rows
+                // of a (k wide, row stride lda), the panel's k × NR floats, and writes `cols`
                 // columns of rows r..r+rows of c (row stride ldc), all inside their views.
                 unsafe {
                     let ap = a.as_ptr().add(r * lda);
@@ -274,8 +259,8 @@ const WINDOW_MIN_MACS: usize = 1 << 22;
 
 /// Whether `window_product` takes a product of this shape and these types: f32 on AVX-512 (on
 /// AVX2 only with a transposed A, the weight gradients Xᵀ·dG), unit α, enough rows to amortize
-/// packing B (on AVX-512; below), C with contiguous rows (and, as the tile reads them, rows of A and C at
-/// non-negative strides). On AVX2 (AMD Zen 3, examples/gemm_shapes.rs, one thread) the kernel
+/// packing B (on AVX-512; below), C with contiguous rows (and, as the tile reads them, rows of
+/// A and C at non-negative strides). On AVX2 (AMD Zen 3, examples/gemm_shapes.rs, one thread) the kernel
 /// ran the weight gradients at 1.1–1.4× faer's speed but the products with a row-major A
 /// (X·Wᵀ, dY·W) at 0.85–1.0×: those stay with faer there. The weight gradients take it from
 /// any row count there: with 12–120 rows (sequential MNIST's dW_h = Hᵀ·dG, 100 × 78400 · 78400
@@ -581,26 +566,30 @@ struct Tile {
     accumulate: bool,
 }
 
-/// The register tile for `rows` (1..=MR) rows of A: in row-major order (`Tile::lda` apart),
-/// prefetching the panel ahead when it comes from beyond L2 (`PREFETCH_MIN_BYTES`), or packed
-/// depth-major (`pack_depth_major`: each depth's MR values side by side, so the broadcasts read
-/// one sequential stream).
+/// `$f::<R, DEPTH_MAJOR, PREFETCH>($t)` for a row count known at run time (one of the literals)
+/// and the two flags, as const generics (packed rows are never prefetched).
+macro_rules! tile_for_rows {
+    ($f:ident, $rows:expr, $t:expr, $depth_major:expr, $prefetch:expr; $($r:literal)*) => {
+        match ($rows, $depth_major, $prefetch) {
+            $(($r, false, false) => $f::<$r, false, false>($t),)*
+            $(($r, false, true) => $f::<$r, false, true>($t),)*
+            $(($r, true, false) => $f::<$r, true, false>($t),)*
+            _ => unreachable!(concat!(stringify!($f), ": rows out of range, or packed rows prefetched")),
+        }
+    };
+}
+
+/// The register tile for `rows` (1..=MR; on AVX2 any count when A is row-major) rows of A: in
+/// row-major order (`Tile::lda` apart), prefetching the panel ahead when it comes from beyond
+/// L2 (`PREFETCH_MIN_BYTES`), or packed depth-major (`pack_depth_major`: each depth's MR values
+/// side by side, so the broadcasts read one sequential stream).
 unsafe fn tile_dispatch(rows: usize, t: Tile, depth_major: bool, prefetch: bool) {
     if simd() == Simd::Avx2 {
         // SAFETY: the caller's, passed on; simd() found AVX2 and FMA.
         return unsafe { tile_avx2_split(rows, t, depth_major, prefetch) };
     }
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match (rows, depth_major, prefetch) {
-                $(($r, false, false) => unsafe { tile::<$r, false, false>(t) },)*
-                $(($r, false, true) => unsafe { tile::<$r, false, true>(t) },)*
-                $(($r, true, false) => unsafe { tile::<$r, true, false>(t) },)*
-                _ => unreachable!("tile rows 1..=MR; packed rows are not prefetched"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    // SAFETY: the caller's, passed on; simd() found AVX-512.
+    unsafe { tile_for_rows!(tile, rows, t, depth_major, prefetch; 1 2 3 4 5 6 7 8 9 10 11 12) }
 }
 
 /// C[0..R, 0..cols] (+)= A[0..R, 0..k] · panel, faer's order: per output, sums over blocks of
@@ -701,17 +690,8 @@ unsafe fn tile_avx2_split(rows: usize, t: Tile, depth_major: bool, prefetch: boo
         // when depth-major
         let a = t.a.wrapping_add(if depth_major { r } else { r * t.lda });
         let sub = Tile { a, c: t.c.wrapping_add(r * t.ldc), ..t };
-        macro_rules! go {
-            ($($r:literal)*) => {
-                match (n, depth_major, prefetch) {
-                    $(($r, false, false) => unsafe { tile_avx2::<$r, false, false>(sub) },)*
-                    $(($r, false, true) => unsafe { tile_avx2::<$r, false, true>(sub) },)*
-                    $(($r, true, false) => unsafe { tile_avx2::<$r, true, false>(sub) },)*
-                    _ => unreachable!("AVX2 tile rows 1..=MR_AVX2; packed rows are not prefetched"),
-                }
-            };
-        }
-        go!(1 2 3);
+        // SAFETY: the caller's, for rows r..r+n of its tile.
+        unsafe { tile_for_rows!(tile_avx2, n, sub, depth_major, prefetch; 1 2 3) };
         r += n;
     }
 }
