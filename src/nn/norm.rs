@@ -599,6 +599,7 @@ crate::tensor::simd_kernel! {
 
 /// Layer norm of each gate block of each row: the statistics (two passes: μ, then the
 /// squared deviations from it), then x̂, 1/√(σ² + ε) and out += γ ⊙ x̂ + β in one pass.
+/// A row's blocks take their statistics side by side (`block_stats`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn layer_forward<T: Real>(
@@ -611,26 +612,55 @@ fn layer_forward<T: Real>(
     mut rstd: ArrayViewMut2<T>,
     mut out: ArrayViewMut2<T>,
 ) {
-    let hn = T::r(h as f64);
+    let blocks = z.ncols() / h;
     for r in 0..z.nrows() {
         let zr = z.row(r).to_slice().unwrap();
         let xr = xhat.row_mut(r).into_slice().unwrap();
         let or = out.row_mut(r).into_slice().unwrap();
-        for k in 0..zr.len() / h {
-            let blk = k * h..(k + 1) * h;
-            let zs = &zr[blk.clone()];
-            let mean = crate::tensor::sum(zs) / hn;
-            let var = crate::tensor::sum_sq_dev(zs, mean) / hn;
-            let inv = T::one() / (var + eps).sqrt();
-            rstd[[r, k]] = inv;
-            let (xs, os, gs, bs) = (&mut xr[blk.clone()], &mut or[blk.clone()], &gain[blk.clone()], &bias[blk]);
-            for j in 0..h {
-                let x = (zs[j] - mean) * inv;
-                xs[j] = x;
-                os[j] += gs[j] * x + bs[j];
+        for k0 in (0..blocks).step_by(MAX_BLOCKS) {
+            let mut stats = [(T::zero(), T::zero()); MAX_BLOCKS];
+            let n = MAX_BLOCKS.min(blocks - k0);
+            match n {
+                1 => stats[..1].copy_from_slice(&block_stats::<T, 1>(zr, k0, h, eps)),
+                2 => stats[..2].copy_from_slice(&block_stats::<T, 2>(zr, k0, h, eps)),
+                3 => stats[..3].copy_from_slice(&block_stats::<T, 3>(zr, k0, h, eps)),
+                _ => stats = block_stats::<T, MAX_BLOCKS>(zr, k0, h, eps),
+            }
+            for (k, &(mean, inv)) in (k0..).zip(&stats[..n]) {
+                rstd[[r, k]] = inv;
+                let blk = k * h..(k + 1) * h;
+                let zs = &zr[blk.clone()];
+                let (xs, os, gs, bs) = (&mut xr[blk.clone()], &mut or[blk.clone()], &gain[blk.clone()], &bias[blk]);
+                for j in 0..h {
+                    let x = (zs[j] - mean) * inv;
+                    xs[j] = x;
+                    os[j] += gs[j] * x + bs[j];
+                }
             }
         }
     }
+}
+
+/// μ and 1/√(σ² + ε) of gate blocks k0 .. k0 + N of one row `zr` (blocks of `h`), each block's
+/// sums in `sum`'s and `sum_sq_dev`'s order (so their bits), the N blocks side by side so that
+/// the serial folds of their sums overlap instead of setting the pace block by block.
+#[inline(always)]
+fn block_stats<T: Real, const N: usize>(zr: &[T], k0: usize, h: usize, eps: T) -> [(T, T); N] {
+    let hn = T::r(h as f64);
+    let mut zs: [&[T]; N] = [&[]; N];
+    for (i, zs) in zs.iter_mut().enumerate() {
+        *zs = &zr[(k0 + i) * h..(k0 + i + 1) * h];
+    }
+    let mut mean = crate::tensor::sums(zs);
+    for m in &mut mean {
+        *m /= hn;
+    }
+    let var = crate::tensor::sums_sq_dev(zs, mean);
+    let mut stats = [(T::zero(), T::zero()); N];
+    for i in 0..N {
+        stats[i] = (mean[i], T::one() / (var[i] / hn + eps).sqrt());
+    }
+    stats
 }
 
 /// Rows whose layer-norm backward means are summed side by side (`block_means`).

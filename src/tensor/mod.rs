@@ -22,6 +22,7 @@ pub use param::{Group, Moments, Param};
 pub use real::{Real, expf, tanhf};
 pub use reduce::{
     add_max, exp_shift_sum, first_index_of, scale_accumulate, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum,
+    sums, sums_sq_dev,
 };
 pub use rows::{add_rows_at, column_sums};
 #[cfg(target_arch = "x86_64")]

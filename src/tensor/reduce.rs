@@ -16,15 +16,48 @@ fn lane_sum<T: Copy, A: Copy + std::ops::Add<Output = A> + std::ops::AddAssign +
     zero: A,
     f: impl Fn(T) -> A,
 ) -> A {
-    let mut acc = [zero; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..LANES {
-            acc[l] += f(c[l]);
+    let [s] = lane_sums([x], zero, |_, v| f(v));
+    s
+}
+
+/// `lane_sum` of N slices of one length, f(i, x) for slice i: each slice's lanes and tail in
+/// `lane_sum`'s order (so each result has its bits), the N folds side by side — a short
+/// slice's sum is bound by the latency of its fold (~20 dependent adds), not by its loads.
+/// (Plain loops: `std::array::from_fn`'s closures stayed calls inside `#[target_feature]`
+/// kernels.)
+#[inline(always)]
+fn lane_sums<T: Copy, A: Copy + std::ops::Add<Output = A> + std::ops::AddAssign + std::iter::Sum, const N: usize>(
+    xs: [&[T]; N],
+    zero: A,
+    f: impl Fn(usize, T) -> A,
+) -> [A; N] {
+    let n = xs[0].len();
+    let body = n / LANES * LANES;
+    let mut acc = [[zero; LANES]; N];
+    for i in 0..N {
+        for c in xs[i][..body].chunks_exact(LANES) {
+            for l in 0..LANES {
+                acc[i][l] += f(i, c[l]);
+            }
         }
     }
-    acc.iter().copied().sum::<A>() + rest.iter().map(|&v| f(v)).sum::<A>()
+    let mut out = [zero; N];
+    for i in 0..N {
+        out[i] = acc[i].iter().copied().sum::<A>() + xs[i][body..n].iter().map(|&v| f(i, v)).sum::<A>();
+    }
+    out
+}
+
+/// `sum` of each of N slices of one length, side by side (`lane_sums`).
+#[inline(always)]
+pub fn sums<T: Real, const N: usize>(xs: [&[T]; N]) -> [T; N] {
+    lane_sums(xs, T::zero(), |_, v| v)
+}
+
+/// `sum_sq_dev` of each of N slices of one length about its own m, side by side.
+#[inline(always)]
+pub fn sums_sq_dev<T: Real, const N: usize>(xs: [&[T]; N], m: [T; N]) -> [T; N] {
+    lane_sums(xs, T::zero(), |i, v| (v - m[i]) * (v - m[i]))
 }
 
 /// Σ x² of a slice, vectorizable.
@@ -157,6 +190,59 @@ pub fn sum_sq_f64_of_sum<T: Real>(a: &[T], b: &[T]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sums side by side give each slice's own `sum` and `sum_sq_dev`, bit for bit: lengths
+    /// with and without a tail, zeros of both signs (the folds start from −0, as `Sum` does).
+    #[test]
+    fn side_by_side_sums_match_one_at_a_time() {
+        fn check<const N: usize>(len: usize) {
+            let data: Vec<Vec<f32>> = (0..N)
+                .map(|i| {
+                    (0..len)
+                        .map(|j| match (i + j) % 7 {
+                            0 => -0.0,
+                            1 => 0.0,
+                            k => ((j * 37 + i * 11) % 23) as f32 * 0.37 - 3.1 + k as f32 * 1e-3,
+                        })
+                        .collect()
+                })
+                .collect();
+            let xs: [&[f32]; N] = std::array::from_fn(|i| &data[i][..]);
+            let m: [f32; N] = std::array::from_fn(|i| 0.3 * i as f32 - 0.5);
+            let (s, d) = (sums(xs), sums_sq_dev(xs, m));
+            for i in 0..N {
+                let dev = |v: f32| (v - m[i]) * (v - m[i]);
+                for (got, want) in [(s[i], one_at_a_time(xs[i], |v| v)), (d[i], one_at_a_time(xs[i], dev))] {
+                    assert_eq!(got.to_bits(), want.to_bits(), "N {N}, len {len}, slice {i}");
+                }
+                assert_eq!(sum(xs[i]).to_bits(), s[i].to_bits());
+                assert_eq!(sum_sq_dev(xs[i], m[i]).to_bits(), d[i].to_bits());
+            }
+        }
+        for len in [1usize, 4, 15, 16, 17, 100, 650] {
+            check::<1>(len);
+            check::<2>(len);
+            check::<3>(len);
+            check::<4>(len);
+        }
+        // all zeros of one sign: the sign of the sum is the fold's
+        let neg = [-0.0f32; 20];
+        assert!(sums([&neg[..], &neg[..]])[1].is_sign_negative() == one_at_a_time(&neg, |v| v).is_sign_negative());
+    }
+
+    /// `lane_sum` as it was written for one slice (16 lanes over whole chunks, each lane in
+    /// order, the lanes then the tail folded by `Sum`): the order the side-by-side sums keep.
+    fn one_at_a_time(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+        let mut acc = [0.0f32; 16];
+        let chunks = x.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..16 {
+                acc[l] += f(c[l]);
+            }
+        }
+        acc.iter().copied().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+    }
 
     /// The softmax's fused passes give what its separate passes gave, bit for bit: the biased
     /// logits and their max (the sign of a zero max included), the first index of the max, the
