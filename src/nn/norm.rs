@@ -255,6 +255,36 @@ impl<T: Real> Normalizer<T> {
                     }
                 }
             }
+            if rows == MEAN_ROWS && (r0 + rows <= split_at || r0 >= split_at) {
+                // four rows of one group: column by column (`four_rows_grad`)
+                let group = if r0 < split_at { 0 } else { 2 * g };
+                let (sg, sb) = sums[group..group + 2 * g].split_at_mut(g);
+                let mut four = xz.slice_mut(ndarray::s![r0..r0 + MEAN_ROWS, ..]);
+                let (z0, rest) = four.as_slice_mut().expect("standard layout").split_at_mut(g);
+                let (z1, rest) = rest.split_at_mut(g);
+                let (z2, z3) = rest.split_at_mut(g);
+                let d = |i: usize, blk: std::ops::Range<usize>| &dy.row(r0 + i).to_slice().unwrap()[blk];
+                for k in 0..blocks {
+                    let blk = k * h..(k + 1) * h;
+                    let means: [(T, T); MEAN_ROWS] = std::array::from_fn(|i| means[i * blocks + k]);
+                    let inv: [T; MEAN_ROWS] = std::array::from_fn(|i| rstd[[r0 + i, k]]);
+                    let rows = FourRows {
+                        gain: &gain[blk.clone()],
+                        d0: d(0, blk.clone()),
+                        d1: d(1, blk.clone()),
+                        d2: d(2, blk.clone()),
+                        d3: d(3, blk.clone()),
+                        z0: &mut z0[blk.clone()],
+                        z1: &mut z1[blk.clone()],
+                        z2: &mut z2[blk.clone()],
+                        z3: &mut z3[blk.clone()],
+                        sg: &mut sg[blk.clone()],
+                        sb: &mut sb[blk],
+                    };
+                    four_rows_grad(rows, means, inv);
+                }
+                continue;
+            }
             for i in 0..rows {
                 let r = r0 + i;
                 let dr = dy.row(r).to_slice().unwrap();
@@ -687,6 +717,51 @@ fn block_means<T: Real, const N: usize>(gain: &[T], dy: [&[T]; N], xhat: [&[T]; 
     std::array::from_fn(|i| (m1[i] / hn, m2[i] / hn))
 }
 
+/// One gate block of four rows of a step for `four_rows_grad` (separate slices, so that LLVM
+/// knows the rows apart and vectorizes across columns).
+struct FourRows<'a, T> {
+    gain: &'a [T],
+    d0: &'a [T],
+    d1: &'a [T],
+    d2: &'a [T],
+    d3: &'a [T],
+    /// x̂ on entry, ∂L/∂z on exit
+    z0: &'a mut [T],
+    z1: &'a mut [T],
+    z2: &'a mut [T],
+    z3: &'a mut [T],
+    /// the rows' group's sums of dy ⊙ x̂ and dy
+    sg: &'a mut [T],
+    sb: &'a mut [T],
+}
+
+/// `input_grad_rows_in_place`'s per-row pass over four rows of one group at once, column by
+/// column: each row's ∂L/∂z as there, and the four rows' dy ⊙ x̂ and dy added to the sums in
+/// row order in registers — the same additions in the same order as four row passes, with
+/// the sums read and written once per four rows instead of once per row (they were half of
+/// the pass's loads and two thirds of its stores).
+#[inline(always)]
+fn four_rows_grad<T: Real>(r: FourRows<T>, means: [(T, T); MEAN_ROWS], inv: [T; MEAN_ROWS]) {
+    let h = r.gain.len();
+    let (d0, d1, d2, d3) = (&r.d0[..h], &r.d1[..h], &r.d2[..h], &r.d3[..h]);
+    let (z0, z1, z2, z3) = (&mut r.z0[..h], &mut r.z1[..h], &mut r.z2[..h], &mut r.z3[..h]);
+    let (sg, sb) = (&mut r.sg[..h], &mut r.sb[..h]);
+    for j in 0..h {
+        let gj = r.gain[j];
+        let (mut a, mut b) = (sg[j], sb[j]);
+        for (i, (d, z)) in
+            [(d0[j], &mut z0[j]), (d1[j], &mut z1[j]), (d2[j], &mut z2[j]), (d3[j], &mut z3[j])].into_iter().enumerate()
+        {
+            let x = *z;
+            a += d * x;
+            b += d;
+            *z = inv[i] * (gj * d - means[i].0 - x * means[i].1);
+        }
+        sg[j] = a;
+        sb[j] = b;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -723,6 +798,83 @@ mod tests {
         assert!((out[[1, 1]] - want).abs() < 1e-14, "{} vs {want}", out[[1, 1]]);
         // ... and the running statistics do not move in evaluation
         assert!((n.running_mean[[1, 1]] - m).abs() < 1e-15);
+    }
+
+    /// Layer norm's kernels (the run-time-chosen copies, f32) give the per-row formulas' bits:
+    /// the statistics of each block as one 16-lane sum, ∂L/∂z and the γ, β sums row after row
+    /// — whatever rows the kernels take side by side (row counts 1–13, a group boundary inside
+    /// a run of four rows or not, H with and without a 16-lane tail, three and four blocks).
+    #[test]
+    fn layer_kernels_give_the_per_row_formulas_bits() {
+        fn lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+            let mut acc = [0.0f32; 16];
+            let chunks = x.chunks_exact(16);
+            let rest = chunks.remainder();
+            for c in chunks {
+                for l in 0..16 {
+                    acc[l] += f(c[l]);
+                }
+            }
+            acc.iter().copied().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+        }
+        let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (h, blocks) in [(3, 4), (17, 3), (100, 4), (40, 1)] {
+            let g = h * blocks;
+            let mut n = Normalizer::<f32>::for_normalization(Normalization::Layer, "n", h, blocks, 1).unwrap();
+            n.gain.value = Array2::from_shape_fn((1, g), |(_, j)| 0.5 + (j % 7) as f32 * 0.125);
+            n.bias.value = Array2::from_shape_fn((1, g), |(_, j)| (j % 5) as f32 * 0.1 - 0.2);
+            let (gain, bias) = (n.gain.value.as_slice().unwrap().to_vec(), n.bias.value.as_slice().unwrap().to_vec());
+            let hn = h as f32;
+            for rows in 1..=13 {
+                let z = Array2::from_shape_fn((rows, g), |(r, c)| ((r * 31 + c * 17) % 29) as f32 * 0.173 - 2.3);
+                let dy = Array2::from_shape_fn((rows, g), |(r, c)| ((r * 13 + c * 7) % 19) as f32 * 0.041 - 0.37);
+                let (mut xhat, mut rstd) = (Array2::zeros((rows, g)), Array2::zeros((rows, blocks)));
+                let mut out = Array2::from_elem((rows, g), 0.25f32);
+                n.forward_rows(z.view(), xhat.view_mut(), rstd.view_mut(), out.view_mut());
+                let (mut want_x, mut want_r, mut want_o) =
+                    (Array2::zeros((rows, g)), Array2::zeros((rows, blocks)), Array2::from_elem((rows, g), 0.25f32));
+                for r in 0..rows {
+                    for k in 0..blocks {
+                        let zs = &z.row(r).to_slice().unwrap()[k * h..(k + 1) * h];
+                        let mean = lanes(zs, |v| v) / hn;
+                        let inv = 1.0 / (lanes(zs, |v| (v - mean) * (v - mean)) / hn + EPS as f32).sqrt();
+                        want_r[[r, k]] = inv;
+                        for j in k * h..(k + 1) * h {
+                            let x = (z[[r, j]] - mean) * inv;
+                            want_x[[r, j]] = x;
+                            want_o[[r, j]] += gain[j] * x + bias[j];
+                        }
+                    }
+                }
+                assert_eq!((bits(&xhat), bits(&rstd), bits(&out)), (bits(&want_x), bits(&want_r), bits(&want_o)));
+                for split_at in [0, rows / 2, 2.min(rows), rows] {
+                    let (mut xz, mut sums) = (xhat.clone(), vec![0.5f32; 4 * g]);
+                    n.input_grad_rows_in_place(dy.view(), xz.view_mut(), rstd.view(), split_at, &mut sums);
+                    let (mut want_z, mut want_s) = (xhat.clone(), vec![0.5f32; 4 * g]);
+                    for r in 0..rows {
+                        let group = if r < split_at { 0 } else { 2 * g };
+                        for k in 0..blocks {
+                            let (mut m1, mut m2) = (0.0f32, 0.0f32);
+                            for j in k * h..(k + 1) * h {
+                                let dx = gain[j] * dy[[r, j]];
+                                m1 += dx;
+                                m2 += dx * xhat[[r, j]];
+                            }
+                            let (m1, m2) = (m1 / hn, m2 / hn);
+                            for j in k * h..(k + 1) * h {
+                                let (d, x) = (dy[[r, j]], xhat[[r, j]]);
+                                want_s[group + j] += d * x;
+                                want_s[group + g + j] += d;
+                                want_z[[r, j]] = rstd[[r, k]] * (gain[j] * d - m1 - x * m2);
+                            }
+                        }
+                    }
+                    assert_eq!(bits(&xz), bits(&want_z), "H {h}, {rows} rows, split at {split_at}");
+                    let sb = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(sb(&sums), sb(&want_s), "H {h}, {rows} rows, split at {split_at}");
+                }
+            }
+        }
     }
 
     #[test]
