@@ -877,6 +877,83 @@ mod tests {
         }
     }
 
+    /// Batch norm's kernels (f32, the run-time-chosen copies) give the per-row formulas' bits:
+    /// the column sums over the rows in row order, x̂, and ∂L/∂z with its column means and the
+    /// γ, β sums of each group (1–13 rows, group boundaries anywhere: the bits a kernel that
+    /// took rows side by side would have to keep — one did, and fails this when it adds its
+    /// rows in another order).
+    #[test]
+    fn batch_kernels_give_the_per_row_formulas_bits() {
+        let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let g = 4 * 19;
+        let mut n = Normalizer::<f32>::for_normalization(Normalization::BatchShared, "n", 19, 4, 1).unwrap();
+        n.gain.value = Array2::from_shape_fn((1, g), |(_, j)| 0.5 + (j % 7) as f32 * 0.125);
+        n.bias.value = Array2::from_shape_fn((1, g), |(_, j)| (j % 5) as f32 * 0.1 - 0.2);
+        let (gain, bias) = (n.gain.value.as_slice().unwrap().to_vec(), n.bias.value.as_slice().unwrap().to_vec());
+        for rows in 1..=13 {
+            let z = Array2::from_shape_fn((rows, g), |(r, c)| ((r * 31 + c * 17) % 29) as f32 * 0.173 - 2.3);
+            let dy = Array2::from_shape_fn((rows, g), |(r, c)| ((r * 13 + c * 7) % 19) as f32 * 0.041 - 0.37);
+            let (mut xhat, mut rstd) = (Array2::zeros((rows, g)), Array2::zeros((1, g)));
+            let mut out = Array2::from_elem((rows, g), 0.25f32);
+            n.forward(z.view(), 0, true, xhat.view_mut(), rstd.view_mut(), out.view_mut());
+            let nf = rows as f32;
+            let (mut mean, mut var) = (vec![0.0f32; g], vec![0.0f32; g]);
+            for r in 0..rows {
+                for j in 0..g {
+                    mean[j] += z[[r, j]];
+                }
+            }
+            mean.iter_mut().for_each(|m| *m /= nf);
+            for r in 0..rows {
+                for j in 0..g {
+                    var[j] += (z[[r, j]] - mean[j]) * (z[[r, j]] - mean[j]);
+                }
+            }
+            let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v / nf + EPS as f32).sqrt()).collect();
+            let mut want_x = Array2::zeros((rows, g));
+            let mut want_o = Array2::from_elem((rows, g), 0.25f32);
+            for r in 0..rows {
+                for j in 0..g {
+                    let x = (z[[r, j]] - mean[j]) * inv[j];
+                    want_x[[r, j]] = x;
+                    want_o[[r, j]] += gain[j] * x + bias[j];
+                }
+            }
+            assert_eq!(bits(rstd.as_slice().unwrap()), bits(&inv), "{rows} rows");
+            assert_eq!(bits(xhat.as_slice().unwrap()), bits(want_x.as_slice().unwrap()), "{rows} rows");
+            assert_eq!(bits(out.as_slice().unwrap()), bits(want_o.as_slice().unwrap()), "{rows} rows");
+            let (mut m1, mut m2) = (vec![0.0f32; g], vec![0.0f32; g]);
+            for r in 0..rows {
+                for j in 0..g {
+                    let dx = gain[j] * dy[[r, j]];
+                    m1[j] += dx;
+                    m2[j] += dx * xhat[[r, j]];
+                }
+            }
+            m1.iter_mut().chain(m2.iter_mut()).for_each(|m| *m /= nf);
+            for split_at in [0, rows / 2, 2.min(rows), 5.min(rows), rows] {
+                let (mut xz, mut sums, mut work) = (xhat.clone(), vec![0.5f32; 4 * g], PartWork::default());
+                n.input_grad_part_in_place(dy.view(), xz.view_mut(), &inv, None, rows, &mut work, split_at, &mut sums);
+                let (mut want_z, mut want_s) = (xhat.clone(), vec![0.5f32; 4 * g]);
+                for r in 0..rows {
+                    let group = if r < split_at { 0 } else { 2 * g };
+                    for j in 0..g {
+                        let (d, x) = (dy[[r, j]], xhat[[r, j]]);
+                        want_s[group + j] += d * x;
+                        want_s[group + g + j] += d;
+                        want_z[[r, j]] = inv[j] * (gain[j] * d - m1[j] - x * m2[j]);
+                    }
+                }
+                assert_eq!(
+                    bits(xz.as_slice().unwrap()),
+                    bits(want_z.as_slice().unwrap()),
+                    "{rows} rows, split at {split_at}"
+                );
+                assert_eq!(bits(&sums), bits(&want_s), "{rows} rows, split at {split_at}");
+            }
+        }
+    }
+
     #[test]
     fn shared_statistics_and_layer_norm_by_hand() {
         let mut n = Normalizer::<f64>::for_normalization(Normalization::BatchShared, "n", 1, 4, 35).unwrap();
