@@ -266,8 +266,11 @@ impl<T: Real> Normalizer<T> {
                 let d = |i: usize, blk: std::ops::Range<usize>| &dy.row(r0 + i).to_slice().unwrap()[blk];
                 for k in 0..blocks {
                     let blk = k * h..(k + 1) * h;
-                    let means: [(T, T); MEAN_ROWS] = std::array::from_fn(|i| means[i * blocks + k]);
-                    let inv: [T; MEAN_ROWS] = std::array::from_fn(|i| rstd[[r0 + i, k]]);
+                    // (plain loops: `std::array::from_fn`'s closures can stay calls in these copies)
+                    let (mut m, mut inv) = ([(T::zero(), T::zero()); MEAN_ROWS], [T::zero(); MEAN_ROWS]);
+                    for i in 0..MEAN_ROWS {
+                        (m[i], inv[i]) = (means[i * blocks + k], rstd[[r0 + i, k]]);
+                    }
                     let rows = FourRows {
                         gain: &gain[blk.clone()],
                         d0: d(0, blk.clone()),
@@ -281,7 +284,7 @@ impl<T: Real> Normalizer<T> {
                         sg: &mut sg[blk.clone()],
                         sb: &mut sb[blk],
                     };
-                    four_rows_grad(rows, means, inv);
+                    four_rows_grad(rows, m, inv);
                 }
                 continue;
             }
@@ -806,17 +809,7 @@ mod tests {
     /// a run of four rows or not, H with and without a 16-lane tail, three and four blocks).
     #[test]
     fn layer_kernels_give_the_per_row_formulas_bits() {
-        fn lanes(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-            let mut acc = [0.0f32; 16];
-            let chunks = x.chunks_exact(16);
-            let rest = chunks.remainder();
-            for c in chunks {
-                for l in 0..16 {
-                    acc[l] += f(c[l]);
-                }
-            }
-            acc.iter().copied().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
-        }
+        use crate::tensor::one_at_a_time as lanes;
         let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for (h, blocks) in [(3, 4), (17, 3), (100, 4), (40, 1)] {
             let g = h * blocks;

@@ -20,6 +20,8 @@ pub use gemm::{faer_product, flush_denormals, gemm, gemm_with, set_threads, thre
 pub use panel_gemm::{FixedRhs, PanelMatrix};
 pub use param::{Group, Moments, Param};
 pub use real::{Real, expf, tanhf};
+#[cfg(test)]
+pub(crate) use reduce::one_at_a_time;
 pub use reduce::{
     add_max, exp_shift_sum, first_index_of, scale_accumulate, sum, sum_sq, sum_sq_dev, sum_sq_f64, sum_sq_f64_of_sum,
     sums, sums_sq_dev,

@@ -101,6 +101,22 @@ fn max<T: Real>(x: &[T]) -> T {
     acc.iter().chain(rest).copied().fold(x[0], |m, v| if v > m { v } else { m })
 }
 
+/// `lane_sum` as it was written for one slice (16 lanes over whole chunks, each lane in order,
+/// the lanes then the tail folded by `Sum`), in f32: the order the side-by-side sums and the
+/// layer-norm statistics keep, which tests compare them against.
+#[cfg(test)]
+pub(crate) fn one_at_a_time(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] += f(c[l]);
+        }
+    }
+    acc.iter().copied().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+}
+
 /// x += b in place and the max of the result, in one pass: `LANES` running maxima, each
 /// starting from the first sum (lane l then takes elements l, l + LANES, … in order), folded
 /// from it with the tail — `max`'s order on the added values, so its value, sign of zero
@@ -228,20 +244,6 @@ mod tests {
         // all zeros of one sign: the sign of the sum is the fold's
         let neg = [-0.0f32; 20];
         assert!(sums([&neg[..], &neg[..]])[1].is_sign_negative() == one_at_a_time(&neg, |v| v).is_sign_negative());
-    }
-
-    /// `lane_sum` as it was written for one slice (16 lanes over whole chunks, each lane in
-    /// order, the lanes then the tail folded by `Sum`): the order the side-by-side sums keep.
-    fn one_at_a_time(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-        let mut acc = [0.0f32; 16];
-        let chunks = x.chunks_exact(16);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for l in 0..16 {
-                acc[l] += f(c[l]);
-            }
-        }
-        acc.iter().copied().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
     }
 
     /// The softmax's fused passes give what its separate passes gave, bit for bit: the biased
