@@ -5,7 +5,10 @@
 //!   every step's rows as the layer does — the stores and loads alone, no arithmetic;
 //! - arithmetic: `Normalizer::forward_rows` and `input_grad_rows_in_place` on one step's 100
 //!   rows, one thread, with x̂ in cache (one step's buffer reused) and from a window (each step
-//!   its own, as in training).
+//!   its own, as in training);
+//! - beside them, plain passes over the same buffers in cache with the kernels' main loads and
+//!   stores and no statistics (forward: z and out in, x̂ and out back; backward: dy and x̂ in,
+//!   x̂ back): what the arithmetic costs above its traffic (ROUND3.md, session 20).
 //!
 //! usage: cargo run --release --example norm_floors [ROUNDS]
 use std::time::Instant;
@@ -71,6 +74,28 @@ fn main() {
     let mut scratch = Array2::<f32>::zeros((ROWS, G));
     norm.forward_rows(z.view(), scratch.view_mut(), rstd.view_mut(), out.view_mut());
     let xhat_once = scratch.clone();
+    for _ in 0..rounds {
+        let (mut x, mut o) = (xhat_once.clone(), out.clone());
+        let start = Instant::now();
+        for _ in 0..STEPS {
+            ndarray::Zip::from(&mut x).and(&mut o).and(&z).for_each(|x, o, &v| {
+                *x = v * 0.5;
+                *o += v;
+            });
+        }
+        let forward = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..STEPS {
+            ndarray::Zip::from(&mut x).and(&dy).for_each(|x, &d| *x = *x * 0.5 + d);
+        }
+        let backward = start.elapsed().as_secs_f64();
+        let per = |s: f64| s * 1e6 / STEPS as f64;
+        println!(
+            "plain passes, one thread, in cache: forward's {:.1} µs, backward's {:.1} µs per step of {ROWS} rows",
+            per(forward),
+            per(backward)
+        );
+    }
     for round in 0..=rounds {
         for cached in [true, false] {
             let step = |t: usize| if cached { 0 } else { t };
