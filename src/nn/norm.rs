@@ -721,7 +721,9 @@ fn block_means<T: Real, const N: usize>(gain: &[T], dy: [&[T]; N], xhat: [&[T]; 
 }
 
 /// One gate block of four rows of a step for `four_rows_grad` (separate slices, so that LLVM
-/// knows the rows apart and vectorizes across columns).
+/// knows the rows apart and vectorizes across columns). The backward's runs of MEAN_ROWS rows
+/// take this path, so the two must stay equal.
+const _: () = assert!(MEAN_ROWS == 4, "four_rows_grad takes a run of MEAN_ROWS rows as four fields");
 struct FourRows<'a, T> {
     gain: &'a [T],
     d0: &'a [T],

@@ -32,6 +32,7 @@ fn lane_sums<T: Copy, A: Copy + std::ops::Add<Output = A> + std::ops::AddAssign 
     f: impl Fn(usize, T) -> A,
 ) -> [A; N] {
     let n = xs[0].len();
+    debug_assert!(xs.iter().all(|x| x.len() == n), "lane_sums: slices of one length");
     let body = n / LANES * LANES;
     let mut acc = [[zero; LANES]; N];
     for i in 0..N {
