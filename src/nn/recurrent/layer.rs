@@ -476,31 +476,53 @@ impl<T: Real> Layer<T> {
         norm_sums.fill(T::zero());
         // The input side's gradients step by step, while ∂L/∂G_t is in cache, where the forward
         // wrote the input side step by step: token rows (a vocabulary small beside the window,
-        // as for N_x's table) and a narrow dense input of which no ∂L/∂x is asked, with no N_x
-        // or a layer norm whose x̂_x is tabled or recomputed (`steps::StepInputGrad`).
+        // as for N_x's table: the steps add each row into its token's row of a per-group
+        // ∂L/∂W_xᵀ) and a narrow dense input of which no ∂L/∂x is asked, with no N_x or one
+        // whose x̂_x is tabled or recomputed (`steps::StepInputGrad`).
         let groups = steps::param_groups(batch);
+        let small_vocab = |ids: &[u32]| self.input_size * input_norm::TABLE_MAX_SHARE <= ids.len();
         let stepwise = match (&self.norm_x, input) {
-            (None, LayerInput::OneHot(ids)) => self.input_size * input_norm::TABLE_MAX_SHARE <= ids.len(),
+            (None, LayerInput::OneHot(ids)) => small_vocab(ids),
             (None, LayerInput::Dense(x)) => x.ncols() <= input_norm::RECOMPUTE_MAX_INPUT && d_input.is_none(),
-            (Some(nx), _) => input_norm::backward_in_time_loop(nx, cache.xhat_x_source) && d_input.is_none(),
+            (Some(_), input) => {
+                input_norm::backward_in_time_loop(cache.xhat_x_source)
+                    && d_input.is_none()
+                    && match input {
+                        LayerInput::OneHot(ids) => small_vocab(ids),
+                        LayerInput::Dense(_) => true,
+                    }
+            }
         };
         ensure_shape(input_sums, if stepwise { groups } else { 0 }, (self.input_size + 3) * g);
         input_sums.fill(T::zero());
+        // batch norm's halves join their column sums at every step: N_h's through `exchange`,
+        // N_x's through its own
+        let (exchange, exchange_x) = (Exchange::new(), Exchange::new());
         let step_nx = match &self.norm_x {
             Some(nx) if stepwise => {
                 let levels = cache.xhat_x_source == input_norm::XhatX::Levels;
+                let batch_norm = !nx.row_local();
                 let table = match input {
+                    _ if batch_norm => cache.wx_t.view(),
                     LayerInput::Dense(_) if !levels => cache.wx_t.view(),
                     _ => cache.xhat_x.view(),
                 };
                 ensure_shape(&mut grads.xnorm_scratch, 4 * batch, g);
+                let rr = nx.rstd_rows_per_step(batch);
                 Some(steps::StepNx {
                     norm: nx,
                     table,
                     levels: levels
                         .then(|| ArrayView2::from_shape((steps, batch), &cache.level_ids[..]).expect("T·B levels")),
-                    rstd: cache.rstd_x.view().into_shape_with_order((steps, batch, nx.rstd_cols())).unwrap(),
+                    rstd: cache.rstd_x.view().into_shape_with_order((steps, rr, nx.rstd_cols())).unwrap(),
                     scratch: grads.xnorm_scratch.view_mut().into_shape_with_order((4, batch, g)).unwrap(),
+                    batch: batch_norm.then(|| steps::StepNxBatch {
+                        mean: super::cache::means(&cache.bn_stats_x),
+                        rows_total: batch,
+                        exchange: &exchange_x,
+                        peer: None,
+                        work: Default::default(),
+                    }),
                 })
             }
             _ => None,
@@ -516,7 +538,6 @@ impl<T: Real> Layer<T> {
             nx: step_nx,
             sums: input_sums.view_mut(),
         };
-        let exchange = Exchange::new();
         cache.gates_hold_grads = true;
         let window = GradWindowRows {
             gates: cache.gates.view_mut().into_shape_with_order((steps, batch, g)).unwrap(),

@@ -14,7 +14,8 @@
 //! norm, or batch norm in evaluation, on its running statistics) there is no join per step;
 //! batch norm in training couples the rows of a step through its statistics, so its halves
 //! exchange their column sums at every step (`exchange.rs`: two short waits forward, one
-//! backward). One thread runs the whole batch, as before.
+//! backward, and one more backward where batch norm's N_x runs in the loop). One thread runs
+//! the whole batch, as before.
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, s};
 
@@ -236,7 +237,7 @@ impl<T: Real> StepInput<'_, T> {
 
 /// The input side's gradients where the backward loop takes them step by step, while ∂L/∂G_t
 /// is in cache (for the inputs the forward wrote step by step, `StepInput`): ∂L/∂b = Σ ∂L/∂G,
-/// N_x's backward if it is layer norm (x̂_x from the table or recomputed, then ∂L/∂z_x and
+/// N_x's backward (x̂_x from the table or recomputed, then ∂L/∂z_x and
 /// Σ dy ⊙ x̂, Σ dy for γ_x, β_x), and ∂L/∂W_x = Σ x ⊗ ∂L/∂z_x (∂L/∂G without N_x). `sums`
 /// holds, per group of rows (`param_groups`), ∂L/∂W_xᵀ's `in` rows of G·H, ∂L/∂b's G·H, then
 /// γ_x's and β_x's G·H each (zero without N_x). `rows` None: `layer.rs` takes all of it over
@@ -271,19 +272,38 @@ impl<'a, T> InputRows<'a, T> {
     }
 }
 
-/// N_x's backward one step at a time (layer norm; `input_norm.rs` has the window's version).
+/// N_x's backward one step at a time (`input_norm.rs` has the window's version): layer norm,
+/// or batch norm (`batch`), whose ∂L/∂z_x needs column means of the whole step's batch.
 pub(super) struct StepNx<'a, T> {
     pub norm: &'a Normalizer<T>,
-    /// x̂ of W_x's rows, (vocab, G·H), for token ids; for a narrow input, x̂ of its levels'
-    /// products, (levels, G·H), or else W_xᵀ, (in, G·H), to recompute its product.
+    /// Layer norm: x̂ of W_x's rows, (vocab, G·H), for token ids; for a narrow input, x̂ of its
+    /// levels' products, (levels, G·H), or else W_xᵀ, (in, G·H), to recompute its product.
+    /// Batch norm: W_xᵀ, (in, G·H), whose rows token ids gather or whose product a narrow input
+    /// forms again, as the forward did.
     pub table: ArrayView2<'a, T>,
     /// A narrow input's row levels, (T, rows), where its x̂ is tabled (`input_norm::XhatX::Levels`).
     pub levels: Option<ArrayView2<'a, u32>>,
-    /// The forward's 1/σ, (T, rows, blocks).
+    /// The forward's 1/σ: layer norm's (T, rows, blocks); batch norm's (T, 1, G·H), the
+    /// whole batch's, which both halves read.
     pub rstd: ArrayView3<'a, T>,
     /// (4, rows, G·H): the recomputed product z, x̂ (then ∂L/∂z_x in its place), the
     /// normalizer's discarded output, and its discarded 1/σ in the first `blocks` columns.
     pub scratch: ArrayViewMut3<'a, T>,
+    pub batch: Option<StepNxBatch<'a, T>>,
+}
+
+/// What batch norm's N_x adds to a `StepNx`: the forward's μ of every step, and the join of
+/// the halves' column sums (Σ γ⊙dy, Σ γ⊙dy⊙x̂) at every step, as N_h's backward joins its
+/// own (`exchange.rs`; a second `Exchange`, so that the two joins of a step cannot mix).
+pub(super) struct StepNxBatch<'a, T> {
+    /// μ of every step, (T, G·H).
+    pub mean: ArrayView2<'a, T>,
+    /// The rows of a step in both halves.
+    pub rows_total: usize,
+    pub exchange: &'a Exchange<T>,
+    /// This half's end of `exchange`, once the batch is split; None on the whole batch.
+    pub peer: Option<Peer<'a, T>>,
+    pub work: PartWork<T>,
 }
 
 impl<T: Real> StepInputGrad<'_, T> {
@@ -310,7 +330,23 @@ impl<T: Real> StepInputGrad<'_, T> {
             Some(nx) => {
                 let (mut z, mut xz, out, rs) =
                     nx.scratch.multi_slice_mut((s![0, .., ..], s![1, .., ..], s![2, .., ..], s![3, .., ..]));
+                let rstd = nx.rstd.index_axis(Axis(0), t);
                 match input {
+                    // batch norm: the step's product as the forward formed it (`StepInput::
+                    // BatchNormed`), then x̂ from the forward's μ and 1/σ
+                    _ if let Some(bn) = &nx.batch => {
+                        let w = WeightsRef::dense(nx.table);
+                        match input {
+                            InputRows::Tokens(ids) => {
+                                w.gather(z.view_mut(), ids.row(t).to_slice().expect("a step's ids are contiguous"))
+                            }
+                            InputRows::Narrow(x) => w.product(z.view_mut(), false, x.index_axis(Axis(0), t), false),
+                        }
+                        let (mean, inv_r) = (bn.mean.row(t), rstd.row(0));
+                        let (mean, inv_r) =
+                            (mean.to_slice().expect("contiguous"), inv_r.to_slice().expect("contiguous"));
+                        nx.norm.batch_xhat(z.view(), mean, inv_r, xz.view_mut());
+                    }
                     InputRows::Tokens(ids) => {
                         for (mut row, &id) in xz.rows_mut().into_iter().zip(ids.row(t)) {
                             row.assign(&nx.table.row(id as usize));
@@ -328,13 +364,14 @@ impl<T: Real> StepInputGrad<'_, T> {
                     }
                 }
                 step_norm.iter_mut().for_each(|v| *v = T::zero());
-                nx.norm.input_grad_rows_in_place(
-                    dg,
-                    xz.view_mut(),
-                    nx.rstd.index_axis(Axis(0), t),
-                    split_at,
-                    step_norm,
-                );
+                match &mut nx.batch {
+                    Some(bn) => {
+                        let inv_r = rstd.row(0).to_slice().expect("contiguous");
+                        let (peer, n, work) = (bn.peer.as_mut(), bn.rows_total, &mut bn.work);
+                        nx.norm.input_grad_part_in_place(dg, xz.view_mut(), inv_r, peer, n, work, split_at, step_norm);
+                    }
+                    None => nx.norm.input_grad_rows_in_place(dg, xz.view_mut(), rstd, split_at, step_norm),
+                }
                 for (k, mut row) in sums.rows_mut().into_iter().enumerate() {
                     let acc = &mut row.as_slice_mut().expect("contiguous sums")[wx_len + g..];
                     acc.iter_mut().zip(&step_norm[k * 2 * g..(k + 1) * 2 * g]).for_each(|(a, &v)| *a += v);
@@ -371,6 +408,11 @@ impl<T: Real> StepInputGrad<'_, T> {
         }
     }
 
+    /// Halves that join N_x's batch statistics at every step, and so must run at the same time.
+    fn joined(&self) -> bool {
+        self.nx.as_ref().is_some_and(|nx| nx.batch.as_ref().is_some_and(|b| b.peer.is_some()))
+    }
+
     /// The length of the step scratch `add_step` needs, for G·H = `g`.
     fn step_len(&self, g: usize) -> usize {
         let groups = self.sums.nrows();
@@ -388,16 +430,30 @@ impl<T: Real> StepInputGrad<'_, T> {
         };
         let (nx0, nx1) = match self.nx {
             None => (None, None),
-            Some(StepNx { norm, table, levels, rstd, scratch }) => {
-                let (r0, r1) = rstd.split_at(Axis(1), m);
+            Some(StepNx { norm, table, levels, rstd, scratch, batch }) => {
+                // batch norm's 1/σ is the whole batch's: both halves read all of it
+                let (r0, r1) = if batch.is_some() { (rstd, rstd) } else { rstd.split_at(Axis(1), m) };
                 let (s0, s1) = scratch.split_at(Axis(1), m);
                 let (l0, l1) = match levels.map(|l| l.split_at(Axis(1), m)) {
                     Some((l0, l1)) => (Some(l0), Some(l1)),
                     None => (None, None),
                 };
+                let (b0, b1) = match batch {
+                    Some(StepNxBatch { mean, rows_total, exchange, .. }) => {
+                        let half = |me| StepNxBatch {
+                            mean,
+                            rows_total,
+                            exchange,
+                            peer: Some(exchange.peer(me)),
+                            work: PartWork::default(),
+                        };
+                        (Some(half(0)), Some(half(1)))
+                    }
+                    None => (None, None),
+                };
                 (
-                    Some(StepNx { norm, table, levels: l0, rstd: r0, scratch: s0 }),
-                    Some(StepNx { norm, table, levels: l1, rstd: r1, scratch: s1 }),
+                    Some(StepNx { norm, table, levels: l0, rstd: r0, scratch: s0, batch: b0 }),
+                    Some(StepNx { norm, table, levels: l1, rstd: r1, scratch: s1, batch: b1 }),
                 )
             }
         };
@@ -581,7 +637,7 @@ impl<T: Real> SplitBatch for WindowRows<'_, T> {
 
 impl<T: Real> SplitBatch for GradWindowRows<'_, T> {
     fn joined(&self) -> bool {
-        self.norm.joined()
+        self.norm.joined() || self.input.joined()
     }
 
     fn split(mut self, m: usize) -> Result<(Self, Self), Self> {
