@@ -264,7 +264,10 @@ const WINDOW_MIN_MACS: usize = 1 << 22;
 /// ran the weight gradients at 1.1–1.4× faer's speed but the products with a row-major A
 /// (X·Wᵀ, dY·W) at 0.85–1.0×: those stay with faer there. The weight gradients take it from
 /// any row count there: with 12–120 rows (sequential MNIST's dW_h = Hᵀ·dG, 100 × 78400 · 78400
-/// × 400) it ran at 1.0–1.25× faer's speed, one thread, median of 15 (Zen 3, session 19).
+/// × 400) it ran at 1.0–1.25× faer's speed, one thread, median of 15 (Zen 3, session 19). On
+/// AVX-512 the same products below `WINDOW_MIN_ROWS` ran at 0.82–0.96× faer's speed (AMD Zen 4,
+/// one thread, medians of 15, two runs: results/bench/window_few_rows_avx512_amd_zen4_2026-12-07.txt),
+/// so there they stay with faer.
 pub fn window_applies<T: Real>(c: &ArrayViewMut2<T>, a: &ArrayView2<T>, b: &ArrayView2<T>, alpha: T) -> bool {
     let ((m, k), n) = (a.dim(), b.ncols());
     let kernel_takes = match simd() {
