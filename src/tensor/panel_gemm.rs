@@ -375,8 +375,7 @@ fn pack_panels(out: &mut [f32], b: ArrayView2<f32>) {
     assert_eq!(out.len(), b.ncols().div_ceil(NR) * b.nrows() * NR, "panels of B's shape");
     #[cfg(target_arch = "x86_64")]
     {
-        // the vector copies read along a unit stride, forwards
-        let unit_stride = (b.strides()[0] == 1 || b.strides()[1] == 1) && b.strides().iter().all(|&s| s >= 0);
+        let unit_stride = vector_packable(&b);
         match simd() {
             // SAFETY: simd() found the copy's features; out holds B's panels (asserted), B has
             // a unit stride.
@@ -386,6 +385,13 @@ fn pack_panels(out: &mut [f32], b: ArrayView2<f32>) {
         }
     }
     pack_panels_strided(out, b);
+}
+
+/// Whether the vector copies can pack B: they read along a unit stride, forwards. (A view
+/// with one row or column may carry a stride of 0 on that axis, and then has none.)
+#[cfg(target_arch = "x86_64")]
+fn vector_packable(b: &ArrayView2<f32>) -> bool {
+    (b.strides()[0] == 1 || b.strides()[1] == 1) && b.strides().iter().all(|&s| s >= 0)
 }
 
 /// `pack_panels_avx512` in 8-float vectors: a row-major B copied a vector at a time, a
@@ -982,9 +988,10 @@ mod tests {
                 assert!(slow.iter().all(|v| !v.is_nan()), "{kc} × {w}: every float written");
                 let same = fast.iter().zip(&slow).all(|(x, y)| x.to_bits() == y.to_bits());
                 assert!(same, "{kc} × {w}, strides {:?}", b.strides());
-                // the AVX2 copy too where simd() picked AVX-512 (it would not reach it)
+                // the AVX2 copy too where simd() picked AVX-512 (it would not reach it), on
+                // what `pack_panels` gives the vector copies
                 #[cfg(target_arch = "x86_64")]
-                if simd() == Simd::Avx512 {
+                if simd() == Simd::Avx512 && vector_packable(&b) {
                     let mut avx2 = vec![f32::NAN; len];
                     // SAFETY: simd() found AVX-512, which includes AVX2; B has a unit stride.
                     unsafe { pack_panels_avx2(&mut avx2, b) };
