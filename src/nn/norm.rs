@@ -986,6 +986,17 @@ mod tests {
                 );
                 assert_eq!(bits(&sums), bits(&want_s), "{rows} rows, split at {split_at}");
             }
+            // the time loop's input side: b + (γ ⊙ x̂ + β) onto rows that did not hold b
+            let b: Vec<f32> = (0..g).map(|j| 0.25 + (j % 3) as f32 * 0.5).collect();
+            let mut onto = Array2::from_elem((rows, g), f32::NAN);
+            n.batch_apply_onto_bias(z.view(), &mean, &inv, &b, onto.view_mut());
+            let mut want = Array2::from_shape_fn((rows, g), |(_, j)| b[j]);
+            for r in 0..rows {
+                for j in 0..g {
+                    want[[r, j]] += gain[j] * want_x[[r, j]] + bias[j];
+                }
+            }
+            assert_eq!(bits(onto.as_slice().unwrap()), bits(want.as_slice().unwrap()), "onto b: {rows} rows");
         }
     }
 
