@@ -75,7 +75,7 @@ pub fn gemm_with<T: Real>(
         return;
     }
     let t = threads();
-    if parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS && k >= 8 * (m + n) && m * n <= 1 << 18 {
+    if splits_k(m, k, n, parallel) {
         return gemm_split_k(c, accumulate, a, b, alpha, t);
     }
     let split = parallel && t > 1 && m * n * k >= PARALLEL_MIN_MACS;
@@ -84,6 +84,21 @@ pub fn gemm_with<T: Real>(
         return super::panel_gemm::window_product(c, accumulate, a, b, split);
     }
     faer_product(c, accumulate, a, b, alpha, if split { Par::rayon(t) } else { Par::Seq })
+}
+
+/// Whether `gemm_with` splits this product's depth over the threads (few outputs, a long k).
+fn splits_k(m: usize, k: usize, n: usize, parallel: bool) -> bool {
+    parallel && threads() > 1 && m * n * k >= PARALLEL_MIN_MACS && k >= 8 * (m + n) && m * n <= 1 << 18
+}
+
+/// Whether `gemm_with(c, _, a, b, 1, parallel)`, C in standard layout, runs the whole product on
+/// our window kernel (`panel_gemm::window_product`): each output one chain of fused
+/// multiply-adds over k in faer's depth blocks. Two products whose outputs are the same sums,
+/// one the transpose of the other (Xᵀ·dZ and dZᵀ·X), give the same bits when both do: a fused
+/// multiply-add's two factors commute.
+pub fn runs_window_kernel<T: Real>(a: ArrayView2<T>, b: ArrayView2<T>, parallel: bool) -> bool {
+    let ((m, k), n) = (a.dim(), b.ncols());
+    m > 0 && n > 0 && k > 0 && !splits_k(m, k, n, parallel) && super::panel_gemm::window_takes(&a, &b)
 }
 
 /// c (+)= alpha · a · b by faer, any strides: what `gemm` computes, bit for bit, without our

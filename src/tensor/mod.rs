@@ -16,7 +16,7 @@ mod simd;
 mod tiled;
 
 pub use amx::{Bf16Unit, Precision, bf16_products};
-pub use gemm::{faer_product, flush_denormals, gemm, gemm_with, set_threads, threads};
+pub use gemm::{faer_product, flush_denormals, gemm, gemm_with, runs_window_kernel, set_threads, threads};
 pub use panel_gemm::{FixedRhs, PanelMatrix};
 pub use param::{Group, Moments, Param};
 pub use real::{Real, expf, tanhf};

@@ -269,20 +269,18 @@ const WINDOW_MIN_MACS: usize = 1 << 22;
 /// one thread, medians of 15, two runs: results/bench/window_few_rows_avx512_amd_zen4_2026-12-07.txt),
 /// so there they stay with faer.
 pub fn window_applies<T: Real>(c: &ArrayViewMut2<T>, a: &ArrayView2<T>, b: &ArrayView2<T>, alpha: T) -> bool {
+    c.strides()[0] >= 0 && alpha == T::one() && window_takes(a, b) && rows_contiguous_mut(c)
+}
+
+/// `window_applies`' conditions on the operands (into a C of contiguous rows, unit α).
+pub(crate) fn window_takes<T: Real>(a: &ArrayView2<T>, b: &ArrayView2<T>) -> bool {
     let ((m, k), n) = (a.dim(), b.ncols());
     let kernel_takes = match simd() {
         Simd::Avx512 => m >= WINDOW_MIN_ROWS,
         Simd::Avx2 => !rows_contiguous(a),
         _ => false,
     };
-    a.strides()[0] >= 0
-        && c.strides()[0] >= 0
-        && is_f32::<T>()
-        && kernel_takes
-        && alpha == T::one()
-        && m * n * k >= WINDOW_MIN_MACS
-        && kernel_applies(m, k, n)
-        && rows_contiguous_mut(c)
+    a.strides()[0] >= 0 && is_f32::<T>() && kernel_takes && m * n * k >= WINDOW_MIN_MACS && kernel_applies(m, k, n)
 }
 
 /// c (+)= a·b for a window-sized product (the input projection, the weight gradients, the

@@ -175,9 +175,12 @@ pub struct Grads<T> {
     /// ∂L/∂h and ∂L/∂c flowing backwards in time; after backward: w.r.t. the initial state.
     pub(super) dh: Array2<T>,
     pub(super) dc: Array2<T>,
-    /// ∂L/∂(effective weights), (in, G·H) and (H, G·H).
+    /// ∂L/∂(effective weights) as the products lay them out, (in, G·H) and (H, G·H), or in W's
+    /// own layout, (G·H, in) and (G·H, H), where that gives the same bits (`layer::weight_grad`).
     pub(super) dwx_t: Array2<T>,
     pub(super) dwh_t: Array2<T>,
+    pub(super) dwx: Array2<T>,
+    pub(super) dwh: Array2<T>,
     /// ‖∂L/∂h_t‖ (Frobenius over the batch) for every step t of the last backward.
     pub(super) h_grad_norms: Vec<f64>,
     /// The window's effective W_h (G·H, H) for the per-step products ∂L/∂h_{t-1} = ∂L/∂z_t · W_h:
