@@ -587,8 +587,9 @@ impl<T: Real> Layer<T> {
             nh.add_param_sums(grads.norm_sums.view());
         }
 
-        // Window-batched weight gradients w.r.t. the effective (transposed) weights; with a
-        // normalizer, the steps left ∂L/∂z_h in x̂_h's place.
+        // Window-batched weight gradients w.r.t. the effective weights (in the products'
+        // transposed layout or in W's own: `weight_grad`); with a normalizer, the steps left
+        // ∂L/∂z_h in x̂_h's place.
         let d_zh = if normed { cache.xhat_h.view() } else { d_rec };
         let hs = cache.hs.slice(s![..rows, ..]);
         let (panels, precision, wn_h) = (&mut grads.dz_panels, self.precision, self.wn_gain_h.is_some());
