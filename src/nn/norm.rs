@@ -421,21 +421,6 @@ impl<T: Real> Normalizer<T> {
         normalize_affine(z, mean, inv_r, gain, bias, xhat, out);
     }
 
-    /// out = b + (γ ⊙ x̂ + β) for every row, x̂ = (z − μ)·(1/σ) not kept: `batch_apply` onto
-    /// rows holding the bias b, bit for bit, in one pass that neither reads `out` nor writes x̂
-    /// (the time loop's input side, whose x̂ the backward forms again).
-    pub(crate) fn batch_apply_onto_bias(
-        &self,
-        z: ArrayView2<T>,
-        mean: &[T],
-        inv_r: &[T],
-        b: &[T],
-        out: ArrayViewMut2<T>,
-    ) {
-        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
-        normalize_affine_onto_bias(z, mean, inv_r, gain, bias, b, out);
-    }
-
     /// x̂ = (z − μ)·(1/σ) alone, as `batch_apply` computes it: a step's x̂ again, for backward.
     pub(crate) fn batch_xhat(&self, z: ArrayView2<T>, mean: &[T], inv_r: &[T], xhat: ArrayViewMut2<T>) {
         normalize(z, mean, inv_r, xhat);
@@ -593,31 +578,6 @@ crate::tensor::simd_kernel! {
                 let x = (zr[j] - mean[j]) * inv[j];
                 xr[j] = x;
                 or[j] += gain[j] * x + bias[j];
-            }
-        }
-    }
-}
-
-crate::tensor::simd_kernel! {
-    /// out = b + (γ ⊙ x̂ + β), x̂ = (z − μ)·(1/σ): `normalize_affine` onto rows that hold b,
-    /// the same operations in the same order.
-    #[allow(clippy::too_many_arguments)]
-    fn normalize_affine_onto_bias<T: Real>(
-        z: ArrayView2<T>,
-        mean: &[T],
-        inv: &[T],
-        gain: &[T],
-        bias: &[T],
-        b: &[T],
-        out: ArrayViewMut2<T>,
-    ) {
-        let mut out = out;
-        for r in 0..z.nrows() {
-            let zr = z.row(r).to_slice().unwrap();
-            let or = out.row_mut(r).into_slice().unwrap();
-            for j in 0..zr.len() {
-                let x = (zr[j] - mean[j]) * inv[j];
-                or[j] = b[j] + (gain[j] * x + bias[j]);
             }
         }
     }
@@ -986,17 +946,6 @@ mod tests {
                 );
                 assert_eq!(bits(&sums), bits(&want_s), "{rows} rows, split at {split_at}");
             }
-            // the time loop's input side: b + (γ ⊙ x̂ + β) onto rows that did not hold b
-            let b: Vec<f32> = (0..g).map(|j| 0.25 + (j % 3) as f32 * 0.5).collect();
-            let mut onto = Array2::from_elem((rows, g), f32::NAN);
-            n.batch_apply_onto_bias(z.view(), &mean, &inv, &b, onto.view_mut());
-            let mut want = Array2::from_shape_fn((rows, g), |(_, j)| b[j]);
-            for r in 0..rows {
-                for j in 0..g {
-                    want[[r, j]] += gain[j] * want_x[[r, j]] + bias[j];
-                }
-            }
-            assert_eq!(bits(onto.as_slice().unwrap()), bits(want.as_slice().unwrap()), "onto b: {rows} rows");
         }
     }
 
