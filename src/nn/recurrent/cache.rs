@@ -176,9 +176,8 @@ pub struct Grads<T> {
     pub(super) dh: Array2<T>,
     pub(super) dc: Array2<T>,
     /// ∂L/∂(effective weights) as the products lay them out, (in, G·H) and (H, G·H), or in W's
-    /// own layout, (G·H, in) and (G·H, H), where that gives the same bits (`layer::weight_grad`).
-    pub(super) dwx_t: Array2<T>,
-    pub(super) dwh_t: Array2<T>,
+    /// own layout, (G·H, in) and (G·H, H), where that gives the same bits (`layer::weight_grad`
+    /// says which).
     pub(super) dwx: Array2<T>,
     pub(super) dwh: Array2<T>,
     /// ‖∂L/∂h_t‖ (Frobenius over the batch) for every step t of the last backward.

@@ -594,7 +594,7 @@ impl<T: Real> Layer<T> {
         let d_zh = if normed { cache.xhat_h.view() } else { d_rec };
         let hs = cache.hs.slice(s![..rows, ..]);
         let (panels, precision, wn_h) = (&mut grads.dz_panels, self.precision, self.wn_gain_h.is_some());
-        let dwh_layout = weight_grad(panels, precision, wn_h, hs, d_zh, &mut grads.dwh_t, &mut grads.dwh);
+        let dwh_layout = weight_grad(panels, precision, wn_h, hs, d_zh, &mut grads.dwh);
         // ∂L/∂(W_x·x): through N_x when there is one, into x̂_h's buffer (free again now),
         // unless the steps took it
         if let Some(nx) = self.norm_x.as_mut().filter(|_| !stepwise) {
@@ -603,10 +603,10 @@ impl<T: Real> Layer<T> {
         // ∂L/∂W_x's layout: the steps' sums and token rows give the transposed one
         let mut dwx_layout = Layout::Transposed;
         if stepwise {
-            ensure_shape(&mut grads.dwx_t, self.input_size, g);
+            ensure_shape(&mut grads.dwx, self.input_size, g);
             // summed by the steps, per group: the groups added in order
             let (wx_len, sums) = (self.input_size * g, &grads.input_sums);
-            let dwx = grads.dwx_t.as_slice_mut().expect("a standard-layout gradient");
+            let dwx = grads.dwx.as_slice_mut().expect("a standard-layout gradient");
             let mut db = vec![T::zero(); g];
             dwx.fill(T::zero());
             for row in sums.rows() {
@@ -625,19 +625,19 @@ impl<T: Real> Layer<T> {
             // formed by one thread in row order, so the bits do not depend on the thread count.
             let d_zx = if self.norm_x.is_some() { cache.xhat_h.view() } else { cache.gates.view() };
             let (gates, wx_t, precision) = (cache.gates.view(), cache.wx_t.view(), self.precision);
-            let (dwx_t, dwx_direct, dz_panels) = (&mut grads.dwx_t, &mut grads.dwx, &mut grads.dz_panels);
+            let (dwx, dz_panels) = (&mut grads.dwx, &mut grads.dz_panels);
             let (input_size, wn_x) = (self.input_size, self.wn_gain_x.is_some());
             let (db, layout) = rayon::join(
                 || column_sums(gates),
                 || match input {
                     LayerInput::OneHot(ids) => {
-                        ensure_shape(dwx_t, input_size, g);
-                        dwx_t.fill(T::zero());
-                        add_rows_at(dwx_t.view_mut(), ids, d_zx);
+                        ensure_shape(dwx, input_size, g);
+                        dwx.fill(T::zero());
+                        add_rows_at(dwx.view_mut(), ids, d_zx);
                         Layout::Transposed
                     }
                     LayerInput::Dense(x) => {
-                        let layout = weight_grad(dz_panels, precision, wn_x, x, d_zx, dwx_t, dwx_direct);
+                        let layout = weight_grad(dz_panels, precision, wn_x, x, d_zx, dwx);
                         if let Some(dx) = d_input {
                             gemm(dx, false, d_zx, wx_t.t(), T::one());
                         }
@@ -650,8 +650,8 @@ impl<T: Real> Layer<T> {
         }
 
         // Back through weight norm, then straight through the quantizer to the latent weights.
-        backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, dwx_layout.of(&grads.dwx_t, &grads.dwx));
-        backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, dwh_layout.of(&grads.dwh_t, &grads.dwh));
+        backward_one(&mut self.w_x, self.wn_gain_x.as_mut(), &cache.qx_t, &grads.dwx, dwx_layout);
+        backward_one(&mut self.w_h, self.wn_gain_h.as_mut(), &cache.qh_t, &grads.dwh, dwh_layout);
     }
 }
 
@@ -664,26 +664,11 @@ enum Layout {
     Direct,
 }
 
-impl Layout {
-    fn of<'a, T>(self, transposed: &'a Array2<T>, direct: &'a Array2<T>) -> WeightGrad<'a, T> {
-        match self {
-            Layout::Transposed => WeightGrad::Transposed(transposed),
-            Layout::Direct => WeightGrad::Direct(direct),
-        }
-    }
-}
-
-/// A weight's window gradient w.r.t. its effective value, in either layout.
-enum WeightGrad<'a, T> {
-    Transposed(&'a Array2<T>),
-    Direct(&'a Array2<T>),
-}
-
 /// ∂L/∂(effective W) = Σ over the window's rows of x ⊗ ∂L/∂z (X: (rows, in), ∂L/∂Z: (rows, G·H)):
-/// in W's own layout, ∂L/∂Zᵀ·X into `direct` (G·H, in), where that gives the bits Xᵀ·∂L/∂Z gives
+/// into `out` in W's own layout, ∂L/∂Zᵀ·X (G·H, in), where that gives the bits Xᵀ·∂L/∂Z gives
 /// (both products on the window kernel, `runs_window_kernel`) and nothing needs the transpose
-/// (f32; no weight norm, whose backward reads ∂L/∂Wᵀ); else Xᵀ·∂L/∂Z into `transposed` (in, G·H),
-/// as the products lay W out. In W's layout the latent gradient is added to contiguously
+/// (f32; no weight norm, whose backward reads ∂L/∂Wᵀ); else Xᵀ·∂L/∂Z (in, G·H), as the products
+/// lay W out. Returns which. In W's layout the latent gradient is added to contiguously
 /// (`backward_one`) instead of by a pass that reads one of the two across its rows (word2, one
 /// thread, AMD Zen 4: steps 1.02× faster).
 fn weight_grad<T: Real>(
@@ -692,20 +677,19 @@ fn weight_grad<T: Real>(
     weight_norm: bool,
     x: ArrayView2<T>,
     dz: ArrayView2<T>,
-    transposed: &mut Array2<T>,
-    direct: &mut Array2<T>,
+    out: &mut Array2<T>,
 ) -> Layout {
     let direct_pays = precision == Precision::F32
         && !weight_norm
         && runs_window_kernel(dz.t(), x, true)
         && runs_window_kernel(x.t(), dz, true);
     if direct_pays {
-        ensure_shape(direct, dz.ncols(), x.ncols());
-        gemm(direct.view_mut(), false, dz.t(), x, T::one());
+        ensure_shape(out, dz.ncols(), x.ncols());
+        gemm(out.view_mut(), false, dz.t(), x, T::one());
         Layout::Direct
     } else {
-        ensure_shape(transposed, x.ncols(), dz.ncols());
-        panels.gemm_once(precision, transposed.view_mut(), false, x.t(), dz);
+        ensure_shape(out, x.ncols(), dz.ncols());
+        panels.gemm_once(precision, out.view_mut(), false, x.t(), dz);
         Layout::Transposed
     }
 }
@@ -776,28 +760,29 @@ fn prepare_one<T: Real>(
     }
 }
 
-/// ∂L/∂effective (in, G·H) → gains' grads (weight norm) and latent grads (G·H, in) via the STE.
-fn backward_one<T: Real>(w: &mut Param<T>, gain: Option<&mut Param<T>>, q_t: &Array2<T>, d_eff: WeightGrad<T>) {
-    let d_eff_t = match d_eff {
-        WeightGrad::Direct(d) => {
-            assert!(gain.is_none(), "weight norm's backward reads ∂L/∂Wᵀ");
-            w.grad.zip_mut_with(d, |a, &b| *a += b);
-            return;
-        }
-        WeightGrad::Transposed(d) => d,
-    };
-    match gain {
-        Some(g) => {
+/// ∂L/∂effective, in `layout` (`weight_grad`) → gains' grads (weight norm) and latent grads
+/// (G·H, in) via the STE.
+fn backward_one<T: Real>(
+    w: &mut Param<T>,
+    gain: Option<&mut Param<T>>,
+    q_t: &Array2<T>,
+    d_eff: &Array2<T>,
+    layout: Layout,
+) {
+    match (gain, layout) {
+        (None, Layout::Direct) => w.grad.zip_mut_with(d_eff, |a, &b| *a += b),
+        (None, Layout::Transposed) => zip_tiled(w.grad.view_mut(), d_eff.t(), |a, &b| *a += b),
+        (Some(g), Layout::Transposed) => {
             let mut dg = g.grad.row_mut(0);
             weight_norm::backward(
                 q_t.view(),
                 g.value.row(0),
-                d_eff_t.view(),
+                d_eff.view(),
                 dg.view_mut(),
                 w.grad.view_mut().reversed_axes(),
             );
         }
-        None => zip_tiled(w.grad.view_mut(), d_eff_t.t(), |a, &b| *a += b),
+        (Some(_), Layout::Direct) => unreachable!("weight norm's backward reads ∂L/∂Wᵀ: `weight_grad` forms it"),
     }
 }
 
@@ -825,14 +810,12 @@ mod tests {
                 let mut want = Array2::<f32>::zeros((input, g));
                 gemm(want.view_mut(), false, x.t(), dz.view(), 1.0);
                 for weight_norm in [false, true] {
-                    let (mut panels, mut t, mut d) =
-                        (PanelMatrix::default(), Array2::zeros((0, 0)), Array2::zeros((0, 0)));
-                    let layout =
-                        weight_grad(&mut panels, Precision::F32, weight_norm, x.view(), dz.view(), &mut t, &mut d);
+                    let (mut panels, mut out) = (PanelMatrix::default(), Array2::zeros((0, 0)));
+                    let layout = weight_grad(&mut panels, Precision::F32, weight_norm, x.view(), dz.view(), &mut out);
                     let what = format!("{rows}×{input}·{g}, {threads} threads, weight norm {weight_norm}");
                     let got = match layout {
-                        Layout::Direct => d.t().to_owned(),
-                        Layout::Transposed => t.clone(),
+                        Layout::Direct => out.t().to_owned(),
+                        Layout::Transposed => out,
                     };
                     assert!(
                         want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),

@@ -179,12 +179,7 @@ impl<T: Real> StepInput<'_, T> {
             }
             StepInput::BatchNormed { wx, input, bias, norm, mean, rstd, z, xhat } => {
                 set_bias(&mut gates, bias);
-                match input {
-                    InputRows::Tokens(ids) => {
-                        wx.gather(z.view_mut(), ids.row(t).to_slice().expect("a step's ids are contiguous"))
-                    }
-                    InputRows::Narrow(x) => wx.product(z.view_mut(), false, x.index_axis(Axis(0), t), false),
-                }
+                input.product(*wx, t, z.view_mut());
                 let (mean, inv_r) = (mean.row(t), rstd.row(t));
                 let (mean, inv_r) = (mean.to_slice().expect("contiguous"), inv_r.to_slice().expect("contiguous"));
                 norm.batch_apply(z.view(), mean, inv_r, xhat.view_mut(), gates);
@@ -254,6 +249,16 @@ pub(super) enum InputRows<'a, T> {
     Tokens(ArrayView2<'a, u32>),
     /// A narrow dense input, (T, rows, in).
     Narrow(ArrayView3<'a, T>),
+}
+
+impl<T: Real> InputRows<'_, T> {
+    /// Step t's raw product W_x·x_t into `z`: the ids' rows of W_x, or a narrow input's product.
+    fn product(&self, wx: WeightsRef<T>, t: usize, z: ArrayViewMut2<T>) {
+        match self {
+            InputRows::Tokens(ids) => wx.gather(z, ids.row(t).to_slice().expect("a step's ids are contiguous")),
+            InputRows::Narrow(x) => wx.product(z, false, x.index_axis(Axis(0), t), false),
+        }
+    }
 }
 
 impl<'a, T> InputRows<'a, T> {
@@ -335,13 +340,7 @@ impl<T: Real> StepInputGrad<'_, T> {
                     // batch norm: the step's product as the forward formed it (`StepInput::
                     // BatchNormed`), then x̂ from the forward's μ and 1/σ
                     _ if let Some(bn) = &nx.batch => {
-                        let w = WeightsRef::dense(nx.table);
-                        match input {
-                            InputRows::Tokens(ids) => {
-                                w.gather(z.view_mut(), ids.row(t).to_slice().expect("a step's ids are contiguous"))
-                            }
-                            InputRows::Narrow(x) => w.product(z.view_mut(), false, x.index_axis(Axis(0), t), false),
-                        }
+                        input.product(WeightsRef::dense(nx.table), t, z.view_mut());
                         let (mean, inv_r) = (bn.mean.row(t), rstd.row(0));
                         let (mean, inv_r) =
                             (mean.to_slice().expect("contiguous"), inv_r.to_slice().expect("contiguous"));
