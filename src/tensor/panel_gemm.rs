@@ -472,8 +472,14 @@ unsafe fn pack_panels_avx512(out: &mut [f32], b: ArrayView2<f32>) {
                     let c0 = j0 + 16 * half;
                     let mut v = [_mm512_setzero_ps(); 16];
                     for (c, v) in v.iter_mut().enumerate().take(j1.saturating_sub(c0)) {
-                        // SAFETY: column c0 + c < w, depths d0 .. d0 + depths < kc (masked).
-                        *v = unsafe { _mm512_maskz_loadu_ps(lane_mask(depths), b.as_ptr().add((c0 + c) * cs + d0)) };
+                        // SAFETY: column c0 + c < w, depths d0 .. d0 + depths ≤ kc (masked at
+                        // the end).
+                        let at = unsafe { b.as_ptr().add((c0 + c) * cs + d0) };
+                        *v = if depths == 16 {
+                            unsafe { _mm512_loadu_ps(at) }
+                        } else {
+                            unsafe { _mm512_maskz_loadu_ps(lane_mask(depths), at) }
+                        };
                     }
                     crate::tensor::transpose16(&mut v);
                     for (d, v) in v.iter().enumerate().take(depths) {
@@ -490,10 +496,14 @@ unsafe fn pack_panels_avx512(out: &mut [f32], b: ArrayView2<f32>) {
                 let src = b.as_ptr().wrapping_add(kk * rs + j0);
                 for half in 0..NR / 16 {
                     let n = cols.saturating_sub(16 * half);
-                    // SAFETY: columns j0 + 16·half + (0..n) of row kk, inside B (masked); the
-                    // store writes 16 floats inside the panel's row.
+                    // SAFETY: columns j0 + 16·half + (0..n) of row kk, inside B (masked at the
+                    // end); the store writes 16 floats inside the panel's row.
                     unsafe {
-                        let v = _mm512_maskz_loadu_ps(lane_mask(n), src.wrapping_add(16 * half));
+                        let v = if n >= 16 {
+                            _mm512_loadu_ps(src.add(16 * half))
+                        } else {
+                            _mm512_maskz_loadu_ps(lane_mask(n), src.wrapping_add(16 * half))
+                        };
                         _mm512_storeu_ps(dst.as_mut_ptr().add(16 * half), v);
                     }
                 }
