@@ -89,8 +89,8 @@ fn stage<U: Copy>(xt: ArrayView2<U>, buf: &mut Vec<U>) {
     }
 }
 
-/// `stage` in 16 × 16 blocks: 16 columns' runs loaded (masked at the tile's end), transposed,
-/// stored as 16 rows (masked).
+/// `stage` in 16 × 16 blocks: 16 columns' runs loaded, transposed, stored as 16 rows; loads
+/// and stores masked only at the tile's edges.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn stage_avx512(src: *const f32, cs: usize, h: usize, w: usize, dst: *mut f32) {
@@ -137,8 +137,13 @@ unsafe fn stage_avx2(src: *const f32, cs: usize, h: usize, w: usize, dst: *mut f
             let depths = (h - i0).min(8);
             let mut v = [_mm256_setzero_ps(); 8];
             for (c, v) in v.iter_mut().enumerate().take(cols) {
-                // SAFETY: column j0 + c < w, rows i0 .. i0 + depths ≤ h (masked).
-                *v = unsafe { _mm256_maskload_ps(src.add((j0 + c) * cs + i0), lane_mask8(depths)) };
+                // SAFETY: column j0 + c < w, rows i0 .. i0 + depths ≤ h (masked at the edge).
+                let at = unsafe { src.add((j0 + c) * cs + i0) };
+                *v = if depths == 8 {
+                    unsafe { _mm256_loadu_ps(at) }
+                } else {
+                    unsafe { _mm256_maskload_ps(at, lane_mask8(depths)) }
+                };
             }
             transpose8(&mut v);
             for (d, v) in v.iter().enumerate().take(depths) {
