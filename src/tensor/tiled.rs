@@ -165,6 +165,38 @@ mod tests {
     use super::*;
     use ndarray::Array2;
 
+    /// Every copy of `stage` this CPU runs (the AVX2 one also where the dispatcher picks
+    /// AVX-512) puts each element where the scalar loop does, on whole and partial tiles.
+    #[test]
+    fn every_stage_copy_puts_each_element_where_the_scalar_one_does() {
+        let x = Array2::from_shape_fn((40, 50), |(i, j)| (i * 100 + j) as f32);
+        for (h, w) in [(32, 32), (17, 9), (1, 32), (32, 1), (16, 16), (5, 31)] {
+            // a tile whose columns are contiguous runs: the transposed view's (h, w) corner
+            let xt = x.t();
+            let xt = xt.slice(s![3..3 + h, 2..2 + w]);
+            let want = Array2::from_shape_fn((h, w), |(i, j)| xt[[i, j]]);
+            let mut buf = Vec::new();
+            stage(xt, &mut buf);
+            assert_eq!(buf, want.as_slice().unwrap(), "dispatched copy, {h} × {w}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                type StageCopy = unsafe fn(*const f32, usize, usize, usize, *mut f32);
+                let copies: [(crate::tensor::Simd, StageCopy); 2] =
+                    [(crate::tensor::Simd::Avx512, stage_avx512), (crate::tensor::Simd::Avx2, stage_avx2)];
+                for (needs, copy) in copies {
+                    if crate::tensor::simd() < needs {
+                        continue;
+                    }
+                    let mut got = vec![f32::NAN; h * w];
+                    // SAFETY: simd() found the copy's features; the tile's columns are runs
+                    // of h floats xt.strides()[1] apart, got holds h·w floats.
+                    unsafe { copy(xt.as_ptr(), xt.strides()[1] as usize, h, w, got.as_mut_ptr()) };
+                    assert_eq!(got, want.as_slice().unwrap(), "{needs:?} copy, {h} × {w}");
+                }
+            }
+        }
+    }
+
     /// Both directions (into a transposed view, and from one into a row-major matrix), in f64
     /// (elements one at a time) and f32 (register transposes on AVX2 and AVX-512 hosts), on
     /// shapes with partial tiles and partial 16 × 16 blocks.
