@@ -67,7 +67,7 @@ fn tiles<T, U: Copy>(out: ArrayViewMut2<T>, x: ArrayView2<U>, f: &impl Fn(&mut T
 /// which move bits and so suit any 4-byte `Copy` type; else one element at a time.
 fn stage<U: Copy>(xt: ArrayView2<U>, buf: &mut Vec<U>) {
     let (h, w) = xt.dim();
-    buf.clear();
+    // every element is written below: only a new length needs filling (a partial tile's)
     buf.resize(h * w, xt[[0, 0]]);
     let cs = xt.strides()[1] as usize;
     #[cfg(target_arch = "x86_64")]

@@ -294,6 +294,7 @@ pub(super) struct StepNx<'a, T> {
     /// (4, rows, G·H): the recomputed product z, x̂ (then ∂L/∂z_x in its place), the
     /// normalizer's discarded output, and its discarded 1/σ in the first `blocks` columns.
     pub scratch: ArrayViewMut3<'a, T>,
+    /// Batch norm's means and join of the halves; None for layer norm.
     pub batch: Option<StepNxBatch<'a, T>>,
 }
 
