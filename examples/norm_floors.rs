@@ -2,7 +2,8 @@
 //! measured apart (results/bench/ROUND3.md, session 17):
 //! - traffic: the x̂_h window (T × B × 4H f32, 125 MB) written in the forward and read and
 //!   overwritten in reverse step order in the backward, each of two threads taking its half of
-//!   every step's rows as the layer does — the stores and loads alone, no arithmetic;
+//!   every step's rows as the layer does, then one thread taking all of them — the stores and
+//!   loads alone, no arithmetic;
 //! - arithmetic: `Normalizer::forward_rows` and `input_grad_rows_in_place` on one step's 100
 //!   rows, one thread, with x̂ in cache (one step's buffer reused) and from a window (each step
 //!   its own, as in training);
@@ -20,6 +21,21 @@ const STEPS: usize = 784;
 const ROWS: usize = 100;
 const H: usize = 100;
 const G: usize = 4 * H;
+
+/// ms for the forward's stores and the backward's loads and stores of the window on one thread
+/// (`traffic` on two): what the one-thread kernels' times from a window are to be read against.
+fn traffic_one_thread(window: &mut [f32]) -> (f64, f64) {
+    let start = Instant::now();
+    for (t, rows) in window.chunks_exact_mut(ROWS * G).enumerate() {
+        rows.fill(t as f32);
+    }
+    let forward = start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    for rows in window.chunks_exact_mut(ROWS * G).rev() {
+        rows.iter_mut().for_each(|v| *v = *v * 0.5 + 1.0);
+    }
+    (forward, start.elapsed().as_secs_f64() * 1e3)
+}
 
 /// ms for the forward's stores and the backward's loads and stores of the window, two threads.
 fn traffic(window: &mut [f32]) -> (f64, f64) {
@@ -62,6 +78,10 @@ fn main() {
     for _ in 0..rounds {
         let (f, b) = traffic(&mut window);
         println!("traffic, two threads: forward {f:.1} ms, backward {b:.1} ms per window");
+    }
+    for _ in 0..rounds {
+        let (f, b) = traffic_one_thread(&mut window);
+        println!("traffic, one thread: forward {f:.1} ms, backward {b:.1} ms per window");
     }
     drop(window);
 
