@@ -421,6 +421,14 @@ impl<T: Real> Normalizer<T> {
         normalize_affine(z, mean, inv_r, gain, bias, xhat, out);
     }
 
+    /// `batch_apply`'s out += γ ⊙ x̂ + β alone, x̂ not stored: for callers whose backward forms
+    /// x̂ again (batch norm of the input side in the time loop, `StepInput::BatchNormed`), the
+    /// same bits in `out` with one store stream fewer.
+    pub(crate) fn batch_apply_out(&self, z: ArrayView2<T>, mean: &[T], inv_r: &[T], out: ArrayViewMut2<T>) {
+        let (gain, bias) = (self.gain.value.as_slice().unwrap(), self.bias.value.as_slice().unwrap());
+        affine(z, mean, inv_r, gain, bias, out);
+    }
+
     /// x̂ = (z − μ)·(1/σ) alone, as `batch_apply` computes it: a step's x̂ again, for backward.
     pub(crate) fn batch_xhat(&self, z: ArrayView2<T>, mean: &[T], inv_r: &[T], xhat: ArrayViewMut2<T>) {
         normalize(z, mean, inv_r, xhat);
@@ -577,6 +585,21 @@ crate::tensor::simd_kernel! {
             for j in 0..zr.len() {
                 let x = (zr[j] - mean[j]) * inv[j];
                 xr[j] = x;
+                or[j] += gain[j] * x + bias[j];
+            }
+        }
+    }
+}
+
+crate::tensor::simd_kernel! {
+    /// out += γ ⊙ x̂ + β with x̂ = (z − μ)·(1/σ), as `normalize_affine` computes both, x̂ not kept.
+    fn affine<T: Real>(z: ArrayView2<T>, mean: &[T], inv: &[T], gain: &[T], bias: &[T], out: ArrayViewMut2<T>) {
+        let mut out = out;
+        for r in 0..z.nrows() {
+            let zr = z.row(r).to_slice().unwrap();
+            let or = out.row_mut(r).into_slice().unwrap();
+            for j in 0..zr.len() {
+                let x = (zr[j] - mean[j]) * inv[j];
                 or[j] += gain[j] * x + bias[j];
             }
         }
@@ -917,6 +940,9 @@ mod tests {
             assert_eq!(bits(rstd.as_slice().unwrap()), bits(&inv), "{rows} rows");
             assert_eq!(bits(xhat.as_slice().unwrap()), bits(want_x.as_slice().unwrap()), "{rows} rows");
             assert_eq!(bits(out.as_slice().unwrap()), bits(want_o.as_slice().unwrap()), "{rows} rows");
+            let mut out_only = Array2::from_elem((rows, g), 0.25f32);
+            n.batch_apply_out(z.view(), &mean, &inv, out_only.view_mut());
+            assert_eq!(bits(out_only.as_slice().unwrap()), bits(want_o.as_slice().unwrap()), "{rows} rows, x̂ not kept");
             let (mut m1, mut m2) = (vec![0.0f32; g], vec![0.0f32; g]);
             for r in 0..rows {
                 for j in 0..g {

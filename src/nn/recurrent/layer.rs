@@ -368,7 +368,6 @@ impl<T: Real> Layer<T> {
                     mean: super::cache::means(bn_stats_x),
                     rstd: rstd_x.view(),
                     z: z_x,
-                    xhat: xhat_x.slice_mut(s![..batch, ..]),
                 },
                 (Some(nx), _) if let Some(i) = table_ids => StepInput::Table {
                     table: table_x.view(),

@@ -123,7 +123,8 @@ pub(super) enum StepInput<'a, T> {
     /// Batch norm of token rows or of a narrow input's product, with the step's μ and 1/σ of
     /// the whole batch that `input_norm::forward` took before the loop (`mean`, `rstd`, (T,
     /// G·H) each), so each row is normalized on its own: the step's rows of W_x or its product
-    /// into `z`, x̂ into `xhat` (scratch, (rows, G·H) each), and G_t = b, then += γ ⊙ x̂ + β.
+    /// into `z` (scratch, (rows, G·H)), and G_t = b, then += γ ⊙ x̂ + β (x̂ not kept: the
+    /// backward forms it again from the same product).
     BatchNormed {
         wx: WeightsRef<'a, T>,
         input: InputRows<'a, T>,
@@ -132,7 +133,6 @@ pub(super) enum StepInput<'a, T> {
         mean: ArrayView2<'a, T>,
         rstd: ArrayView2<'a, T>,
         z: ArrayViewMut2<'a, T>,
-        xhat: ArrayViewMut2<'a, T>,
     },
 }
 
@@ -177,12 +177,12 @@ impl<T: Real> StepInput<'_, T> {
                 wx.product(z.view_mut(), false, x.index_axis(Axis(0), t), false);
                 norm.forward_rows(z.view(), xhat.view_mut(), rstd.index_axis_mut(Axis(0), t), gates);
             }
-            StepInput::BatchNormed { wx, input, bias, norm, mean, rstd, z, xhat } => {
+            StepInput::BatchNormed { wx, input, bias, norm, mean, rstd, z } => {
                 set_bias(&mut gates, bias);
                 input.product(*wx, t, z.view_mut());
                 let (mean, inv_r) = (mean.row(t), rstd.row(t));
                 let (mean, inv_r) = (mean.to_slice().expect("contiguous"), inv_r.to_slice().expect("contiguous"));
-                norm.batch_apply(z.view(), mean, inv_r, xhat.view_mut(), gates);
+                norm.batch_apply_out(z.view(), mean, inv_r, gates);
             }
         }
     }
@@ -217,13 +217,12 @@ impl<T: Real> StepInput<'_, T> {
                     StepInput::NarrowNormed { wx, x: x1, bias, norm, z: z1, xhat: h1, rstd: r1 },
                 )
             }
-            StepInput::BatchNormed { wx, input, bias, norm, mean, rstd, z, xhat } => {
+            StepInput::BatchNormed { wx, input, bias, norm, mean, rstd, z } => {
                 let (i0, i1) = input.split(m);
                 let (z0, z1) = z.split_at(Axis(0), m);
-                let (h0, h1) = xhat.split_at(Axis(0), m);
                 (
-                    StepInput::BatchNormed { wx, input: i0, bias, norm, mean, rstd, z: z0, xhat: h0 },
-                    StepInput::BatchNormed { wx, input: i1, bias, norm, mean, rstd, z: z1, xhat: h1 },
+                    StepInput::BatchNormed { wx, input: i0, bias, norm, mean, rstd, z: z0 },
+                    StepInput::BatchNormed { wx, input: i1, bias, norm, mean, rstd, z: z1 },
                 )
             }
         }
