@@ -27,11 +27,9 @@ pub use reduce::{
     sums, sums_sq_dev,
 };
 pub use rows::{add_rows_at, column_sums};
-#[cfg(target_arch = "x86_64")]
-pub(crate) use simd::transpose16;
 pub use simd::{Simd, simd};
 #[cfg(target_arch = "x86_64")]
-pub(crate) use simd::{lane_mask8, transpose8};
+pub(crate) use simd::{lane_mask8, transpose_runs8, transpose_runs16};
 pub(crate) use simd::{simd_kernel, simd_method};
 pub use tiled::zip_tiled;
 

@@ -397,7 +397,7 @@ fn vector_packable(b: &ArrayView2<f32>) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn pack_panels_avx2(out: &mut [f32], b: ArrayView2<f32>) {
-    use crate::tensor::{lane_mask8, transpose8};
+    use crate::tensor::lane_mask8;
     use std::arch::x86_64::*;
     let (kc, w) = b.dim();
     let (rs, cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
@@ -406,23 +406,17 @@ unsafe fn pack_panels_avx2(out: &mut [f32], b: ArrayView2<f32>) {
         let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
         if rs == 1 && cs != 1 {
             // column j of B is the run b[j·cs ..]: 8 columns × 8 depths loaded as 8 runs,
-            // transposed into 8 depth rows (columns past j1 stay zero: the padding)
+            // transposed into 8 depth rows (columns past j1 stored as zeros: the padding)
             for d0 in (0..kc).step_by(8) {
                 let depths = (kc - d0).min(8);
-                let mask = lane_mask8(depths);
                 for q in 0..NR / 8 {
                     let c0 = j0 + 8 * q;
-                    let mut v = [_mm256_setzero_ps(); 8];
-                    for (c, v) in v.iter_mut().enumerate().take(j1.saturating_sub(c0)) {
-                        // SAFETY: column c0 + c < w, depths d0 .. d0 + depths < kc (masked).
-                        *v = unsafe { _mm256_maskload_ps(b.as_ptr().add((c0 + c) * cs + d0), mask) };
-                    }
-                    transpose8(&mut v);
-                    for (d, v) in v.iter().enumerate().take(depths) {
-                        let dst = &mut panel[(d0 + d) * NR + 8 * q..][..8];
-                        // SAFETY: 8 floats inside the panel's row d0 + d.
-                        unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), *v) };
-                    }
+                    let (src, dst) = (b.as_ptr().wrapping_add(c0 * cs + d0), panel[d0 * NR + 8 * q..].as_mut_ptr());
+                    // SAFETY: columns c0 .. j1 (at most 8) of B at depths d0 .. d0 + depths ≤
+                    // kc; rows d0 .. d0 + depths of the panel, 8 floats each from 8·q.
+                    unsafe {
+                        crate::tensor::transpose_runs8(src, cs, depths, j1.saturating_sub(c0).min(8), dst, NR, true)
+                    };
                 }
             }
         } else {
@@ -465,28 +459,17 @@ unsafe fn pack_panels_avx512(out: &mut [f32], b: ArrayView2<f32>) {
         let panel = &mut out[p * kc * NR..(p + 1) * kc * NR];
         if rs == 1 && cs != 1 {
             // column j of B is the run b[j·cs ..]: 16 columns × 16 depths loaded as 16 runs,
-            // transposed into 16 depth rows (columns past j1 load as zeros: the padding)
+            // transposed into 16 depth rows (columns past j1 stored as zeros: the padding)
             for d0 in (0..kc).step_by(16) {
                 let depths = (kc - d0).min(16);
                 for half in 0..NR / 16 {
                     let c0 = j0 + 16 * half;
-                    let mut v = [_mm512_setzero_ps(); 16];
-                    for (c, v) in v.iter_mut().enumerate().take(j1.saturating_sub(c0)) {
-                        // SAFETY: column c0 + c < w, depths d0 .. d0 + depths ≤ kc (masked at
-                        // the end).
-                        let at = unsafe { b.as_ptr().add((c0 + c) * cs + d0) };
-                        *v = if depths == 16 {
-                            unsafe { _mm512_loadu_ps(at) }
-                        } else {
-                            unsafe { _mm512_maskz_loadu_ps(lane_mask(depths), at) }
-                        };
-                    }
-                    crate::tensor::transpose16(&mut v);
-                    for (d, v) in v.iter().enumerate().take(depths) {
-                        let dst = &mut panel[(d0 + d) * NR + 16 * half..][..16];
-                        // SAFETY: 16 floats inside the panel's row d0 + d.
-                        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), *v) };
-                    }
+                    let (src, dst) = (b.as_ptr().wrapping_add(c0 * cs + d0), panel[d0 * NR + 16 * half..].as_mut_ptr());
+                    // SAFETY: columns c0 .. j1 (at most 16) of B at depths d0 .. d0 + depths ≤
+                    // kc; rows d0 .. d0 + depths of the panel, 16 floats each from 16·half.
+                    unsafe {
+                        crate::tensor::transpose_runs16(src, cs, depths, j1.saturating_sub(c0).min(16), dst, NR, true)
+                    };
                 }
             }
         } else {

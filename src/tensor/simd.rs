@@ -155,6 +155,49 @@ pub(crate) fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
     }
 }
 
+/// Up to 16 × 16 floats of a block whose columns are contiguous runs, written out as rows:
+/// column c < `cols` is the run of `depths` ≤ 16 floats at `src + c·cs` (loaded whole when
+/// `depths` is 16, masked otherwise), the block is transposed in registers, and row d <
+/// `depths` is stored at `dst + d·ds`: 16 floats when `pad` (the columns from `cols` on as
+/// zeros), else its `cols` (masked only when fewer than 16).
+///
+/// # Safety
+/// The `cols` runs and the `depths` rows (16 floats each when `pad`) lie inside their buffers.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose_runs16(
+    src: *const f32,
+    cs: usize,
+    depths: usize,
+    cols: usize,
+    dst: *mut f32,
+    ds: usize,
+    pad: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut v = [_mm512_setzero_ps(); 16];
+    for (c, v) in v.iter_mut().enumerate().take(cols) {
+        // SAFETY: run c lies inside the source (the caller's contract).
+        let at = unsafe { src.add(c * cs) };
+        *v = if depths == 16 {
+            unsafe { _mm512_loadu_ps(at) }
+        } else {
+            unsafe { _mm512_maskz_loadu_ps(lane_mask(depths), at) }
+        };
+    }
+    transpose16(&mut v);
+    for (d, v) in v.iter().enumerate().take(depths) {
+        // SAFETY: row d lies inside the destination (the caller's contract).
+        let at = unsafe { dst.add(d * ds) };
+        if pad || cols == 16 {
+            unsafe { _mm512_storeu_ps(at, *v) };
+        } else {
+            unsafe { _mm512_mask_storeu_ps(at, lane_mask(cols), *v) };
+        }
+    }
+}
+
 /// The first `n` of 8 lanes as an AVX2 mask (the sign bit of each 32-bit lane), for
 /// `_mm256_maskload_ps` / `_mm256_maskstore_ps` at a row's end.
 #[cfg(target_arch = "x86_64")]
@@ -187,5 +230,45 @@ pub(crate) fn transpose8(r: &mut [std::arch::x86_64::__m256; 8]) {
     for j in 0..4 {
         r[j] = _mm256_permute2f128_ps::<0x20>(u[j], u[j + 4]);
         r[j + 4] = _mm256_permute2f128_ps::<0x31>(u[j], u[j + 4]);
+    }
+}
+
+/// `transpose_runs16` in 8 × 8 blocks (masked loads and stores only at a block's edges: AMD's
+/// masked AVX2 stores are microcoded).
+///
+/// # Safety
+/// As `transpose_runs16`, with 8-float rows when `pad`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn transpose_runs8(
+    src: *const f32,
+    cs: usize,
+    depths: usize,
+    cols: usize,
+    dst: *mut f32,
+    ds: usize,
+    pad: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut v = [_mm256_setzero_ps(); 8];
+    for (c, v) in v.iter_mut().enumerate().take(cols) {
+        // SAFETY: run c lies inside the source (the caller's contract).
+        let at = unsafe { src.add(c * cs) };
+        *v = if depths == 8 {
+            unsafe { _mm256_loadu_ps(at) }
+        } else {
+            unsafe { _mm256_maskload_ps(at, lane_mask8(depths)) }
+        };
+    }
+    transpose8(&mut v);
+    for (d, v) in v.iter().enumerate().take(depths) {
+        // SAFETY: row d lies inside the destination (the caller's contract).
+        let at = unsafe { dst.add(d * ds) };
+        if pad || cols == 8 {
+            unsafe { _mm256_storeu_ps(at, *v) };
+        } else {
+            unsafe { _mm256_maskstore_ps(at, lane_mask8(cols), *v) };
+        }
     }
 }

@@ -89,73 +89,33 @@ fn stage<U: Copy>(xt: ArrayView2<U>, buf: &mut Vec<U>) {
     }
 }
 
-/// `stage` in 16 × 16 blocks: 16 columns' runs loaded, transposed, stored as 16 rows; loads
-/// and stores masked only at the tile's edges.
+/// `stage` in 16 × 16 blocks (`transpose_runs16`), masked only at the tile's edges.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn stage_avx512(src: *const f32, cs: usize, h: usize, w: usize, dst: *mut f32) {
-    use crate::tensor::simd::lane_mask;
-    use std::arch::x86_64::*;
     for j0 in (0..w).step_by(16) {
-        let cols = (w - j0).min(16);
         for i0 in (0..h).step_by(16) {
-            let depths = (h - i0).min(16);
-            let mut v = [_mm512_setzero_ps(); 16];
-            for (c, v) in v.iter_mut().enumerate().take(cols) {
-                // SAFETY: column j0 + c < w, rows i0 .. i0 + depths ≤ h (masked at the edge).
-                let at = unsafe { src.add((j0 + c) * cs + i0) };
-                *v = if depths == 16 {
-                    unsafe { _mm512_loadu_ps(at) }
-                } else {
-                    unsafe { _mm512_maskz_loadu_ps(lane_mask(depths), at) }
-                };
-            }
-            crate::tensor::transpose16(&mut v);
-            for (d, v) in v.iter().enumerate().take(depths) {
-                // SAFETY: row i0 + d < h, columns j0 .. j0 + cols ≤ w of the h × w buffer
-                // (masked at the tile's edge only)
-                let at = unsafe { dst.add((i0 + d) * w + j0) };
-                if cols == 16 {
-                    unsafe { _mm512_storeu_ps(at, *v) };
-                } else {
-                    unsafe { _mm512_mask_storeu_ps(at, lane_mask(cols), *v) };
-                }
-            }
+            let (depths, cols) = ((h - i0).min(16), (w - j0).min(16));
+            // SAFETY: columns j0 .. j0 + cols ≤ w, rows i0 .. i0 + depths ≤ h of the tile, and
+            // the same rows and columns of the h × w buffer.
+            unsafe {
+                crate::tensor::transpose_runs16(src.add(j0 * cs + i0), cs, depths, cols, dst.add(i0 * w + j0), w, false)
+            };
         }
     }
 }
 
-/// `stage_avx512` in 8 × 8 blocks.
+/// `stage_avx512` in 8 × 8 blocks (`transpose_runs8`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn stage_avx2(src: *const f32, cs: usize, h: usize, w: usize, dst: *mut f32) {
-    use crate::tensor::{lane_mask8, transpose8};
-    use std::arch::x86_64::*;
     for j0 in (0..w).step_by(8) {
-        let cols = (w - j0).min(8);
         for i0 in (0..h).step_by(8) {
-            let depths = (h - i0).min(8);
-            let mut v = [_mm256_setzero_ps(); 8];
-            for (c, v) in v.iter_mut().enumerate().take(cols) {
-                // SAFETY: column j0 + c < w, rows i0 .. i0 + depths ≤ h (masked at the edge).
-                let at = unsafe { src.add((j0 + c) * cs + i0) };
-                *v = if depths == 8 {
-                    unsafe { _mm256_loadu_ps(at) }
-                } else {
-                    unsafe { _mm256_maskload_ps(at, lane_mask8(depths)) }
-                };
-            }
-            transpose8(&mut v);
-            for (d, v) in v.iter().enumerate().take(depths) {
-                // SAFETY: row i0 + d < h, columns j0 .. j0 + cols ≤ w of the h × w buffer
-                // (masked at the tile's edge only: AMD's masked stores are microcoded)
-                let at = unsafe { dst.add((i0 + d) * w + j0) };
-                if cols == 8 {
-                    unsafe { _mm256_storeu_ps(at, *v) };
-                } else {
-                    unsafe { _mm256_maskstore_ps(at, lane_mask8(cols), *v) };
-                }
-            }
+            let (depths, cols) = ((h - i0).min(8), (w - j0).min(8));
+            // SAFETY: as in `stage_avx512`.
+            unsafe {
+                crate::tensor::transpose_runs8(src.add(j0 * cs + i0), cs, depths, cols, dst.add(i0 * w + j0), w, false)
+            };
         }
     }
 }
