@@ -73,12 +73,15 @@ fn stage<U: Copy>(xt: ArrayView2<U>, buf: &mut Vec<U>) {
     #[cfg(target_arch = "x86_64")]
     if size_of::<U>() == 4 {
         let (src, dst) = (xt.as_ptr().cast::<f32>(), buf.as_mut_ptr().cast::<f32>());
-        match crate::tensor::simd() {
+        let blocks: Option<(usize, BlockCopy)> = match crate::tensor::simd() {
+            crate::tensor::Simd::Avx512 => Some((16, crate::tensor::transpose_runs16)),
+            crate::tensor::Simd::Avx2 => Some((8, crate::tensor::transpose_runs8)),
+            crate::tensor::Simd::Base => None,
+        };
+        if let Some((n, block)) = blocks {
             // SAFETY: simd() found the copy's features; column j of the tile is the run
             // src[j·cs .. j·cs + h], buf holds h·w elements of 4 bytes.
-            crate::tensor::Simd::Avx512 => return unsafe { stage_avx512(src, cs, h, w, dst) },
-            crate::tensor::Simd::Avx2 => return unsafe { stage_avx2(src, cs, h, w, dst) },
-            _ => {}
+            return unsafe { stage_blocks(src, cs, h, w, dst, n, block) };
         }
     }
     for (j, col) in xt.columns().into_iter().enumerate() {
@@ -89,33 +92,24 @@ fn stage<U: Copy>(xt: ArrayView2<U>, buf: &mut Vec<U>) {
     }
 }
 
-/// `stage` in 16 × 16 blocks (`transpose_runs16`), masked only at the tile's edges.
+/// A block copy of `stage`'s: `transpose_runs16` or `transpose_runs8` (source runs, their
+/// stride, depths, columns, destination, its row stride, padding).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn stage_avx512(src: *const f32, cs: usize, h: usize, w: usize, dst: *mut f32) {
-    for j0 in (0..w).step_by(16) {
-        for i0 in (0..h).step_by(16) {
-            let (depths, cols) = ((h - i0).min(16), (w - j0).min(16));
+type BlockCopy = unsafe fn(*const f32, usize, usize, usize, *mut f32, usize, bool);
+
+/// `stage` in n × n blocks through `block`, masked only at the tile's edges.
+///
+/// # Safety
+/// The CPU has `block`'s features; column j < w of the tile is the run src[j·cs .. j·cs + h],
+/// and dst holds h·w floats.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stage_blocks(src: *const f32, cs: usize, h: usize, w: usize, dst: *mut f32, n: usize, block: BlockCopy) {
+    for j0 in (0..w).step_by(n) {
+        for i0 in (0..h).step_by(n) {
+            let (depths, cols) = ((h - i0).min(n), (w - j0).min(n));
             // SAFETY: columns j0 .. j0 + cols ≤ w, rows i0 .. i0 + depths ≤ h of the tile, and
             // the same rows and columns of the h × w buffer.
-            unsafe {
-                crate::tensor::transpose_runs16(src.add(j0 * cs + i0), cs, depths, cols, dst.add(i0 * w + j0), w, false)
-            };
-        }
-    }
-}
-
-/// `stage_avx512` in 8 × 8 blocks (`transpose_runs8`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn stage_avx2(src: *const f32, cs: usize, h: usize, w: usize, dst: *mut f32) {
-    for j0 in (0..w).step_by(8) {
-        for i0 in (0..h).step_by(8) {
-            let (depths, cols) = ((h - i0).min(8), (w - j0).min(8));
-            // SAFETY: as in `stage_avx512`.
-            unsafe {
-                crate::tensor::transpose_runs8(src.add(j0 * cs + i0), cs, depths, cols, dst.add(i0 * w + j0), w, false)
-            };
+            unsafe { block(src.add(j0 * cs + i0), cs, depths, cols, dst.add(i0 * w + j0), w, false) };
         }
     }
 }
@@ -140,17 +134,18 @@ mod tests {
             assert_eq!(buf, want.as_slice().unwrap(), "dispatched copy, {h} × {w}");
             #[cfg(target_arch = "x86_64")]
             {
-                type StageCopy = unsafe fn(*const f32, usize, usize, usize, *mut f32);
-                let copies: [(crate::tensor::Simd, StageCopy); 2] =
-                    [(crate::tensor::Simd::Avx512, stage_avx512), (crate::tensor::Simd::Avx2, stage_avx2)];
-                for (needs, copy) in copies {
+                let copies: [(crate::tensor::Simd, usize, BlockCopy); 2] = [
+                    (crate::tensor::Simd::Avx512, 16, crate::tensor::transpose_runs16),
+                    (crate::tensor::Simd::Avx2, 8, crate::tensor::transpose_runs8),
+                ];
+                for (needs, n, block) in copies {
                     if crate::tensor::simd() < needs {
                         continue;
                     }
                     let mut got = vec![f32::NAN; h * w];
                     // SAFETY: simd() found the copy's features; the tile's columns are runs
                     // of h floats xt.strides()[1] apart, got holds h·w floats.
-                    unsafe { copy(xt.as_ptr(), xt.strides()[1] as usize, h, w, got.as_mut_ptr()) };
+                    unsafe { stage_blocks(xt.as_ptr(), xt.strides()[1] as usize, h, w, got.as_mut_ptr(), n, block) };
                     assert_eq!(got, want.as_slice().unwrap(), "{needs:?} copy, {h} × {w}");
                 }
             }
